@@ -1,0 +1,258 @@
+"""ImageFolder trees (``root/<class>/<image>``) decoded once into an :class:`ImageTensorDataset`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .dataset import ImageTensorDataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+CACHE_ENV = "BASISNET_CACHE"
+_CACHE_VERSION = 1
+_CHUNK = 256  # files per thread-pool task: large enough to amortise scheduling, small enough for a live bar
+
+
+def default_cache_dir() -> Path:
+    """``$BASISNET_CACHE`` if set, else ``~/.cache/basisnet``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "basisnet"
+
+
+def load_image_folder(
+    root: str | Path,
+    image_size: int | None = None,
+    skip_bad: bool = False,
+    cache_dir: str | Path | Literal[False] | None = None,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> ImageTensorDataset:
+    """Decode every image under ``root/<class>/`` (recursively) into one uint8 tensor.
+
+    Classes are the sorted names of the non-hidden sub-folders, as in torchvision's ``ImageFolder``;
+    an empty class folder keeps its label (with a warning) so labels never shift. Files whose
+    extension is not in :data:`IMAGE_EXTENSIONS` and hidden files/folders (``.name``) are ignored.
+
+    ``image_size``: resize the shorter side to this and center-crop a square. Without it all images
+    must share one size. Every image becomes RGB; 16-bit grey is scaled (not clipped) to 8 bits,
+    alpha is dropped as torchvision's loader does.
+
+    ``skip_bad``: unreadable files raise ``ValueError`` naming the file unless this is set, in
+    which case they are left out and reported with one warning.
+
+    ``cache_dir``: the decoded tensor is cached there, keyed by the root path, the file list with
+    sizes and mtimes, ``image_size`` and ``skip_bad``, so an unchanged tree loads instantly.
+    ``None`` means :func:`default_cache_dir`; ``False`` disables the cache.
+
+    ``num_workers``: decoding threads (Pillow releases the GIL while decoding); default
+    ``min(8, cpu_count)``.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be a positive int or None, got {image_size}")
+    classes, files, labels = _scan(root)
+
+    cache_file = None
+    if cache_dir is not False:
+        cache_file = _cache_file(root, classes, files, image_size, skip_bad, cache_dir)
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            dataset, skipped = cached
+            _report(root, dataset, skipped)
+            return dataset
+
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    images, keep, skipped = _decode_all(root, files, image_size, skip_bad, progress, max(1, workers))
+    dataset = ImageTensorDataset(images, torch.tensor(labels, dtype=torch.int64)[keep], classes)
+    if cache_file is not None:
+        _write_cache(cache_file, dataset, skipped)
+    _report(root, dataset, skipped)
+    return dataset
+
+
+def _scan(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    """Sorted class folders and, per class, its image files sorted by path."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [
+                Path(dirpath, f)
+                for f in filenames
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        found.sort()
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise ValueError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root}"
+        )
+    return classes, files, labels
+
+
+def _decode_all(
+    root: Path, files: list[Path], image_size: int | None, skip_bad: bool, progress: bool, workers: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """Decode ``files`` on a thread pool into ``[N, 3, H, W]`` uint8; returns images, kept mask, skipped."""
+
+    def work(start: int) -> list[np.ndarray | str]:
+        return [_try_decode(path, image_size) for path in files[start : start + _CHUNK]]
+
+    buffer: np.ndarray | None = None  # [N, H, W, 3]; allocated once the first readable image fixes H, W
+    first = files[0]  # the file that fixed H, W (named in size-mismatch errors)
+    keep = np.zeros(len(files), dtype=bool)
+    skipped: list[tuple[str, str]] = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="basisnet-decode")
+    bar = tqdm(total=len(files), desc=f"decoding {root.name}", unit="img", disable=not progress)
+    try:
+        for start, chunk in zip(range(0, len(files), _CHUNK), pool.map(work, range(0, len(files), _CHUNK))):
+            for i, result in enumerate(chunk, start):
+                if isinstance(result, str):
+                    if not skip_bad:
+                        raise ValueError(f"cannot read image {files[i]}: {result} (pass skip_bad=True to skip it)")
+                    skipped.append((str(files[i].relative_to(root)), result))
+                    continue
+                if buffer is None:
+                    buffer = np.empty((len(files), *result.shape), dtype=np.uint8)
+                    first = files[i]
+                elif result.shape != buffer.shape[1:]:
+                    raise ValueError(
+                        f"images differ in size: {first} is {buffer.shape[2]}x{buffer.shape[1]} but "
+                        f"{files[i]} is {result.shape[1]}x{result.shape[0]}; pass image_size to resize them all"
+                    )
+                buffer[i] = result
+                keep[i] = True
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    if buffer is None:
+        raise ValueError(f"none of the {len(files)} image files under {root} could be read")
+    if skipped:
+        buffer = buffer[keep]
+    return torch.from_numpy(buffer).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(keep), skipped
+
+
+def _try_decode(path: Path, image_size: int | None) -> np.ndarray | str:
+    """``[H, W, 3]`` uint8 pixels, or the reason the file cannot be read."""
+    try:
+        with Image.open(path) as img:
+            if image_size is not None and img.format == "JPEG":
+                img.draft("RGB", (image_size, image_size))  # DCT-domain downscale: big JPEGs decode ~10x faster
+            img.load()
+            rgb = _to_rgb(img)
+    # Pillow's plugins raise a zoo of types (OSError, SyntaxError, struct.error, EOFError, ...) on
+    # malformed input; whatever the type, it means this one file is unreadable.
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if image_size is not None:
+        rgb = _resize_center_crop(rgb, image_size)
+    return np.asarray(rgb)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB view of any Pillow mode; 16/32-bit grey is scaled 0..65535 -> 0..255, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        raise ValueError("floating-point images (mode F) have no defined 8-bit range")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # applies palette transparency the way Pillow recommends
+    return img.convert("RGB")
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``, then the central ``size`` x ``size`` square (one resampling pass)."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def _report(root: Path, dataset: ImageTensorDataset, skipped: list[tuple[str, str]]) -> None:
+    """Warn about anything that would otherwise go unnoticed: skipped files, empty or lone classes."""
+    if skipped:
+        shown = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s) under {root}: {shown}{more}", stacklevel=3)
+    counts = torch.bincount(dataset.targets, minlength=len(dataset.classes))
+    empty = [name for name, count in zip(dataset.classes, counts.tolist()) if count == 0]
+    if empty:
+        warnings.warn(
+            f"class folder(s) with no readable images under {root}: {', '.join(empty)} "
+            "(kept in classes so labels stay aligned with the sorted folder names)",
+            stacklevel=3,
+        )
+    if len(dataset.classes) == 1:
+        warnings.warn(f"{root} has a single class folder ({dataset.classes[0]})", stacklevel=3)
+
+
+def _cache_file(
+    root: Path,
+    classes: list[str],
+    files: list[Path],
+    image_size: int | None,
+    skip_bad: bool,
+    cache_dir: str | Path | None,
+) -> Path:
+    """``<cache_dir>/imagefolder-<setting hash>-<content hash>.pt``; the first hash groups stale versions."""
+    setting = json.dumps([_CACHE_VERSION, str(root.resolve()), image_size, skip_bad])
+    content = hashlib.sha256(json.dumps(classes).encode())
+    for path in files:
+        st = path.stat()
+        content.update(f"\0{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    setting_hash = hashlib.sha256(setting.encode()).hexdigest()[:16]
+    return directory / f"imagefolder-{setting_hash}-{content.hexdigest()[:16]}.pt"
+
+
+def _read_cache(path: Path) -> tuple[ImageTensorDataset, list[tuple[str, str]]] | None:
+    """The cached dataset, or None when absent or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        dataset = ImageTensorDataset(blob["images"], blob["targets"], blob["classes"])
+        return dataset, [(str(name), str(reason)) for name, reason in blob["skipped"]]
+    except Exception as exc:  # noqa: BLE001 - any damage to a cache file just means "rebuild it"
+        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, dataset: ImageTensorDataset, skipped: list[tuple[str, str]]) -> None:
+    """Atomically write the cache and drop older versions for the same root and settings."""
+    blob = {"images": dataset.images, "targets": dataset.targets, "classes": dataset.classes, "skipped": skipped}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+        for stale in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write image cache {path}: {exc}", stacklevel=3)

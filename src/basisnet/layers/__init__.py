@@ -1,0 +1,19 @@
+"""Layers: basis conv/linear and the MobileNet building blocks (torch only)."""
+
+from .basis import BASIS_LAYERS, PATHS, BasisConv2d, BasisLinear, BasisMixer
+from .blocks import (
+    ACTIVATIONS,
+    BLOCK_PARTS,
+    BlockSpec,
+    ConvNormAct,
+    InvertedResidual,
+    LinearAct,
+    Router,
+    SqueezeExcite,
+    make_divisible,
+)
+
+__all__ = [
+    "ACTIVATIONS", "BASIS_LAYERS", "BLOCK_PARTS", "PATHS", "BasisConv2d", "BasisLinear", "BasisMixer",
+    "BlockSpec", "ConvNormAct", "InvertedResidual", "LinearAct", "Router", "SqueezeExcite", "make_divisible",
+]

@@ -1,0 +1,45 @@
+"""Model registry: ``create_model(name, **kwargs)`` for every architecture, timm style."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+_MODELS: dict[str, tuple[Callable[..., nn.Module], frozenset[str]]] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], signature_of: Callable | None = None) -> None:
+    """Register ``builder`` under ``name``; its accepted keywords come from ``signature_of`` (default: itself)."""
+    params = inspect.signature(signature_of or builder).parameters
+    accepted = frozenset(k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    _MODELS[name] = (builder, accepted - {"self", "arch"})
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_options(name: str) -> frozenset[str]:
+    return _entry(name)[1]
+
+
+def _entry(name: str) -> tuple[Callable[..., nn.Module], frozenset[str]]:
+    if name not in _MODELS:
+        hint = difflib.get_close_matches(name, _MODELS, n=1)
+        raise ValueError(f"unknown model {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" Available: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; unknown options are errors with a did-you-mean."""
+    builder, accepted = _entry(name)
+    for key in kwargs:
+        if key not in accepted:
+            hint = difflib.get_close_matches(key, accepted, n=1)
+            raise ValueError(f"model {name!r} has no option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                             + f" Options: {', '.join(sorted(accepted))}")
+    return builder(**kwargs)

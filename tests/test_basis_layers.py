@@ -1,0 +1,152 @@
+"""Basis layers: the three execution paths agree, gradients are right, synthesis is exact."""
+
+import pytest
+import torch
+from torch import nn
+
+from basisnet.layers import BasisConv2d, BasisLinear
+
+CONV_CASES = [
+    # in, out, kernel, stride, padding, dilation, groups, bias
+    (8, 16, 1, 1, 0, 1, 1, False),  # dense pointwise (batched matmul path)
+    (6, 10, 3, 2, 1, 1, 1, True),  # dense 3x3, stride 2
+    (12, 12, 5, 1, 2, 1, 12, False),  # depthwise 5x5
+    (8, 12, 3, 1, 2, 2, 4, True),  # grouped, dilated
+    (4, 6, (3, 1), (2, 1), (1, 0), 1, 2, False),  # rectangular kernel, grouped
+]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def make_conv(case, bases: int) -> BasisConv2d:
+    cin, cout, k, s, p, d, g, bias = case
+    return BasisConv2d(cin, cout, k, bases, stride=s, padding=p, dilation=d, groups=g, bias=bias)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_paths_agree(case, batch):
+    torch.manual_seed(0)
+    layer = make_conv(case, bases=4)
+    x = torch.randn(batch, case[0], 9, 11)
+    coeffs = torch.softmax(torch.randn(batch, 4), -1)
+    ref = layer(x, coeffs, path="loop")
+    assert rel_err(layer(x, coeffs, path="batched"), ref) < 1e-5
+    assert rel_err(layer(x, coeffs), ref) < 1e-5  # the automatic choice
+    shared = coeffs[0]
+    ref_shared = layer(x, shared, path="loop")
+    assert rel_err(layer(x, shared, path="synthesized"), ref_shared) < 1e-5
+    assert rel_err(layer(x, shared, path="batched"), ref_shared) < 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_paths_agree(batch, bias):
+    torch.manual_seed(1)
+    layer = BasisLinear(7, 5, 3, bias=bias)
+    x = torch.randn(batch, 7)
+    coeffs = torch.rand(batch, 3)
+    ref = layer(x, coeffs, path="loop")
+    assert rel_err(layer(x, coeffs, path="batched"), ref) < 1e-5
+    assert rel_err(layer(x, coeffs[0], path="synthesized"), layer(x, coeffs[0], path="loop")) < 1e-5
+
+
+def _grads(layer, x, coeffs, path):
+    layer.zero_grad()
+    x = x.clone().requires_grad_(True)
+    coeffs = coeffs.clone().requires_grad_(True)
+    out = layer(x, coeffs, path=path)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype)).sum().backward()
+    grads = [x.grad, coeffs.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
+    return [g.double() for g in grads]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_gradients_match_float64_reference(case):
+    torch.manual_seed(2)
+    layer = make_conv(case, bases=3)
+    x = torch.randn(4, case[0], 8, 8)
+    coeffs = torch.softmax(torch.randn(4, 3), -1)
+    fast = _grads(layer, x, coeffs, "batched")
+    ref = _grads(layer.double(), x.double(), coeffs.double(), "loop")
+    for g, r in zip(fast, ref):
+        assert rel_err(g, r) < 1e-5
+
+
+def test_linear_gradients_match_float64_reference():
+    torch.manual_seed(3)
+    layer = BasisLinear(6, 4, 5)
+    x, coeffs = torch.randn(3, 6), torch.rand(3, 5)
+    fast = _grads(layer, x, coeffs, "batched")
+    ref = _grads(layer.double(), x.double(), coeffs.double(), "loop")
+    for g, r in zip(fast, ref):
+        assert rel_err(g, r) < 1e-5
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_synthesize_gives_plain_conv_with_identical_output(case):
+    torch.manual_seed(4)
+    layer = make_conv(case, bases=4)
+    coeffs = torch.softmax(torch.randn(4), -1)
+    conv = layer.synthesize(coeffs)
+    assert type(conv) is nn.Conv2d
+    x = torch.randn(2, case[0], 7, 9)
+    torch.testing.assert_close(conv(x), layer(x, coeffs), rtol=1e-5, atol=1e-6)
+    assert conv.stride == layer.stride and conv.groups == layer.groups and conv.dilation == layer.dilation
+
+
+def test_synthesize_linear():
+    layer = BasisLinear(5, 3, 2)
+    coeffs = torch.tensor([0.3, 0.7])
+    linear = layer.synthesize(coeffs)
+    assert type(linear) is nn.Linear
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(linear(x), layer(x, coeffs))
+
+
+def test_one_hot_coefficients_select_one_basis():
+    layer = BasisConv2d(4, 6, 3, 3, padding=1, bias=True)
+    x = torch.randn(2, 4, 5, 5)
+    out = layer(x, torch.tensor([[0.0, 1.0, 0.0]] * 2))
+    ref = nn.functional.conv2d(x, layer.weight[1], layer.bias[1], padding=1)
+    torch.testing.assert_close(out, ref)
+
+
+def test_bases_initialised_independently_like_a_conv():
+    torch.manual_seed(5)
+    layer = BasisConv2d(32, 64, 3, 4)
+    conv = nn.Conv2d(32, 64, 3)
+    for w in layer.weight:
+        assert abs(w.std().item() / conv.weight.std().item() - 1) < 0.1
+    assert not torch.allclose(layer.weight[0], layer.weight[1])
+
+
+@pytest.mark.parametrize(
+    "coeffs, match",
+    [
+        (torch.rand(3, 5), r"expected \(3, 4\)"),  # N mismatch
+        (torch.rand(2, 4), r"expected \(3, 4\)"),  # batch mismatch
+        (torch.rand(3, 4, 1), r"expected \(3, 4\)"),  # wrong rank
+        (torch.tensor([0.5, float("nan"), 0.2, 0.3]), "NaN"),
+    ],
+)
+def test_bad_coefficients_raise_naming_the_layer(coeffs, match):
+    layer = BasisConv2d(2, 2, 1, 4)
+    layer.layer_name = "blocks.3.expand.0"
+    with pytest.raises(ValueError, match=match) as err:
+        layer(torch.randn(3, 2, 4, 4), coeffs)
+    assert "blocks.3.expand.0" in str(err.value)
+
+
+def test_bad_construction_and_path():
+    with pytest.raises(ValueError, match="num_bases"):
+        BasisConv2d(2, 2, 1, 0)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        BasisConv2d(3, 4, 1, 2, groups=2)
+    layer = BasisLinear(2, 2, 2)
+    with pytest.raises(ValueError, match="unknown path"):
+        layer(torch.randn(1, 2), torch.rand(2), path="fast")
+    with pytest.raises(ValueError, match="one coefficient vector"):
+        layer(torch.randn(3, 2), torch.rand(3, 2), path="synthesized")
