@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .models import create_model, list_models
 
@@ -41,6 +42,89 @@ def _madds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .configs import bundled_config
+    from .train import config_help, config_to_dict, load_config
+    from .workflow import train_run
+
+    if args.list_keys:
+        for key, default, text in config_help():
+            print(f"{key:<32}{default!s:<28}{text}")
+        return 0
+    if args.resume:
+        cfg = load_config(Path(args.resume) / "config.yaml", args.overrides)
+        result = train_run(cfg, args.resume, resume=True)
+    else:
+        if not args.output:
+            raise ValueError("--output RUN_DIR is required (or --resume RUN_DIR)")
+        cfg = load_config(bundled_config(args.config) if args.config else None, args.overrides)
+        if args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            return 0
+        result = train_run(cfg, args.output)
+    print(f"best val top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .workflow import sweep_run
+
+    rows = sweep_run(args.run_dir, args.split)
+    print(f"{'threshold':>10}{'top-1 %':>9}{'MAdds (M)':>11}{'exit 1 %':>10}")
+    for r in rows[:: max(1, len(rows) // 20)]:
+        print(f"{r['threshold']:>10.3f}{r['top1']:>9.2f}{r['madds']:>11.3f}{100 * r['exit_fraction']:>10.1f}")
+    print(f"wrote {Path(args.run_dir) / f'sweep_{args.split}.csv'} and .png")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .workflow import evaluate_run
+
+    report = evaluate_run(args.run_dir, args.protocol, target_madds=args.target_madds, max_drop=args.max_drop,
+                          threshold=args.threshold, temperature=args.temperature)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print("per exit (test): " + ", ".join(f"{a:.2f}% @ {m:.2f}M" for a, m in
+                                          zip(report["exit_top1_test"], report["exit_madds"])))
+    result = report["result"]
+    if args.protocol == "early-exit":
+        print(f"threshold {result['threshold']:.3f}: top-1 {result['top1']:.2f}%, average {result['madds']:.3f}M "
+              f"MAdds, {100 * result['exit_fraction']:.1f}% answered before the last exit")
+    else:
+        for r in result:
+            print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                            if not isinstance(v, list)))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .workflow import predict_files
+
+    for row in predict_files(args.run_dir, args.images, args.threshold):
+        print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t{row['madds_m']:.2f}M")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .bench.demo import run_demo
+
+    run_demo(args.output, args.overrides)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_accuracy_benchmark
+
+    command = "basisnet bench accuracy " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "basisnet bench accuracy"
+    records = run_accuracy_benchmark(args.data, args.output, args.results, quick=args.quick, epochs=args.epochs,
+                                     command=command.strip())
+    print(format_table(records))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="basisnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +139,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=2, help="breakdown depth in module names (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object (madds and params per image)")
     p.set_defaults(func=_madds)
+
+    p = sub.add_parser("train", help="train a model from a YAML config plus key=value overrides")
+    p.add_argument("--config", help="YAML file or bundled config name (cifar10_basisnet, cifar10_static, shapes_demo)")
+    p.add_argument("--output", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-keys", action="store_true", help="list every config key with its default and meaning")
+    p.add_argument("overrides", nargs="*", help="config overrides such as train.lr=0.05 model.kwargs.num_bases=8")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sweep", help="accuracy vs average MAdds for every early-exit threshold (CSV + PNG)")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["val", "test"], default="val", help="default val (test is for final reports)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("evaluate", help="test-set report; thresholds fitted on the validation split")
+    p.add_argument("run_dir")
+    p.add_argument("--protocol", choices=["early-exit", "anytime", "budgeted"], default="early-exit")
+    p.add_argument("--target-madds", type=float, help="early exit: most accurate threshold within M million MAdds")
+    p.add_argument("--max-drop", type=float, help="early exit: cheapest threshold losing at most D points")
+    p.add_argument("--threshold", type=float, help="early exit: use this threshold in [0, 1]")
+    p.add_argument("--temperature", action="store_true", help="budgeted: per-exit temperature scaling")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="class, confidence and answering stage for image files")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--threshold", type=float, default=0.8, help="confidence needed to stop at exit 1 (default 0.8)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="train a small BasisNet on the embedded SHAPES data and show the trade-off")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    p.add_argument("which", choices=["accuracy"])
+    p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
+    p.add_argument("--output", default="runs/bench_cifar10", help="where the runs go (reused and resumed)")
+    p.add_argument("--results", default="benchmarks/results/cifar10.json")
+    p.add_argument("--epochs", type=int, help="epochs per model (default 15; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help="the same code on 2,000 images for 1 epoch (< 5 min)")
+    p.set_defaults(func=_bench)
     return parser
 
 
@@ -62,6 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"basisnet {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,8 @@ def load_cifar(root: str | Path, split: str = "train", label_mode: str = "fine")
         )
     folder, layout = found
     if label_mode not in layout.labels_key:
-        raise ValueError(f"label_mode for {layout.folder} must be one of {tuple(layout.labels_key)}, got {label_mode!r}")
+        modes = tuple(layout.labels_key)
+        raise ValueError(f"label_mode for {layout.folder} must be one of {modes}, got {label_mode!r}")
 
     meta_path = folder / layout.meta_file
     classes = _names(_unpickle(meta_path), layout.names_key[label_mode], meta_path)
@@ -121,13 +123,14 @@ def _unpickle(path: Path) -> dict[str, Any]:
     """The file's dict with ``str`` keys (the official files, from Python 2, have ``bytes`` keys)."""
     if not path.is_file():
         raise FileNotFoundError(f"missing CIFAR file {path}")
-    with open(path, "rb") as f:
-        try:
-            obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-        # A corrupt pickle can fail in almost any way (UnpicklingError, EOFError, ValueError,
-        # IndexError, RecursionError, ...); each means the same thing to the caller.
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path} is not a valid CIFAR pickle: {type(exc).__name__}: {exc}") from exc
+    # Read it whole first: a corrupt length field then cannot make the unpickler ask the file for gigabytes.
+    raw = path.read_bytes()
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    # A corrupt pickle can fail in almost any way (UnpicklingError, EOFError, ValueError,
+    # IndexError, RecursionError, ...); each means the same thing to the caller.
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path} is not a valid CIFAR pickle: {type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path} is not a valid CIFAR pickle: holds a {type(obj).__name__}, not a dict")
     return {_text(k): v for k, v in obj.items()}
@@ -151,12 +154,15 @@ def _batch(batch: dict[str, Any], labels_key: str, num_classes: int, path: Path)
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: 'data' must be a uint8 array of shape [n, 3072], found {found}")
     try:
-        labels = np.asarray(batch.get(labels_key), dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as exc:
+        labels = np.asarray(batch.get(labels_key))
+    except ValueError as exc:  # ragged nesting
         raise ValueError(f"{path}: {labels_key!r} is not a list of integers ({exc})") from exc
+    if labels.size and labels.dtype.kind not in "iu":  # refuse to truncate floats or parse strings into labels
+        raise ValueError(f"{path}: {labels_key!r} is not a list of integers (found {labels.dtype})")
+    labels = labels.astype(np.int64)
     if labels.shape != (len(data),):
         raise ValueError(f"{path}: {len(data)} images but {labels_key!r} has shape {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{path}: labels outside [0, {num_classes}) for {num_classes} class names")
-    images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32).copy())
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)

@@ -54,8 +54,10 @@ def load_image_folder(
     sizes and mtimes, ``image_size`` and ``skip_bad``, so an unchanged tree loads instantly.
     ``None`` means :func:`default_cache_dir`; ``False`` disables the cache.
 
-    ``num_workers``: decoding threads (Pillow releases the GIL while decoding); default
-    ``min(8, cpu_count)``.
+    ``num_workers``: decoding threads (Pillow releases the GIL while decoding, and threads avoid
+    the fork/pickling costs of processes); default ``min(8, cpu_count)``.
+
+    The whole set is held in memory (and in the cache file): N x 3 x H x W bytes.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -82,19 +84,24 @@ def load_image_folder(
     return dataset
 
 
-def _scan(root: Path) -> tuple[list[str], list[Path], list[int]]:
-    """Sorted class folders and, per class, its image files sorted by path."""
+def _scan(root: Path) -> tuple[list[str], list[str], list[int]]:
+    """Sorted class folders and, per class, its image files' paths (relative to root, sorted).
+
+    Plain strings, not Path objects: pathlib costs seconds on 50k files, which would dominate
+    a cache hit.
+    """
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
-    files: list[Path] = []
+    files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         found = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, root)
             found += [
-                Path(dirpath, f)
+                os.path.join(rel, f)
                 for f in filenames
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
             ]
@@ -109,12 +116,12 @@ def _scan(root: Path) -> tuple[list[str], list[Path], list[int]]:
 
 
 def _decode_all(
-    root: Path, files: list[Path], image_size: int | None, skip_bad: bool, progress: bool, workers: int
+    root: Path, files: list[str], image_size: int | None, skip_bad: bool, progress: bool, workers: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """Decode ``files`` on a thread pool into ``[N, 3, H, W]`` uint8; returns images, kept mask, skipped."""
 
     def work(start: int) -> list[np.ndarray | str]:
-        return [_try_decode(path, image_size) for path in files[start : start + _CHUNK]]
+        return [_try_decode(os.path.join(root, rel), image_size) for rel in files[start : start + _CHUNK]]
 
     buffer: np.ndarray | None = None  # [N, H, W, 3]; allocated once the first readable image fixes H, W
     first = files[0]  # the file that fixed H, W (named in size-mismatch errors)
@@ -127,16 +134,18 @@ def _decode_all(
             for i, result in enumerate(chunk, start):
                 if isinstance(result, str):
                     if not skip_bad:
-                        raise ValueError(f"cannot read image {files[i]}: {result} (pass skip_bad=True to skip it)")
-                    skipped.append((str(files[i].relative_to(root)), result))
+                        raise ValueError(
+                            f"cannot read image {root / files[i]}: {result} (pass skip_bad=True to skip it)"
+                        )
+                    skipped.append((files[i], result))
                     continue
                 if buffer is None:
                     buffer = np.empty((len(files), *result.shape), dtype=np.uint8)
                     first = files[i]
                 elif result.shape != buffer.shape[1:]:
                     raise ValueError(
-                        f"images differ in size: {first} is {buffer.shape[2]}x{buffer.shape[1]} but "
-                        f"{files[i]} is {result.shape[1]}x{result.shape[0]}; pass image_size to resize them all"
+                        f"images differ in size: {root / first} is {buffer.shape[2]}x{buffer.shape[1]} but "
+                        f"{root / files[i]} is {result.shape[1]}x{result.shape[0]}; pass image_size to resize them all"
                     )
                 buffer[i] = result
                 keep[i] = True
@@ -151,7 +160,7 @@ def _decode_all(
     return torch.from_numpy(buffer).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(keep), skipped
 
 
-def _try_decode(path: Path, image_size: int | None) -> np.ndarray | str:
+def _try_decode(path: str, image_size: int | None) -> np.ndarray | str:
     """``[H, W, 3]`` uint8 pixels, or the reason the file cannot be read."""
     try:
         with Image.open(path) as img:
@@ -213,7 +222,7 @@ def _report(root: Path, dataset: ImageTensorDataset, skipped: list[tuple[str, st
 def _cache_file(
     root: Path,
     classes: list[str],
-    files: list[Path],
+    files: list[str],
     image_size: int | None,
     skip_bad: bool,
     cache_dir: str | Path | None,
@@ -221,9 +230,13 @@ def _cache_file(
     """``<cache_dir>/imagefolder-<setting hash>-<content hash>.pt``; the first hash groups stale versions."""
     setting = json.dumps([_CACHE_VERSION, str(root.resolve()), image_size, skip_bad])
     content = hashlib.sha256(json.dumps(classes).encode())
-    for path in files:
-        st = path.stat()
-        content.update(f"\0{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for rel in files:
+        try:
+            st = os.stat(os.path.join(root, rel))
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # e.g. a dangling symlink: decoding will report it as a bad file
+            stamp = "unreadable"
+        content.update(f"\0{rel}\0{stamp}".encode())
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     setting_hash = hashlib.sha256(setting.encode()).hexdigest()[:16]
     return directory / f"imagefolder-{setting_hash}-{content.hexdigest()[:16]}.pt"

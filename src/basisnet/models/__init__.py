@@ -3,7 +3,9 @@
 from . import basisnet, mobilenet  # noqa: F401  (registers the models)
 from .basisnet import BasisNet, BasisNetOutput
 from .mobilenet import ARCHS, NETWORK_PARTS, ArchSpec, MobileNet
+from .msdnet import MSDNET_PRESETS, MSDNet  # registers "msdnet"
+from .ranet import RANET_PRESETS, RANet  # registers "ranet"
 from .registry import create_model, list_models, model_options, register_model
 
-__all__ = ["ARCHS", "BasisNet", "BasisNetOutput", "NETWORK_PARTS", "ArchSpec", "MobileNet", "create_model", "list_models", "model_options",
-           "register_model"]
+__all__ = ["ARCHS", "BasisNet", "BasisNetOutput", "NETWORK_PARTS", "ArchSpec", "MobileNet", "MSDNET_PRESETS", "MSDNet",
+           "RANET_PRESETS", "RANet", "create_model", "list_models", "model_options", "register_model"]

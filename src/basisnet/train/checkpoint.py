@@ -18,10 +18,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .config import load_config
-
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "save_weights", "load_weights",
+    "read_weights_metadata",
     "save_state", "load_state", "resolve_weights", "load_run_model",
 ]
 
@@ -95,24 +94,36 @@ def _mismatch_report(model_state: Mapping[str, torch.Tensor], ckpt: Mapping[str,
             + listed("shape mismatch", shapes))
 
 
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    data = _read_bytes(path, "weights file")
+    try:
+        header_len = int.from_bytes(data[:8], "little")  # format: u64 length, JSON header, tensor bytes
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        return st_load(data), metadata
+    except Exception as e:  # safetensors raises its own error types for truncated / foreign files
+        raise CheckpointError(f"cannot read weights file {path}: {e}") from None
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored by ``save_weights`` (model config, epoch, ...)."""
+    return _read_weights(Path(path))[1]
+
+
+def _load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    problems = _mismatch_report(model.state_dict(), tensors)
+    if problems:
+        raise CheckpointMismatchError(f"weights file {path} does not match the model:\n" + "\n".join(problems))
+    model.load_state_dict(tensors)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
     """Load a safetensors file written by ``save_weights`` into ``model``; return its metadata.
 
     Every key and shape must match; otherwise ``CheckpointMismatchError`` lists what differs
     (e.g. a checkpoint of another architecture or class count) and the model is left untouched.
     """
-    path = Path(path)
-    data = _read_bytes(path, "weights file")
-    try:
-        ckpt = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")  # format: u64 length, JSON header, tensor bytes
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {})
-    except Exception as e:  # safetensors raises its own error types for truncated / foreign files
-        raise CheckpointError(f"cannot read weights file {path}: {e}") from None
-    problems = _mismatch_report(model.state_dict(), ckpt)
-    if problems:
-        raise CheckpointMismatchError(f"weights file {path} does not match the model:\n" + "\n".join(problems))
-    model.load_state_dict(ckpt)
+    tensors, metadata = _read_weights(Path(path))
+    _load_checked(model, tensors, Path(path))
     return metadata
 
 
@@ -149,14 +160,16 @@ def resolve_weights(path: str | Path) -> Path:
 def load_run_model(path: str | Path, create_model: Callable[..., nn.Module]) -> nn.Module:
     """Rebuild a trained model (e.g. a distillation teacher) from a run directory or weights file.
 
-    The architecture comes from the run's ``config.yaml`` next to the weights; ``create_model``
-    is passed in so training code does not depend on the model zoo.
+    The architecture comes from the ``model`` entry the training loop stores in the weights'
+    metadata; ``create_model(name, **kwargs)`` is passed in so training code does not depend on
+    the model zoo. Returned in eval mode.
     """
     weights = resolve_weights(path)
-    config_file = weights.parent / "config.yaml"
-    if not config_file.is_file():
-        raise CheckpointError(f"{config_file} not found: cannot tell which model {weights} belongs to")
-    cfg = load_config(config_file)
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
-    load_weights(model, weights)
+    tensors, metadata = _read_weights(weights)
+    if "model" not in metadata:
+        raise CheckpointError(f"{weights} does not record its model (no 'model' metadata): build the model "
+                              "yourself and use load_weights")
+    spec = json.loads(metadata["model"])
+    model = create_model(spec["name"], **spec["kwargs"])
+    _load_checked(model, tensors, weights)
     return model.eval()

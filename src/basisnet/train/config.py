@@ -37,7 +37,7 @@ def _opt(default: Any, help: str, **kwargs: Any) -> Any:
 class ModelConfig:
     """Which network to build; passed to ``create_model(name, **kwargs)``."""
 
-    name: str = _opt("mobilenetv3_large", "Registered model name.")
+    name: str = _opt("basisnet", "Registered model name (see basisnet.models.list_models()).")
     kwargs: dict[str, Any] = _opt({}, "Keyword arguments of the model constructor (e.g. num_classes, num_bases).")
 
 
@@ -59,6 +59,7 @@ class DataConfig:
     skip_bad: bool = _opt(False, "Skip unreadable image files (with a warning) instead of failing.")
     num_workers: int = _opt(0, "Background workers decoding data; 0 loads in the main process.")
     seed: int = _opt(0, "Seed of the train/val split and of the batch order.")
+    subset: int = _opt(0, "Train on only the first N images of the training split (smoke runs); 0 = all.")
 
 
 @dataclass
@@ -211,7 +212,7 @@ def validate_config(cfg: RunConfig) -> None:
         _check(d.val_size >= 0, "data.val_size", "a count (int >= 0) or a fraction in (0, 1)", d.val_size)
     for key in ("image_size", "batch_size", "eval_batch_size"):
         _check(getattr(d, key) >= 1, f"data.{key}", ">= 1", getattr(d, key))
-    for key in ("crop_padding", "num_workers"):
+    for key in ("crop_padding", "num_workers", "subset"):
         _check(getattr(d, key) >= 0, f"data.{key}", ">= 0", getattr(d, key))
     _check(len(d.mean) == 3, "data.mean", "a list of 3 floats (RGB)", list(d.mean))
     _check(len(d.std) == 3 and all(s > 0 for s in d.std), "data.std", "a list of 3 positive floats (RGB)", list(d.std))

@@ -1,0 +1,25 @@
+"""Training: config, optimizer/schedule, EMA, losses, crash-safe checkpoints and the epoch loop."""
+from .checkpoint import (
+    CheckpointError, CheckpointMismatchError, atomic_write_bytes, load_run_model, load_state, load_weights,
+    read_weights_metadata, resolve_weights, save_state, save_weights,
+)
+from .config import (
+    ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, config_from_dict, config_help, config_to_dict,
+    load_config, save_config, validate_config,
+)
+from .distributed import DistributedInfo, init_distributed_device, is_distributed, rank, world_size
+from .ema import ModelEma
+from .losses import MultiExitLoss, final_logits, kd_loss
+from .loop import NonFiniteLossError, evaluate, fit, seed_everything
+from .optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
+
+__all__ = [
+    "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "load_run_model", "load_state",
+    "load_weights", "read_weights_metadata", "resolve_weights", "save_state", "save_weights",
+    "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "config_from_dict", "config_help",
+    "config_to_dict", "load_config", "save_config", "validate_config",
+    "DistributedInfo", "init_distributed_device", "is_distributed", "rank", "world_size",
+    "ModelEma", "MultiExitLoss", "final_logits", "kd_loss",
+    "NonFiniteLossError", "evaluate", "fit", "seed_everything",
+    "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups",
+]

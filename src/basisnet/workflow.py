@@ -1,0 +1,211 @@
+"""Workflows on a run directory: train from a config, cache exit logits, sweep, evaluate, predict.
+
+Each CLI command is one function here. A run directory holds ``config.yaml``, ``summary.csv``, the
+``last``/``best`` checkpoints, and what evaluation adds: ``logits_val.pt`` / ``logits_test.pt``
+(every exit's logits, computed once), ``sweep.csv``, ``sweep.png`` and ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset
+from .data import train_val_split
+from .data.sources import SHAPES
+from .deploy import EarlyExitPredictor, check_threshold
+from .evaluate import (
+    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, exit_accuracy, exit_madds,
+    plot_tradeoff, select_threshold, threshold_sweep,
+)
+from .models import create_model
+from .train import RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything
+
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Splits:
+    train: ImageTensorDataset
+    val: ImageTensorDataset
+    test: ImageTensorDataset | None
+
+
+def _reader_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    source = cfg.data.source
+    if source == SHAPES:
+        return {"image_size": cfg.data.image_size}
+    if find_cifar_dir(Path(source).expanduser()) is not None:
+        return {}
+    return {"image_size": cfg.data.image_size, "skip_bad": cfg.data.skip_bad}
+
+
+def load_splits(cfg: RunConfig, with_test: bool = False) -> Splits:
+    """Train / held-out validation (carved deterministically from train) / test of a config's source."""
+    full = load_dataset(cfg.data.source, "train", **_reader_kwargs(cfg))
+    if not cfg.data.val_size:
+        raise ValueError("data.val_size is 0: a held-out validation split is needed for model selection and "
+                         "threshold calibration")
+    train_idx, val_idx = train_val_split(full.targets, cfg.data.val_size, seed=cfg.data.seed)
+    test = load_dataset(cfg.data.source, "test", **_reader_kwargs(cfg)) if with_test else None
+    if test is not None and test.classes != full.classes:
+        raise ValueError(f"test classes {test.classes} differ from train classes {full.classes} in {cfg.data.source}")
+    if cfg.data.subset:
+        train_idx = train_idx[: cfg.data.subset]
+    return Splits(full.subset(train_idx), full.subset(val_idx), test)
+
+
+def _model_kwargs(cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
+    kwargs = dict(cfg.model.kwargs)
+    given = kwargs.setdefault("num_classes", len(classes))
+    if given != len(classes):
+        raise ValueError(f"model.kwargs.num_classes is {given} but {cfg.data.source} has {len(classes)} classes")
+    kwargs.setdefault("resolution", cfg.data.image_size)
+    return kwargs
+
+
+def eval_transform(cfg: RunConfig) -> EvalTransform:
+    return EvalTransform(cfg.data.mean, cfg.data.std, size=cfg.data.image_size)
+
+
+def train_run(
+    cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None
+) -> dict[str, Any]:
+    """Build data and model from ``cfg`` and train into ``run_dir`` (``resume`` continues it)."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist")
+    elif (run_dir / "last.state.pt").exists():
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+    seed_everything(cfg.train.seed)
+    splits = load_splits(cfg)
+    cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
+    if teacher is not None and getattr(teacher, "num_classes", None) not in (None, len(splits.train.classes)):
+        raise ValueError(f"teacher {cfg.train.kd_teacher} predicts {teacher.num_classes} classes, "
+                         f"the data has {len(splits.train.classes)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "classes.json").write_text(json.dumps(splits.train.classes))
+    d = cfg.data
+    train_loader = BatchLoader(splits.train, d.batch_size, shuffle=True, drop_last=True, seed=d.seed,
+                               num_workers=d.num_workers)
+    val_loader = BatchLoader(splits.val, d.eval_batch_size, shuffle=False)
+    augment = TrainAugment(d.image_size, d.crop_padding, d.flip, d.mean, d.std)
+    return fit(model, train_loader, val_loader, cfg, run_dir, augment, eval_transform(cfg), teacher=teacher,
+               resume=resume, progress=progress)
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
+    """The trained model (best weights) and resolved config of a run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    return load_run_model(run_dir, create_model), cfg
+
+
+def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -> ExitLogits:
+    """Every exit's logits on ``split`` (val or test), cached in the run directory after one pass."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    run_dir = Path(run_dir)
+    cache = run_dir / f"logits_{split}.pt"
+    weights = resolve_weights(run_dir)
+    if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+        return ExitLogits.load(cache)
+    model, cfg = load_run(run_dir)
+    splits = load_splits(cfg, with_test=split == "test")
+    data = splits.val if split == "val" else splits.test
+    batches = BatchLoader(data, cfg.data.eval_batch_size, shuffle=False)
+    logits = collect_exit_logits(model, batches, eval_transform(cfg), progress=progress is not False)
+    logits.save(cache)
+    return logits
+
+
+def run_exit_madds(run_dir: str | Path) -> list[float]:
+    """Cumulative MAdds per exit (millions, per image) of a run's model."""
+    model, _ = load_run(run_dir)
+    return [m / 1e6 for m in exit_madds(model)]
+
+
+def sweep_run(run_dir: str | Path, split: str = "val", thresholds: Sequence[float] | None = None,
+              progress: bool | None = None) -> list[dict]:
+    """Accuracy and average MAdds for every threshold from one cached pass; writes CSV and PNG."""
+    run_dir = Path(run_dir)
+    logits = exit_logits(run_dir, split, progress)
+    madds = run_exit_madds(run_dir)
+    rows = threshold_sweep(logits, madds, thresholds)
+    with open(run_dir / f"sweep_{split}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["threshold", "top1", "madds_m", "exit_fraction"])
+        for r in rows:
+            writer.writerow([f"{r['threshold']:.4f}", f"{r['top1']:.3f}", f"{r['madds']:.4f}",
+                             f"{r['exit_fraction']:.4f}"])
+    stage_points = {f"exit {i + 1} alone": [(m, acc)] for i, (m, acc) in enumerate(zip(madds, exit_accuracy(logits)))}
+    plot_tradeoff({"early exit (threshold sweep)": [(r["madds"], r["top1"]) for r in rows]}, stage_points,
+                  run_dir / f"sweep_{split}.png", title=f"{run_dir.name}: accuracy vs average MAdds ({split})")
+    return rows
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    protocol: str = "early-exit",
+    target_madds: float | None = None,
+    max_drop: float | None = None,
+    threshold: float | None = None,
+    temperature: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Test-set report of a run under one protocol; thresholds are always fitted on validation.
+
+    ``early-exit``: one confidence threshold, given or picked on val by ``target_madds`` (millions)
+    or ``max_drop`` (points vs. the last exit). ``anytime``: every exit. ``budgeted``: MSDNet's
+    budgeted-batch curve.
+    """
+    run_dir = Path(run_dir)
+    madds = run_exit_madds(run_dir)
+    val, test = exit_logits(run_dir, "val", progress), exit_logits(run_dir, "test", progress)
+    report: dict[str, Any] = {"run": str(run_dir), "protocol": protocol, "exit_madds": madds,
+                              "exit_top1_test": exit_accuracy(test), "exit_top1_val": exit_accuracy(val)}
+    if protocol == "early-exit":
+        if threshold is None:
+            if target_madds is None and max_drop is None:
+                raise ValueError("early-exit evaluation needs --threshold, --target-madds or --max-drop")
+            threshold = select_threshold(val, madds, target_madds=target_madds, max_drop=max_drop)
+        check_threshold(threshold)
+        report["result"] = apply_threshold(test, madds, threshold)
+    elif protocol == "anytime":
+        report["result"] = anytime(test, madds)
+    elif protocol == "budgeted":
+        report["result"] = budgeted_batch(val, test, madds, temperature=temperature)
+    else:
+        raise ValueError(f"protocol must be early-exit, anytime or budgeted, got {protocol!r}")
+    (run_dir / f"evaluation_{protocol}.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
+    """Class, confidence and answering stage for each image file."""
+    from .data.folder import load_image_files
+
+    check_threshold(threshold)
+    model, cfg = load_run(run_dir)
+    images = load_image_files(paths, cfg.data.image_size)
+    classes = json.loads((Path(run_dir) / "classes.json").read_text())
+    predictor = EarlyExitPredictor(model, threshold)
+    out = predictor.predict(eval_transform(cfg)(images))
+    return [
+        {"file": str(p), "class": classes[c], "confidence": float(conf), "stage": int(s) + 1,
+         "madds_m": float(m) / 1e6}
+        for p, c, conf, s, m in zip(paths, out.classes.tolist(), out.confidence, out.stage, out.madds)
+    ]
+

@@ -1,0 +1,324 @@
+"""Training subpackage: config, optim, EMA, losses, checkpoints and the loop (CPU, tiny, fast)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
+from basisnet.train import (
+    CheckpointError, CheckpointMismatchError, ConfigError, ModelEma, MultiExitLoss, NonFiniteLossError, RunConfig,
+    atomic_write_bytes, config_help, config_to_dict, create_optimizer, create_scheduler, fit, init_distributed_device,
+    kd_loss, load_config, load_run_model, load_state, load_weights, param_groups, save_config, save_weights,
+)
+from basisnet.train import checkpoint as checkpoint_module
+
+# ------------------------------------------------------------------ helpers
+
+
+class ToyNet(nn.Module):
+    """Two exits on 8x8 inputs, BatchNorm and dropout (so RNG restore matters on resume).
+
+    ``nan_at`` / ``inf_grad_at`` / ``crash_at``: the n-th training forward returns NaN / gives an
+    infinite gradient / raises, to simulate divergence and a killed process.
+    """
+
+    def __init__(self, classes: int = 3, width: int = 4, nan_at: int = 0, crash_at: int = 0, inf_grad_at: int = 0) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU())
+        self.head0 = nn.Linear(width, classes)
+        self.head1 = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, classes))
+        self.nan_at, self.crash_at, self.inf_grad_at, self.calls = nan_at, crash_at, inf_grad_at, 0
+        self.on_nan = lambda: None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise KeyboardInterrupt("simulated kill")
+        h = self.stem(x)
+        out = [self.head0(h.mean((2, 3))), self.head1(self.body(h).mean((2, 3)))]
+        if self.training and self.calls == self.nan_at:
+            self.on_nan()
+            out[-1] = out[-1] * float("nan")
+        if self.training and self.calls == self.inf_grad_at:  # adds 0 to the loss, inf to the gradient
+            out[-1] = out[-1] + (self.head0.bias - self.head0.bias.detach()).sqrt().sum()
+        return out
+
+
+class PlainDataset(torch.utils.data.Dataset):
+    """Not an ImageTensorDataset, so BatchLoader goes through a torch DataLoader (which draws from the global RNG)."""
+
+    def __init__(self, data: ImageTensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.data[i]
+
+
+train_tf = TrainAugment(crop_size=8, padding=1, mean=(0.5,) * 3, std=(0.25,) * 3)
+eval_tf = EvalTransform(mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def make_data(plain: bool = False, n: int = 64, batch: int = 16) -> tuple[BatchLoader, BatchLoader]:
+    gen = torch.Generator().manual_seed(123)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    images = torch.randint(0, 256, (n, 3, 8, 8), generator=gen, dtype=torch.uint8)
+    images[:, 0] = (labels * 100).to(torch.uint8)[:, None, None]  # learnable signal
+    train = ImageTensorDataset(images, labels, ["a", "b", "c"])
+    val = train.subset(range(32))
+    if plain:
+        train, val = PlainDataset(train), PlainDataset(val)
+    return BatchLoader(train, batch, shuffle=True, seed=1), BatchLoader(val, 32, shuffle=False)
+
+
+def tiny_cfg(*overrides: str) -> RunConfig:
+    return load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.log_interval=1",
+                              "data.batch_size=16", *overrides])
+
+
+def run(run_dir: Path, cfg: RunConfig, make_model: Callable[[], nn.Module] = ToyNet, resume: bool = False,
+        plain: bool = False, **kw) -> dict:
+    torch.manual_seed(0)  # same initial weights in every run
+    model = make_model()
+    train, val = make_data(plain)
+    return fit(model, train, val, cfg, run_dir, train_tf, eval_tf, resume=resume, progress=False, **kw)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.lrr'.*did you mean 'train\.lr'"):
+        load_config(None, ["train.lrr=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'trian'.*did you mean 'train'"):
+        load_config(bad)
+
+
+def test_types_checked() -> None:
+    with pytest.raises(ConfigError, match=r"'train\.epochs' must be int, got 1\.5"):
+        load_config(None, ["train.epochs=1.5"])
+    with pytest.raises(ConfigError, match=r"'data\.flip' must be bool"):
+        load_config(None, ["data.flip=3"])
+    with pytest.raises(ConfigError, match=r"'train\.optimizer' must be 'sgd' \| 'rmsprop' \| 'adamw'"):
+        load_config(None, ["train.optimizer=adam"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(None, ["train.lr"])
+    cfg = load_config(None, ["train.lr=1", "data.val_size=500", "data.mean=[0, 0.5, 1]"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.val_size == 500 and isinstance(cfg.data.val_size, int)  # a count stays a count
+    assert cfg.data.mean == (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=0", "train.lr"), ("train.epochs=0", "train.epochs"), ("train.ema_decay=1.0", "train.ema_decay"),
+    ("train.label_smoothing=1", "train.label_smoothing"), ("train.weight_decay=-1e-4", "train.weight_decay"),
+    ("data.batch_size=0", "data.batch_size"), ("data.val_size=1.5", "data.val_size"), ("data.std=[1, 0, 1]", "data.std"),
+    ("train.kd_weight=2", "train.kd_weight"), ("train.min_lr=1", "train.min_lr"),
+])
+def test_out_of_range(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}' must be"):
+        load_config(None, [override])
+
+
+def test_yaml_overrides_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  name: toy\n  kwargs: {width: 4, num_bases: 4}\ntrain:\n  lr: 0.2\n")
+    cfg = load_config(path, ["model.kwargs.num_bases=8", "train.kd_teacher=/runs/t", "data.source=/x"])
+    assert cfg.model.kwargs == {"width": 4, "num_bases": 8}
+    assert (cfg.train.lr, cfg.train.kd_teacher, cfg.data.source) == (0.2, "/runs/t", "/x")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    assert config_to_dict(cfg)["data"]["mean"] == list(cfg.data.mean)
+    keys = [key for key, _, help in config_help() if help]
+    assert len(keys) == len(config_help()) and "train.kd_temperature" in keys  # every key documented
+
+
+# ------------------------------------------------------------------ optim, EMA, losses
+
+
+def test_param_groups_skip_bn_bias_and_marked() -> None:
+    model = ToyNet()
+    model.no_weight_decay = lambda: {"head0.weight"}
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {names[id(p)] for p in decay["params"]} == {"stem.0.weight", "body.0.weight", "head1.1.weight"}
+    assert {"stem.1.weight", "stem.1.bias", "stem.0.bias", "head0.weight"} <= {names[id(p)] for p in no_decay["params"]}
+
+
+def test_scheduler_warmup_then_cosine() -> None:
+    cfg = load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.lr=1", "train.min_lr=0.1"]).train
+    opt = create_optimizer(nn.Linear(2, 2), cfg)
+    sched = create_scheduler(opt, cfg, steps_per_epoch=5)  # 50 steps, 10 of warm-up
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.5) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[30] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lrs[49] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    resumed = create_scheduler(create_optimizer(nn.Linear(2, 2), cfg), cfg, 5)
+    resumed.load_state_dict(sched.state_dict())
+    assert resumed.get_last_lr() == sched.get_last_lr()
+
+
+def test_ema_update_math() -> None:
+    model = nn.BatchNorm1d(2)
+    ema = ModelEma(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.full((2,), 0.9 * 1.0 + 0.1 * 2.0))
+    assert torch.equal(ema.module.running_mean, model.running_mean)  # buffers copied, not averaged
+    assert not ema.module.weight.requires_grad and not ema.module.training
+
+
+def test_kd_and_multi_exit_loss() -> None:
+    logits = torch.randn(4, 5)
+    assert kd_loss(logits, logits.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits, torch.randn(4, 5), 4.0).item() > 0
+    target = torch.tensor([0, 1, 2, 3])
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    ce = nn.functional.cross_entropy
+    assert MultiExitLoss(0.5)([a, b], target).item() == pytest.approx((ce(b, target) + 0.5 * ce(a, target)).item())
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.safetensors"
+    save_weights(ToyNet(), path)
+    before = sha(path)
+
+    def fail(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fail)  # the data is half-way to disk when it fails
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(ToyNet(width=8), path)
+    assert sha(path) == before and [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+    load_weights(ToyNet(), path)
+
+
+def test_load_weights_mismatch_lists_differences(tmp_path: Path) -> None:
+    save_weights(ToyNet(classes=3), tmp_path / "w.safetensors")
+    other = ToyNet(classes=5)
+    other.extra = nn.Linear(1, 1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(other, tmp_path / "w.safetensors")
+    msg = str(err.value)
+    assert "missing in checkpoint (2)" in msg and "extra.weight" in msg
+    assert "head0.weight: checkpoint (3, 4) vs model (5, 4)" in msg and "head1.1.bias: checkpoint (3,) vs model (5,)" in msg
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # untouched
+    atomic_write_bytes(tmp_path / "junk.safetensors", b"\x10\x00not a header")
+    with pytest.raises(CheckpointError, match="cannot read weights file .*junk"):
+        load_weights(other, tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_weights(other, tmp_path / "missing.safetensors")
+
+
+def test_tied_weights_round_trip(tmp_path: Path) -> None:
+    model = ToyNet()
+    model.tied = model.head0  # the same parameters under two names
+    save_weights(model, tmp_path / "t.safetensors", {"model": '{"name": "toy", "kwargs": {"classes": 3}}'})
+    fresh = ToyNet()
+    fresh.tied = fresh.head0
+    load_weights(fresh, tmp_path / "t.safetensors")
+    assert torch.equal(fresh.tied.weight, model.head0.weight) and fresh.tied.weight is fresh.head0.weight
+
+
+# ------------------------------------------------------------------ fit
+
+
+def test_fit_writes_run_directory(tmp_path: Path) -> None:
+    teacher = ToyNet().eval()
+    cfg = tiny_cfg("train.ema_decay=0.5", "train.kd_teacher=teacher-run", "train.grad_clip=1.0",
+                   "train.label_smoothing=0.1")
+    result = run(tmp_path, cfg, teacher=teacher)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.yaml", "summary.csv", "last.state.pt", "last.safetensors", "best.safetensors"}
+    assert load_config(tmp_path / "config.yaml") == cfg
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1", "seconds", "images_per_s"]
+    assert result["global_step"] == 8 and len(result["last_top1"]) == 2 and 0 <= result["best_top1"] <= 100
+    state = load_state(tmp_path / "last.state.pt")  # weights_only=True
+    assert state["loop"]["epoch"] == 2 and state["ema"] is not None
+    model = load_run_model(tmp_path, lambda name, **kw: ToyNet(**kw))
+    assert not model.training
+    with pytest.raises(FileExistsError, match="resume=True"):
+        run(tmp_path, cfg, teacher=teacher)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    seen = {}
+
+    def make_model() -> ToyNet:
+        model = ToyNet(nan_at=6)  # epoch 2, step 2 (4 steps per epoch)
+        model.on_nan = lambda: seen.update({n: sha(tmp_path / n) for n in ("last.state.pt", "last.safetensors")})
+        return model
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 \(global step 6\).*last\.safetensors") as err:
+        run(tmp_path, tiny_cfg(), make_model)
+    assert (err.value.epoch, err.value.step, err.value.checkpoint) == (2, 2, tmp_path / "last.safetensors")
+    assert {n: sha(tmp_path / n) for n in seen} == seen  # nothing written after the NaN
+    assert load_state(tmp_path / "last.state.pt")["loop"]["epoch"] == 1
+    load_weights(ToyNet(), tmp_path / "last.safetensors")
+
+
+def test_infinite_gradient_stops(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm \(inf\) at epoch 1, step 3") as err:
+        run(tmp_path, tiny_cfg("train.grad_clip=1"), lambda: ToyNet(inf_grad_at=3))
+    assert err.value.checkpoint is None and not (tmp_path / "last.state.pt").exists()
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["tensor-dataset", "torch-dataloader"])
+@pytest.mark.parametrize("crash_at, resume_batch", [(5, 0), (7, 2)], ids=["epoch-end", "mid-epoch"])
+def test_resume_is_bitwise_identical(tmp_path: Path, plain: bool, crash_at: int, resume_batch: int) -> None:
+    cfg = tiny_cfg("train.ema_decay=0.5", "train.checkpoint_every_steps=3", "train.optimizer=adamw",
+                   "train.weight_decay=0.01")
+    reference = run(tmp_path / "a", cfg, plain=plain)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", cfg, lambda: ToyNet(crash_at=crash_at), plain=plain)  # killed in epoch 2
+    assert load_state(tmp_path / "b" / "last.state.pt")["loop"]["batch"] == resume_batch
+    with pytest.raises(ConfigError, match="train.lr: 0.05 -> 0.1"):
+        run(tmp_path / "b", tiny_cfg("train.lr=0.1"), resume=True)
+    resumed = run(tmp_path / "b", cfg, resume=True, plain=plain)
+    a, b = load_state(tmp_path / "a" / "last.state.pt"), load_state(tmp_path / "b" / "last.state.pt")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    wa, wb = (safetensors.torch.load_file(tmp_path / d / "last.safetensors") for d in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    keep = ("epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1")
+    assert [{k: r[k] for k in keep} for r in resumed["history"]] == [{k: r[k] for k in keep} for r in reference["history"]]
+
+
+def test_init_distributed_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(var, raising=False)
+    info = init_distributed_device("cpu")
+    assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, "cpu")
