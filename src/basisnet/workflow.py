@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset
-from .data import train_val_split
+from .data import (
+    BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, load_image_files,
+    train_val_split,
+)
 from .data.sources import SHAPES
 from .deploy import EarlyExitPredictor, check_threshold
 from .evaluate import (
@@ -29,6 +31,11 @@ from .models import create_model
 from .train import RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything
 
 SPLITS = ("val", "test")
+
+
+def flush_denormals() -> None:
+    """Denormal floats appear as training goes on and slow CPU kernels several-fold; treat them as 0."""
+    torch.set_flush_denormal(True)
 
 
 @dataclass
@@ -85,6 +92,7 @@ def train_run(
             raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist")
     elif (run_dir / "last.state.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+    flush_denormals()
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg)
     cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
@@ -122,6 +130,7 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
     weights = resolve_weights(run_dir)
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return ExitLogits.load(cache)
+    flush_denormals()
     model, cfg = load_run(run_dir)
     splits = load_splits(cfg, with_test=split == "test")
     data = splits.val if split == "val" else splits.test
@@ -195,8 +204,6 @@ def evaluate_run(
 
 def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
     """Class, confidence and answering stage for each image file."""
-    from .data.folder import load_image_files
-
     check_threshold(threshold)
     model, cfg = load_run(run_dir)
     images = load_image_files(paths, cfg.data.image_size)

@@ -5,7 +5,7 @@ Every reader returns an :class:`ImageTensorDataset`, so training batches are one
 
 from .cifar import find_cifar_dir, load_cifar
 from .dataset import ImageTensorDataset
-from .folder import IMAGE_EXTENSIONS, default_cache_dir, load_image_folder
+from .folder import IMAGE_EXTENSIONS, default_cache_dir, load_image_files, load_image_folder
 from .loader import BatchLoader
 from .sources import load_dataset
 from .split import train_val_split
@@ -36,6 +36,7 @@ __all__ = [
     "find_cifar_dir",
     "load_cifar",
     "load_dataset",
+    "load_image_files",
     "load_image_folder",
     "make_shapes",
     "train_val_split",

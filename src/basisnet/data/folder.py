@@ -8,11 +8,13 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .dataset import ImageTensorDataset
@@ -269,3 +271,21 @@ def _write_cache(path: Path, dataset: ImageTensorDataset, skipped: list[tuple[st
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write image cache {path}: {exc}", stacklevel=3)
+
+
+def load_image_files(paths: Sequence[str | Path], image_size: int) -> Tensor:
+    """Decode individual image files (for prediction) into one uint8 batch ``[N, 3, size, size]``.
+
+    Any unreadable file raises ``ValueError`` naming it, before any work is done on the others.
+    """
+    if not paths:
+        raise ValueError("no image files given")
+    pixels = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        decoded = _try_decode(str(path), image_size)
+        if isinstance(decoded, str):
+            raise ValueError(f"cannot read image {path}: {decoded}")
+        pixels.append(torch.from_numpy(decoded.copy()).permute(2, 0, 1))
+    return torch.stack(pixels)

@@ -134,7 +134,7 @@ def head_for(in_channels: int, num_classes: int, variant: str) -> ExitHead:
 def init_weights(model: nn.Module) -> None:
     """He (fan-out) convs, unit BatchNorm, zero linear biases: what both official codes intend.
 
-    (Their ``_init_weights`` misses most modules -- MSDNet's every one -- leaving PyTorch defaults.)
+    (MSDNet's ``_init_weights`` reaches no module and RANet's misses the stem, leaving PyTorch defaults.)
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

@@ -2,16 +2,18 @@
 
 Our own implementation of the architecture of the official code (github.com/kalviny/MSDNet-PyTorch):
 the same layers, channel widths, scale pruning, transitions and classifier heads, so parameter counts
-and multiply-adds match it. Option names are snake_case versions of its flags (``num_blocks`` =
-``--nBlocks``, ``num_channels`` = ``--nChannels``, ``growth_rate``, ``gr_factor``, ``bn_factor``, ``base``,
-``step``, ``stepmode``, ``prune``, ``reduction``); ``variant`` stands for its ``--data`` switch between the
-CIFAR and ImageNet stems and heads. Exit k runs blocks 1..k whole, as the official forward does.
+and multiply-adds match it, and so do the logits once its weights are copied in. Option names are
+snake_case versions of its flags (``num_blocks`` = ``--nBlocks``, ``num_channels`` = ``--nChannels``,
+``growth_rate``, ``gr_factor``, ``bn_factor``, ``base``, ``step``, ``stepmode``, ``prune``, ``reduction``);
+``variant`` stands for its ``--data`` switch between the CIFAR and ImageNet stems and heads. Exit k runs
+blocks 1..k whole, as the official forward does.
 
 Multiply-adds: ``basisnet.evaluate.exit_madds`` counts convolutions and linear layers only (FLOPs / 2
 of ``FlopCounterMode``). The official ``op_counter.py`` also adds one op per ReLU output element, per
-pooling window element and per linear bias, so its figures are 0.5-1.2% higher on the CIFAR configs:
-CIFAR-100 MSDNet (10 blocks, step 2, base 4) counts 14.97M at exit 1 and 121.09M at exit 10 here
-against 15.14M and 121.68M there; restricted to conv + linear, their counter gives exactly our numbers.
+pooling window element and per linear bias, so its figures are 0.5-1.2% higher on the CIFAR configs
+(and 0.5-0.8% on ImageNet). The CIFAR-100 MSDNet (10 blocks, step 2, base 4) counts 14.97M at exit 1
+and 121.09M at exit 10 here against 15.14M and 121.68M there; RANet's CIFAR config (``ranet``) 15.75M
+and 94.34M against 15.83M and 95.00M. Restricted to conv + linear, their counter gives exactly ours.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def compressed(channels: int, reduction: float) -> int:
 
 
 class MSDNet(nn.Module):
-    """Multi-scale dense network; defaults: the CIFAR-100 anytime model (10 blocks, step 2, base 4).
+    """Multi-scale dense network; defaults: a CIFAR-100 anytime model (10 blocks, step 2, base 4).
 
     Args:
         num_classes: classifier outputs.
@@ -235,9 +237,10 @@ def register_with_presets(name: str, cls: type[nn.Module], presets: Mapping[str,
             raise ValueError(f"model {name!r} has no preset {preset!r}; choose one of {sorted(presets)}")
         return cls(**{**presets[preset], **options})
 
-    preset_param = inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=default)
     # The registry reads the accepted options from this signature: the class's plus ``preset``.
-    build.__signature__ = inspect.Signature([*inspect.signature(cls).parameters.values(), preset_param])  # type: ignore[attr-defined]
+    params = [*inspect.signature(cls).parameters.values(),
+              inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=default)]
+    build.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     build.__name__ = name
     build.__doc__ = f"{cls.__name__} from a preset ({', '.join(presets)}); explicit options override its values."
     register_model(name, build)

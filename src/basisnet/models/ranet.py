@@ -3,7 +3,7 @@
 Our own implementation of the architecture of the official code (github.com/yangle15/RANet-pytorch),
 built from the MSDNet pieces in ``basisnet.layers.densenet``. One sub-network ("flow") per entry of
 ``scale_list`` (1 = the coarsest resolution), cheapest first. Flow 0 is a dense network with exits;
-every later flow starts at a finer map and, for as many blocks as the previous flow has, fuses that
+every later flow starts at a finer (or the same) map and, for as many blocks as the previous flow has, fuses that
 flow's features (upsampled) into its own while striding down to the coarsest resolution, then adds
 ``block_step`` plain dense blocks with one exit each. Option names are snake_case versions of the
 official flags (``num_blocks`` = ``--nBlocks``, ``block_step``, ``num_channels``, ``growth_rate``,
@@ -40,7 +40,8 @@ from .msdnet import STEPMODES, compressed, register_with_presets
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
 RANET_PRESETS: dict[str, dict[str, Any]] = {
     "cifar": {},
-    # The official train_imagenet.sh (its other options at their defaults).
+    # The official train_imagenet.sh, its other options at their defaults. (Its README's variant,
+    # num_channels=32 and gr_factor = bn_factor = (4, 2, 2, 1), has 131M params and 2.82G MAdds.)
     "imagenet": dict(num_classes=1000, resolution=224, variant="imagenet", growth_rate=16, step=8,
                      scale_list=(1, 2, 3, 4), gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1)),
 }
@@ -139,8 +140,9 @@ class RANet(nn.Module):
         stepmode: "even" or "lin_grow".
         num_channels: input channels of a flow (times its ``gr_factor``).
         growth_rate: new channels per layer (times the flow's ``gr_factor``).
-        scale_list: resolution of each flow, 1 = coarsest, each one the same as or one above the last;
-            flow i is reached from the input with one stride-2 conv per step down.
+        scale_list: resolution of each flow, 1 = coarsest, each one the same as or one above the last.
+            A flow at scale s strides down s - 1 times (the official code's ``[-0:]`` slice also strides
+            a repeated scale-1 flow, below the coarsest resolution).
         gr_factor, bn_factor: width multiplier and bottleneck width per flow.
         compress_factor: share of a fusion layer's new channels taken from the coarser flow.
         reduction: transition compression (a flow at scale s compresses at ``s - 1`` evenly spaced blocks).
@@ -181,8 +183,8 @@ class RANet(nn.Module):
         for i in range(1, num_flows):
             growth = growth_rate * gr_factor[i]
             if not 1 <= math.floor(growth * compress_factor) < growth:
-                raise ValueError(f"compress_factor={compress_factor} must split the {growth} new channels of flow {i}'s "
-                                 "layers between the coarser flow and its own, leaving each at least one")
+                raise ValueError(f"compress_factor={compress_factor} must split the {growth} new channels of flow "
+                                 f"{i}'s layers between the coarser flow and its own, leaving each at least one")
 
         # The stem computes the finest map first and the coarsest last; flow i reads map i counted from the end.
         order = list(reversed(range(num_flows)))

@@ -1,0 +1,136 @@
+"""End to end on the embedded SHAPES data: train -> sweep -> evaluate -> predict, via library and CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from basisnet.cli import main
+from basisnet.configs import bundled_config, list_configs
+from basisnet.deploy import EarlyExitPredictor
+from basisnet.train import load_config
+from basisnet.workflow import evaluate_run, exit_logits, load_run, predict_files, sweep_run, train_run
+
+TINY = [
+    "train.epochs=1", "train.warmup_epochs=0", "data.subset=256", "data.val_size=128", "data.batch_size=64",
+    "data.eval_batch_size=128", "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    cfg = load_config(bundled_config("shapes_demo"), TINY)
+    result = train_run(cfg, out, progress=False)
+    assert len(result["last_top1"]) == 2
+    return out
+
+
+def test_bundled_configs_load():
+    assert {"cifar10_basisnet", "cifar10_static", "shapes_demo"} <= set(list_configs())
+    for name in list_configs():
+        load_config(bundled_config(name))
+    with pytest.raises(FileNotFoundError, match="bundled"):
+        bundled_config("nope")
+
+
+def test_run_directory_contents(run_dir):
+    for name in ("config.yaml", "summary.csv", "best.safetensors", "last.safetensors", "last.state.pt",
+                 "classes.json"):
+        assert (run_dir / name).is_file(), name
+    model, cfg = load_run(run_dir)
+    assert model.num_exits == 2 and cfg.model.kwargs["num_classes"] == 10
+
+
+def test_sweep_from_cached_logits(run_dir):
+    rows = sweep_run(run_dir, "val", progress=False)
+    assert (run_dir / "sweep_val.csv").is_file() and (run_dir / "sweep_val.png").stat().st_size > 0
+    assert rows[0]["threshold"] == 0.0 and rows[0]["exit_fraction"] == 1.0
+    cache = run_dir / "logits_val.pt"
+    stamp = cache.stat().st_mtime_ns
+    sweep_run(run_dir, "val", progress=False)
+    assert cache.stat().st_mtime_ns == stamp  # the second sweep reused the cached pass
+
+
+def test_evaluate_protocols(run_dir):
+    report = evaluate_run(run_dir, "early-exit", max_drop=1.0, progress=False)
+    result = report["result"]
+    assert report["exit_madds"][0] <= result["madds"] <= report["exit_madds"][1]
+    any_time = evaluate_run(run_dir, "anytime", progress=False)["result"]
+    assert [r["madds"] for r in any_time] == report["exit_madds"]
+    budget = evaluate_run(run_dir, "budgeted", progress=False)["result"]
+    assert len(budget) == 39
+    with pytest.raises(ValueError, match="needs --threshold"):
+        evaluate_run(run_dir, "early-exit")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        evaluate_run(run_dir, "early-exit", threshold=1.5)
+
+
+def test_early_exit_predictor_runs_specialist_only_on_unsure_images(run_dir):
+    model, _ = load_run(run_dir)
+    x = torch.randn(6, 3, 32, 32)
+    full = model(x)
+    always = EarlyExitPredictor(model, threshold=1.0).predict(x)  # nobody is that confident: all reach exit 2
+    assert torch.equal(always.stage, torch.ones(6, dtype=torch.long))
+    torch.testing.assert_close(always.classes, full[1].argmax(-1))
+    never = EarlyExitPredictor(model, threshold=0.0).predict(x)
+    assert torch.equal(never.stage, torch.zeros(6, dtype=torch.long))
+    torch.testing.assert_close(never.classes, full[0].argmax(-1))
+    assert never.average_madds < always.average_madds
+    # a mixed batch: the specialist's answers for the subset equal its answers on the full batch
+    conf = full[0].softmax(-1).amax(-1)
+    mid = conf.median().item()
+    mixed = EarlyExitPredictor(model, threshold=mid).predict(x)
+    hard = conf < mid
+    torch.testing.assert_close(mixed.classes[hard], full[1].argmax(-1)[hard])
+    torch.testing.assert_close(mixed.classes[~hard], full[0].argmax(-1)[~hard])
+
+
+def test_predict_files_and_bad_images(run_dir, tmp_path):
+    good = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(good)
+    gray = tmp_path / "b.jpg"
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(gray)
+    rows = predict_files(run_dir, [good, gray], threshold=0.5)
+    assert [r["file"] for r in rows] == [str(good), str(gray)]
+    assert all(r["stage"] in (1, 2) and 0 <= r["confidence"] <= 1 for r in rows)
+    broken = tmp_path / "c.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="c.jpg"):
+        predict_files(run_dir, [good, broken], threshold=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        predict_files(run_dir, [good], threshold=-0.1)
+
+
+def test_cli_round_trip(run_dir, tmp_path, capsys):
+    assert main(["evaluate", str(run_dir), "--threshold", "0.7", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["result"]["threshold"] == 0.7
+    assert main(["sweep", str(run_dir)]) == 0
+    assert "threshold" in capsys.readouterr().out
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(run_dir), str(image)]) == 0
+    assert "stage" in capsys.readouterr().out
+    # bad input: clear error, exit code 2
+    assert main(["evaluate", str(run_dir), "--threshold", "2"]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(["train", "--config", "shapes_demo", "--output", str(tmp_path / "r"), "train.lrr=0.1"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["train", "--config", "shapes_demo", "--output", str(tmp_path / "r"), "data.source=/no/such/dir"]) == 2
+    assert "/no/such/dir" in capsys.readouterr().err
+
+
+def test_wrong_class_count_is_rejected(tmp_path):
+    cfg = load_config(bundled_config("shapes_demo"), [*TINY, "model.kwargs.num_classes=7"])
+    with pytest.raises(ValueError, match="num_classes is 7 but shapes has 10 classes"):
+        train_run(cfg, tmp_path / "r", progress=False)
+
+
+def test_train_refuses_to_overwrite_a_run(run_dir):
+    cfg = load_config(run_dir / "config.yaml")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_run(cfg, run_dir, progress=False)
+    assert exit_logits(run_dir, "val").num_exits == 2
