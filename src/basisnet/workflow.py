@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .data import (
     BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, load_image_files,
@@ -27,8 +28,10 @@ from .evaluate import (
     ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, exit_accuracy, exit_madds,
     plot_tradeoff, select_threshold, threshold_sweep,
 )
+from .layers import to_channels_last
 from .models import create_model
-from .train import RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything
+from .train import ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything
+from .train.distributed import DistributedInfo, distributed_session
 
 SPLITS = ("val", "test")
 
@@ -82,10 +85,33 @@ def eval_transform(cfg: RunConfig) -> EvalTransform:
     return EvalTransform(cfg.data.mean, cfg.data.std, size=cfg.data.image_size)
 
 
+def _per_rank(global_batch: int, world: int, key: str) -> int:
+    """Batch sizes in the config are global (summed over processes), so a run means the same at any scale."""
+    if global_batch % world:
+        raise ConfigError(f"{key}={global_batch} is the global batch size and must be divisible by the "
+                          f"{world} processes")
+    return global_batch // world
+
+
+def _shard(data: ImageTensorDataset, info: DistributedInfo) -> ImageTensorDataset:
+    """Every ``world_size``-th image from ``rank`` on: disjoint shards without padding, so accuracies
+    summed over ranks count each validation image exactly once."""
+    if not info.distributed:
+        return data
+    if len(data) < info.world_size:
+        raise ValueError(f"the validation split has {len(data)} images, fewer than the {info.world_size} processes")
+    return data.subset(range(info.rank, len(data), info.world_size))
+
+
 def train_run(
     cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None
 ) -> dict[str, Any]:
-    """Build data and model from ``cfg`` and train into ``run_dir`` (``resume`` continues it)."""
+    """Build data and model from ``cfg`` and train into ``run_dir`` (``resume`` continues it).
+
+    Started by torchrun or srun (``WORLD_SIZE`` / ``SLURM_NTASKS`` > 1), every process calls this: it
+    joins the process group (gloo on CPU, NCCL on GPU), trains a DistributedDataParallel model on its
+    shard of each global batch (``data.batch_size`` / world size images) and only rank 0 writes files.
+    """
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "config.yaml").is_file():
@@ -93,23 +119,33 @@ def train_run(
     elif (run_dir / "last.state.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
     flush_denormals()
-    seed_everything(cfg.train.seed)
-    splits = load_splits(cfg)
-    cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
-    teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
-    if teacher is not None and getattr(teacher, "num_classes", None) not in (None, len(splits.train.classes)):
-        raise ValueError(f"teacher {cfg.train.kd_teacher} predicts {teacher.num_classes} classes, "
-                         f"the data has {len(splits.train.classes)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "classes.json").write_text(json.dumps(splits.train.classes))
-    d = cfg.data
-    train_loader = BatchLoader(splits.train, d.batch_size, shuffle=True, drop_last=True, seed=d.seed,
-                               num_workers=d.num_workers)
-    val_loader = BatchLoader(splits.val, d.eval_batch_size, shuffle=False)
-    augment = TrainAugment(d.image_size, d.crop_padding, d.flip, d.mean, d.std)
-    return fit(model, train_loader, val_loader, cfg, run_dir, augment, eval_transform(cfg), teacher=teacher,
-               resume=resume, progress=progress)
+    with distributed_session() as info:
+        d = cfg.data
+        batch_size = _per_rank(d.batch_size, info.world_size, "data.batch_size")
+        eval_batch_size = -(-d.eval_batch_size // info.world_size)
+        seed_everything(cfg.train.seed)  # the same initial weights in every process
+        splits = load_splits(cfg)
+        cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
+        model = create_model(cfg.model.name, **cfg.model.kwargs).to(info.device)
+        teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
+        if teacher is not None:
+            if getattr(teacher, "num_classes", None) not in (None, len(splits.train.classes)):
+                raise ValueError(f"teacher {cfg.train.kd_teacher} predicts {teacher.num_classes} classes, "
+                                 f"the data has {len(splits.train.classes)}")
+            teacher.to(info.device)
+        if info.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "classes.json").write_text(json.dumps(splits.train.classes))
+        train_loader = BatchLoader(splits.train, batch_size, shuffle=True, drop_last=True, seed=d.seed,
+                                   rank=info.rank, world_size=info.world_size, num_workers=d.num_workers)
+        val_loader = BatchLoader(_shard(splits.val, info), eval_batch_size, shuffle=False)
+        if info.distributed:
+            if cfg.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
+                to_channels_last(model)
+            model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+        augment = TrainAugment(d.image_size, d.crop_padding, d.flip, d.mean, d.std)
+        return fit(model, train_loader, val_loader, cfg, run_dir, augment, eval_transform(cfg), teacher=teacher,
+                   resume=resume, progress=progress)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:

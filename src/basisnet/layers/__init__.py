@@ -11,22 +11,12 @@ from .blocks import (
     Router,
     SqueezeExcite,
     make_divisible,
+    to_channels_last,
 )
 
 __all__ = [
     "ACTIVATIONS", "BASIS_LAYERS", "BLOCK_PARTS", "PATHS", "BasisConv2d", "BasisLinear", "BasisMixer",
     "BlockSpec", "ConvNormAct", "InvertedResidual", "LinearAct", "Router", "SqueezeExcite", "make_divisible",
+    "to_channels_last",
 ]
 
-
-def to_channels_last(module):
-    """Channels-last for every 4-D parameter and buffer (``Module.to`` would choke on 5-D basis kernels)."""
-    import torch
-
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-    return module
-
-
-__all__.append("to_channels_last")

@@ -31,6 +31,14 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return new
 
 
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Channels-last for every 4-D parameter and buffer (``Module.to`` rejects 5-D basis kernels)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
 def activation(name: str | None) -> nn.Module:
     if name is None:
         return nn.Identity()

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..layers import to_channels_last
 from .checkpoint import atomic_write_bytes, load_state, save_state, save_weights
 from .config import ConfigError, RunConfig, config_to_dict, save_config, validate_config
 from .distributed import is_distributed, rank, world_size
@@ -131,13 +132,6 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _to_channels_last(module: nn.Module) -> None:
-    """Convert 4-D weights only: ``module.to(memory_format=...)`` rejects models with 5-D basis tensors."""
-    for p in module.parameters():
-        if p.dim() == 4:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (checkpoints and EMA use that)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -234,7 +228,7 @@ def fit(
         raise FileExistsError(f"{run_dir} already holds a run ({state_path}); pass resume=True or use a new run_dir")
 
     if tc.channels_last:
-        _to_channels_last(net)
+        to_channels_last(net)
     optimizer = create_optimizer(net, tc)
     params = [p for p in net.parameters() if p.requires_grad]
     scheduler = create_scheduler(optimizer, tc, steps_per_epoch)
