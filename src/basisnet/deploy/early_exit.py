@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..evaluate import exit_madds
+from ..evaluate import exit_madds, first_confident_exit
 from ..models import BasisNet
 
 
@@ -54,9 +54,7 @@ class EarlyExitPredictor:
             return self._predict_basisnet(images)
         probs = torch.stack([logits.softmax(-1) for logits in self.model(images)])  # (E, B, C)
         conf, classes = probs.max(-1)
-        confident = conf >= self.threshold
-        confident[-1] = True
-        stage = confident.float().argmax(0)
+        stage = first_confident_exit(conf, torch.full((len(conf),), self.threshold))
         pick = stage.unsqueeze(0)
         return Predictions(classes.gather(0, pick)[0], conf.gather(0, pick)[0], stage, self.exit_costs[stage])
 

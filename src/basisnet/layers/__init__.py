@@ -1,6 +1,6 @@
 """Layers: basis conv/linear and the MobileNet building blocks (torch only)."""
 
-from .basis import BASIS_LAYERS, PATHS, BasisConv2d, BasisLinear, BasisMixer
+from .basis import BASIS_LAYERS, PATHS, BasisConv2d, BasisLinear, BasisMixer, NonFiniteCoefficientsError
 from .blocks import (
     ACTIVATIONS,
     BLOCK_PARTS,
@@ -15,7 +15,7 @@ from .blocks import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "BASIS_LAYERS", "BLOCK_PARTS", "PATHS", "BasisConv2d", "BasisLinear", "BasisMixer",
+    "ACTIVATIONS", "BASIS_LAYERS", "BLOCK_PARTS", "PATHS", "BasisConv2d", "BasisLinear", "BasisMixer", "NonFiniteCoefficientsError",
     "BlockSpec", "ConvNormAct", "InvertedResidual", "LinearAct", "Router", "SqueezeExcite", "make_divisible",
     "to_channels_last",
 ]

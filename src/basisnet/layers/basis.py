@@ -21,6 +21,10 @@ from torch import Tensor, nn
 PATHS = ("batched", "synthesized", "loop")
 
 
+class NonFiniteCoefficientsError(ValueError):
+    """Coefficients with NaN or Inf: a diverged coefficient head upstream, not a shape mistake."""
+
+
 class BasisMixer(nn.Module):
     """``coeffs @ bases`` as one matmul, in its own module so multiply-add counters report kernel
     synthesis as a line of its own (``<layer>.mixer``)."""
@@ -57,7 +61,7 @@ class _BasisLayer(nn.Module):
                 f"({batch}, {n}) per sample or ({n},) shared by the batch (this layer has {n} bases)"
             )
         if not torch.isfinite(coeffs).all():
-            raise ValueError(f"{self.layer_name}: coefficients contain NaN or Inf")
+            raise NonFiniteCoefficientsError(f"{self.layer_name}: coefficients contain NaN or Inf")
         return coeffs.to(self.weight.dtype)
 
     def _choose_path(self, coeffs: Tensor, batch: int, path: str | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -126,6 +127,22 @@ def _type_name(hint: Any) -> str:
     return getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
 
 
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Finite numbers, strings, booleans, None and (shallow) lists / string-keyed dicts of them: what a
+    checkpoint's ``weights_only`` state can hold. Rejects dates and self-referencing YAML anchors."""
+    if depth > 8:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _coerce(value: Any, hint: Any) -> Any:
     """Return ``value`` converted to ``hint`` or raise TypeError (an int is a fine float)."""
     origin = typing.get_origin(hint)
@@ -150,9 +167,17 @@ def _coerce(value: Any, hint: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise TypeError
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as text: accept any numeric text for float keys.
+        try:
+            value = float(value)
+        except ValueError:
+            raise TypeError from None
     if hint in (int, float, str):
         ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
         if ok and not isinstance(value, bool):
+            if hint is float and not math.isfinite(value):
+                raise TypeError  # NaN / inf: no run can use them
             return hint(value)
         raise TypeError
     if origin is tuple:
@@ -160,7 +185,7 @@ def _coerce(value: Any, hint: Any) -> Any:
             return tuple(_coerce(v, typing.get_args(hint)[0]) for v in value)
         raise TypeError
     if origin is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value) and _is_plain(value):
             return dict(value)
         raise TypeError
     raise AssertionError(f"unsupported config type {hint}")

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..layers import to_channels_last
+from ..layers import NonFiniteCoefficientsError, to_channels_last
 from .checkpoint import atomic_write_bytes, load_state, save_state, save_weights
 from .config import ConfigError, RunConfig, config_to_dict, save_config, validate_config
 from .distributed import is_distributed, rank, world_size
@@ -70,7 +70,7 @@ class NonFiniteLossError(RuntimeError):
                  checkpoint: Path | None) -> None:
         self.quantity, self.value, self.epoch, self.step = quantity, value, epoch, step
         self.global_step, self.checkpoint = global_step, checkpoint
-        where = (f"last good checkpoint: {checkpoint} (resume with resume=True)" if checkpoint
+        where = (f"last good checkpoint: {checkpoint} (continue with basisnet train --resume)" if checkpoint
                  else "no checkpoint had been written yet")
         super().__init__(
             f"non-finite {quantity} ({value}) at epoch {epoch}, step {step} (global step {global_step}); "
@@ -312,7 +312,10 @@ def fit(
             x = train_transform(images, generator=augment)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            outputs = model(x)
+            try:
+                outputs = model(x)
+            except NonFiniteCoefficientsError as err:  # diverged weights upstream of a basis layer
+                raise _non_finite(f"coefficients ({err})", float("nan"), loop, run_dir) from err
             loss = criterion(outputs, labels)
             if use_kd:
                 with torch.no_grad():
