@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .configs import list_configs
 from .models import create_model, list_models
 
 
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_madds)
 
     p = sub.add_parser("train", help="train a model from a YAML config plus key=value overrides")
-    p.add_argument("--config", help="YAML file or bundled config name (cifar10_basisnet, cifar10_static, shapes_demo)")
+    p.add_argument("--config", help=f"YAML file or bundled config name ({', '.join(list_configs())})")
     p.add_argument("--output", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
