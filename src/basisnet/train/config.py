@@ -81,6 +81,8 @@ class TrainConfig:
     kd_teacher: Union[str, None] = _opt(None, "Run directory or weights file of a distillation teacher; null = no KD.")
     kd_weight: float = _opt(0.5, "With a teacher: loss = (1 - kd_weight) * CE part + kd_weight * KD (final exit).")
     kd_temperature: float = _opt(4.0, "Softmax temperature of the distillation term.")
+    basis_lr_scale: bool = _opt(True, "SGD only: basis kernels get lr x N and weight_decay / N, so a kernel mixed "
+                                "from N bases learns at the rate of a static kernel.")
     ema_decay: float = _opt(0.0, "Decay of the weight EMA used for evaluation and 'best'; 0 disables it.")
     grad_clip: float = _opt(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
     channels_last: bool = _opt(False, "Use channels_last memory format (faster convs on CPU and recent GPUs).")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..layers import BASIS_LAYERS
 from .config import TrainConfig
 
 __all__ = ["param_groups", "create_optimizer", "create_scheduler", "WarmupCosine"]
@@ -23,24 +24,36 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed and an undecayed group.
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 basis_lr_scale: bool = False) -> list[dict[str, Any]]:
+    """Split trainable parameters into decayed and undecayed groups.
 
     Decaying biases and norm scales/shifts (every tensor with ndim <= 1) only hurts
-    accuracy, and modules can exempt more (e.g. basis coefficients) via ``no_weight_decay()``.
+    accuracy, and modules can exempt more via ``no_weight_decay()``. With ``basis_lr_scale``
+    (plain SGD), the N kernels of a basis layer get ``lr * N`` and ``weight_decay / N``: under an
+    even mix each basis sees 1/N of the gradient, so without it the synthesized kernel would learn
+    N times slower than a static kernel (and decay at the static rate with it).
     """
     skip = _no_decay_names(model)
-    decay, no_decay = [], []
+    bases = {id(p): m.num_bases for m in model.modules() if isinstance(m, BASIS_LAYERS)
+             for p in m.parameters(recurse=False)} if basis_lr_scale else {}
+    groups: dict[tuple[float, int], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            wd = 0.0 if p.ndim <= 1 or name in skip else weight_decay
+            groups.setdefault((wd, bases.get(id(p), 1)), []).append(p)
+    out = []
+    for (wd, n), params in groups.items():
+        group: dict[str, Any] = {"params": params, "weight_decay": wd / n}
+        if lr is not None:
+            group["lr"] = lr * n
+        out.append(group)
+    return out
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Optimizer named by ``cfg.optimizer`` over ``param_groups(model, cfg.weight_decay)``."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, basis_lr_scale=cfg.basis_lr_scale and cfg.optimizer == "sgd")
     if not groups:
         raise ValueError("model has no trainable parameters")
     if cfg.optimizer == "sgd":
