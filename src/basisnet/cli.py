@@ -127,7 +127,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     command = "basisnet bench accuracy " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "basisnet bench accuracy"
     records = run_accuracy_benchmark(args.data, args.output, args.results, quick=args.quick, epochs=args.epochs,
-                                     command=command.strip())
+                                     command=command.strip(), widths=args.widths)
     print(format_table(records))
     return 0
 
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="benchmarks/results/cifar10.json")
     p.add_argument("--epochs", type=int, help="epochs per model (default 15; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min)")
+    p.add_argument("--widths", type=float, nargs="+", help="static MobileNetV3-Small widths (default 0.35 0.5 0.75)")
     p.set_defaults(func=_bench)
     return parser
 

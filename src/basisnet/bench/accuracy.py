@@ -36,11 +36,12 @@ class Plan:
     overrides: Sequence[str]
 
 
-def plan(quick: bool, epochs: int | None) -> Plan:
+def plan(quick: bool, epochs: int | None, widths: Sequence[float] | None = None) -> Plan:
     if quick:
         # The same code on a sliver of the data: 2 epochs on 4,000 training images.
-        return Plan(epochs or 2, (0.35, 0.5), ("data.subset=4000", "data.val_size=1000", "train.warmup_epochs=0.5"))
-    return Plan(epochs or 15, STATIC_WIDTHS, ())
+        return Plan(epochs or 2, widths or (0.35, 0.5),
+                    ("data.subset=4000", "data.val_size=1000", "train.warmup_epochs=0.5"))
+    return Plan(epochs or 15, widths or STATIC_WIDTHS, ())
 
 
 def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> None:
@@ -74,9 +75,10 @@ def run_accuracy_benchmark(
     quick: bool = False,
     epochs: int | None = None,
     command: str = "basisnet bench accuracy",
+    widths: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Train the static family and BasisNet, evaluate on test, write records and a plot."""
-    p = plan(quick, epochs)
+    p = plan(quick, epochs, widths)
     out, results = Path(out), Path(results)
     common = [f"data.source={data}", f"train.epochs={p.epochs}", *p.overrides]
     start = time.time()
