@@ -134,3 +134,17 @@ def test_train_refuses_to_overwrite_a_run(run_dir):
     with pytest.raises(ValueError, match="already holds a run"):
         train_run(cfg, run_dir, progress=False)
     assert exit_logits(run_dir, "val").num_exits == 2
+
+
+def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
+    from basisnet.workflow import load_splits
+
+    for cls in ("a", "b", "c"):
+        folder = tmp_path / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = load_config(None, [f"data.source={tmp_path}", "data.val_size=6", "data.subset=9", "data.image_size=8"])
+    splits = load_splits(cfg)
+    assert len(splits.train) == 9
+    assert set(splits.train.targets.tolist()) == {0, 1, 2}  # a prefix of the sorted indices would be class 0 only

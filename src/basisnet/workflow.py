@@ -68,7 +68,9 @@ def load_splits(cfg: RunConfig, with_test: bool = False) -> Splits:
     if test is not None and test.classes != full.classes:
         raise ValueError(f"test classes {test.classes} differ from train classes {full.classes} in {cfg.data.source}")
     if cfg.data.subset:
-        train_idx = train_idx[: cfg.data.subset]
+        # A seeded random sample: folder trees list images class by class, so a prefix would hold one class.
+        pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.data.seed))
+        train_idx = train_idx[pick[: cfg.data.subset].sort().values]
     return Splits(full.subset(train_idx), full.subset(val_idx), test)
 
 

@@ -60,7 +60,7 @@ class DataConfig:
     skip_bad: bool = _opt(False, "Skip unreadable image files (with a warning) instead of failing.")
     num_workers: int = _opt(0, "Background workers decoding data; 0 loads in the main process.")
     seed: int = _opt(0, "Seed of the train/val split and of the batch order.")
-    subset: int = _opt(0, "Train on only the first N images of the training split (smoke runs); 0 = all.")
+    subset: int = _opt(0, "Train on a seeded random sample of N images of the training split (smoke runs); 0 = all.")
 
 
 @dataclass
