@@ -10,6 +10,7 @@ from PIL import Image
 from basisnet.cli import main
 from basisnet.configs import bundled_config, list_configs
 from basisnet.deploy import EarlyExitPredictor
+from basisnet.evaluate import exit_madds
 from basisnet.train import load_config
 from basisnet.workflow import evaluate_run, exit_logits, load_run, predict_files, sweep_run, train_run
 
@@ -52,6 +53,9 @@ def test_sweep_from_cached_logits(run_dir):
     stamp = cache.stat().st_mtime_ns
     sweep_run(run_dir, "val", progress=False)
     assert cache.stat().st_mtime_ns == stamp  # the second sweep reused the cached pass
+    model, _ = load_run(run_dir)
+    counted = json.loads((run_dir / "exit_madds.json").read_text())
+    assert counted == [m / 1e6 for m in exit_madds(model)]
 
 
 def test_evaluate_protocols(run_dir):

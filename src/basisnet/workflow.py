@@ -2,7 +2,7 @@
 
 Each CLI command is one function here. A run directory holds ``config.yaml``, ``summary.csv``, the
 ``last``/``best`` checkpoints, and what evaluation adds: ``logits_val.pt`` / ``logits_test.pt``
-(every exit's logits, computed once), ``sweep.csv``, ``sweep.png`` and ``evaluation.json``.
+(every exit's logits, computed once), ``exit_madds.json``, ``sweep_<split>.csv``, ``sweep_<split>.png`` and ``evaluation_<protocol>.json``.
 """
 
 from __future__ import annotations
@@ -179,9 +179,18 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
 
 
 def run_exit_madds(run_dir: str | Path) -> list[float]:
-    """Cumulative MAdds per exit (millions, per image) of a run's model."""
+    """Cumulative MAdds per exit (millions, per image) of a run's model.
+
+    They depend on the architecture only, so they are counted once and kept in ``exit_madds.json``
+    (every sweep and evaluation would otherwise rebuild the model just to count).
+    """
+    cache = Path(run_dir) / "exit_madds.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
     model, _ = load_run(run_dir)
-    return [m / 1e6 for m in exit_madds(model)]
+    madds = [m / 1e6 for m in exit_madds(model)]
+    cache.write_text(json.dumps(madds))
+    return madds
 
 
 def sweep_run(run_dir: str | Path, split: str = "val", thresholds: Sequence[float] | None = None,
