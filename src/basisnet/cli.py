@@ -123,12 +123,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_accuracy_benchmark
+    from .bench import (format_compare_table, format_table, format_verdicts, run_accuracy_benchmark,
+                        run_compare_benchmark)
 
-    command = "basisnet bench accuracy " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "basisnet bench accuracy"
-    records = run_accuracy_benchmark(args.data, args.output, args.results, quick=args.quick, epochs=args.epochs,
-                                     command=command.strip(), widths=args.widths)
-    print(format_table(records))
+    command = " ".join(["basisnet bench", *sys.argv[2:]]) if len(sys.argv) > 2 else f"basisnet bench {args.which}"
+    suffix = "_quick" if args.quick else ""
+    output = args.output or f"runs/bench_cifar10{suffix}"
+    name = "cifar10" if args.which == "accuracy" else "compare"
+    results = args.results or f"benchmarks/results/{name}{suffix}.json"
+    if args.which == "accuracy":
+        records = run_accuracy_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
+                                         command=command, widths=args.widths, warm_epochs=args.warm_epochs)
+        print(format_table(records))
+    else:
+        records, found = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
+                                               command=command)
+        print(format_compare_table(records))
+        print(format_verdicts(found))
     return 0
 
 
@@ -182,14 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("which", choices=["accuracy"])
+    p = sub.add_parser("bench", help="benchmarks on CIFAR-10: accuracy (BasisNet vs static) or compare (all peers)")
+    p.add_argument("which", choices=["accuracy", "compare"])
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
-    p.add_argument("--output", default="runs/bench_cifar10", help="where the runs go (reused and resumed)")
-    p.add_argument("--results", default="benchmarks/results/cifar10.json")
-    p.add_argument("--epochs", type=int, help="epochs per model (default 15; --quick: 2)")
+    p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
+                   "runs/bench_cifar10_quick with --quick); both benchmarks share it")
+    p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
+    p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min)")
-    p.add_argument("--widths", type=float, nargs="+", help="static MobileNetV3-Small widths (default 0.35 0.5 0.75)")
+    p.add_argument("--widths", type=float, nargs="+", help="accuracy: static MobileNetV3-Small widths "
+                   "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
+    p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
+                   "(default 6; --quick: 1)")
     p.set_defaults(func=_bench)
     return parser
 

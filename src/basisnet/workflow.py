@@ -30,7 +30,8 @@ from .evaluate import (
 )
 from .layers import to_channels_last
 from .models import create_model
-from .train import ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything
+from .train import (ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything,
+                    warm_start)
 from .train.distributed import DistributedInfo, distributed_session
 
 SPLITS = ("val", "test")
@@ -129,6 +130,13 @@ def train_run(
         splits = load_splits(cfg)
         cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
         model = create_model(cfg.model.name, **cfg.model.kwargs).to(info.device)
+        if cfg.train.init_from and not resume:
+            started = warm_start(model, cfg.train.init_from, cfg.train.init_noise, seed=cfg.train.seed)
+            if info.rank == 0:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "init.json").write_text(json.dumps(
+                    {part: {"source": str(cfg.train.init_from[part]), "epochs": e} for part, e in started.items()},
+                    indent=2))
         teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
         if teacher is not None:
             if getattr(teacher, "num_classes", None) not in (None, len(splits.train.classes)):

@@ -1,5 +1,6 @@
 """Benchmarks that write ``benchmarks/results/*.json``."""
 
 from .accuracy import format_table, run_accuracy_benchmark
+from .compare import PEERS, format_compare_table, format_verdicts, run_compare_benchmark, verdicts
 
-__all__ = ["format_table", "run_accuracy_benchmark"]
+__all__ = ["PEERS", "format_compare_table", "format_table", "format_verdicts", "run_accuracy_benchmark", "run_compare_benchmark", "verdicts"]

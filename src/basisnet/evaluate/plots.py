@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["plot_tradeoff"]
+__all__ = ["plot_models", "plot_tradeoff"]
 
 
 def _columns(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -26,23 +26,54 @@ def plot_tradeoff(
     Uses the Agg canvas directly instead of pyplot, so no GUI backend and no global figure
     state are touched. Returns the written path.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, save = _axes(title, xlabel, ylabel)
     for label, xy in curves.items():
         ax.plot(*_columns(sorted(xy)), "-", label=label)
     for label, xy in (points or {}).items():
         ax.plot(*_columns(xy), "o", linestyle="none", label=label)
+    return save(path, bool(curves or points))
+
+
+def plot_models(
+    models: Mapping[str, tuple[Sequence[tuple[float, float]], Sequence[tuple[float, float]]]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "MAdds (M)",
+    ylabel: str = "top-1 (%)",
+) -> Path:
+    """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
+    markers (e.g. anytime exits), so a method's two protocols read together."""
+    ax, save = _axes(title, xlabel, ylabel)
+    for label, (curve, points) in models.items():
+        colour = None
+        if curve:
+            (line,) = ax.plot(*_columns(sorted(curve)), "-", label=f"{label} (budgeted batch)")
+            colour = line.get_color()
+        if points:
+            ax.plot(*_columns(sorted(points)), "o", mfc="none", color=colour, linestyle="none",
+                    label=f"{label} (anytime exits)")
+    return save(path, bool(models))
+
+
+def _axes(title: str, xlabel: str, ylabel: str):
+    """A headless figure's axes and a function saving it (the Agg canvas: no GUI, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.2, 5.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if curves or points:
-        ax.legend(loc="lower right")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    return out
+
+    def save(path: str | Path, legend: bool) -> Path:
+        if legend:
+            ax.legend(loc="lower right", fontsize="small")
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+        return out
+
+    return ax, save

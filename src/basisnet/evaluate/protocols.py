@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .exits import ExitLogits, check_exit_madds, confidences, evaluate_routing, exit_accuracy, first_confident_exit
 
-__all__ = ["DEFAULT_QS", "anytime", "budgeted_batch", "exit_prior", "fit_temperatures"]
+__all__ = ["DEFAULT_QS", "anytime", "best_within", "budgeted_batch", "compare_curves", "exit_prior", "fit_temperatures"]
 
 # MSDNet's family: q = p / 20 for p = 1..39.
 DEFAULT_QS: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
@@ -121,3 +121,37 @@ def budgeted_batch(
             }
         )
     return rows
+
+
+def best_within(points: Sequence[tuple[float, float]], budget: float) -> float | None:
+    """The best top-1 among operating points ``(madds, top1)`` costing at most ``budget`` (None if none do).
+
+    This is what "accuracy at a budget" means for a user who picks an operating point: a curve that
+    dips is never worse than its best affordable point.
+    """
+    affordable = [top1 for madds, top1 in points if madds <= budget]
+    return max(affordable) if affordable else None
+
+
+def compare_curves(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> dict:
+    """Compare two accuracy-vs-MAdds curves at every budget where both have an operating point.
+
+    The budgets are every point's cost inside the overlap ``[max(min a, min b), min(max a, max b)]``;
+    the margin at a budget is ``best_within(a) - best_within(b)``. Returns ``budgets`` (how many),
+    ``a_wins`` (margin > 0), ``ties``, ``min_margin`` / ``max_margin`` (points) and the ``range``
+    compared; with no overlap ``budgets`` is 0 and the margins are None.
+    """
+    if not a or not b:
+        raise ValueError("compare_curves needs at least one point on each curve")
+    low = max(min(m for m, _ in a), min(m for m, _ in b))
+    high = min(max(m for m, _ in a), max(m for m, _ in b))
+    budgets = sorted({m for m, _ in [*a, *b] if low <= m <= high})
+    margins = [best_within(a, x) - best_within(b, x) for x in budgets]
+    return {
+        "range": [low, high] if budgets else None,
+        "budgets": len(budgets),
+        "a_wins": sum(m > 0 for m in margins),
+        "ties": sum(m == 0 for m in margins),
+        "min_margin": min(margins) if margins else None,
+        "max_margin": max(margins) if margins else None,
+    }

@@ -293,14 +293,18 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _builder(arch: str):
+def _builder(arch: str, condconv: bool = False):
     def build(**kwargs) -> MobileNet:
+        if condconv:  # CondConv's defaults: routed block convs, 8 experts (Yang et al., 2019)
+            kwargs = {"routing": True, "num_bases": 8, **kwargs}
         return MobileNet(arch, **kwargs)
 
-    build.__name__ = arch
-    build.__doc__ = f"{arch} (see ``MobileNet`` for the options)."
+    build.__name__ = f"condconv_{arch}" if condconv else arch
+    build.__doc__ = (f"{arch} with CondConv routing in every block (default num_bases=8)" if condconv
+                     else f"{arch}") + " (see ``MobileNet`` for the options)."
     return build
 
 
 for _arch in ARCHS:
     register_model(_arch, _builder(_arch), signature_of=MobileNet)
+    register_model(f"condconv_{_arch}", _builder(_arch, condconv=True), signature_of=MobileNet)

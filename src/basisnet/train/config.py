@@ -78,6 +78,10 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = _opt("cosine", "Learning-rate shape after warm-up.")
     label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy, in [0, 1).")
     aux_weight: float = _opt(1.0, "Weight of every non-final exit: loss = CE(last) + aux_weight * sum CE(earlier).")
+    init_from: dict[str, str] = _opt({}, "Start parts of the model from trained weights: {part: run directory or weights "
+                                     "file}, part = 'model' (all), 'specialist' or 'lightweight'; a static kernel is "
+                                     "copied into every basis (plus init_noise). Ignored on --resume.")
+    init_noise: float = _opt(0.01, "Noise added to each basis copy by init_from, relative to the kernel's std.")
     kd_teacher: Union[str, None] = _opt(None, "Run directory or weights file of a distillation teacher; null = no KD.")
     kd_weight: float = _opt(0.5, "With a teacher: loss = (1 - kd_weight) * CE part + kd_weight * KD (final exit).")
     kd_temperature: float = _opt(4.0, "Softmax temperature of the distillation term.")

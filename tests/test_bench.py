@@ -1,0 +1,79 @@
+"""Both CIFAR-10 benchmarks end to end on a tiny CIFAR-shaped tree, plus the curve comparison they report."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from basisnet.bench import PEERS, format_compare_table, format_table, run_accuracy_benchmark, run_compare_benchmark
+from basisnet.evaluate import best_within, compare_curves
+
+TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
+        "train.warmup_epochs=0", "train.log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def cifar_tree(tmp_path_factory):
+    """3 classes of 32x32 images told apart by colour: train 14 each, test 4 each."""
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 14), ("test", 4)):
+        for c, cls in enumerate(("red", "green", "blue")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+                img[..., c] += 150
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def test_best_within_and_compare_curves():
+    a = [(1.0, 50.0), (2.0, 60.0), (3.0, 58.0), (4.0, 70.0)]
+    b = [(1.5, 55.0), (3.5, 65.0), (9.0, 90.0)]
+    assert best_within(a, 0.5) is None
+    assert best_within(a, 3.0) == 60.0  # the dip at 3.0 is never chosen
+    v = compare_curves(a, b)
+    assert v["range"] == [1.5, 4.0]
+    # budgets 1.5, 2, 3, 3.5, 4: a = 50, 60, 60, 60, 70; b = 55, 55, 55, 65, 65
+    assert v["budgets"] == 5 and v["a_wins"] == 3 and v["ties"] == 0
+    assert v["min_margin"] == -5.0 and v["max_margin"] == 5.0
+    assert compare_curves([(1.0, 1.0)], [(2.0, 2.0)])["budgets"] == 0
+    with pytest.raises(ValueError):
+        compare_curves([], b)
+
+
+def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tree, tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "results" / "cifar10.json"
+    records = run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=1, warm_epochs=1, overrides=TINY)
+    names = [r["model"] for r in records]
+    assert any("w0.35" in n for n in names) and any("2 epochs: BasisNet's total" in n for n in names)
+    basis = [r for r in records if r["model"].startswith("basisnet")]
+    assert len(basis) == 3 and all(r["epochs"] == 2 and r["init_epochs"] == 1 for r in basis)
+    init = json.loads((out / "basisnet_warm" / "init.json").read_text())
+    assert init["specialist"]["epochs"] == 1 and init["specialist"]["source"].endswith("static_w0.5")
+    assert json.loads(results.read_text()) == records and results.with_suffix(".png").stat().st_size > 0
+    assert "| basisnet (no early exit) |" in format_table(records)
+    with pytest.raises(ValueError, match="must include"):
+        run_accuracy_benchmark(cifar_tree, out, results, quick=True, widths=[0.75])
+
+
+def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "compare.json"
+    records, verdicts = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY)
+    for peer in PEERS:
+        rows = [r for r in records if r["model"] == peer.label]
+        anytime = [r for r in rows if r["protocol"] == "anytime"]
+        budgeted = [r for r in rows if r["protocol"] == "budgeted-batch"]
+        assert [r["exit"] for r in anytime] == list(range(1, len(anytime) + 1))
+        assert [r["madds"] for r in anytime] == sorted(r["madds"] for r in anytime)
+        assert budgeted and all(abs(sum(r["exit_fraction"]) - 1) < 1e-3 for r in budgeted)
+        assert all(len(r["threshold"]) == len(anytime) and r["threshold"][-1] == 0.0 for r in budgeted)
+    assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == 8
+    assert len([r for r in records if r["model"] == "BasisNet" and r["protocol"] == "anytime"]) == 2
+    assert set(verdicts) == {"RANet vs MSDNet"} | {f"BasisNet vs {p.label}" for p in PEERS if p.label != "BasisNet"}
+    meta = json.loads(results.with_name("compare_meta.json").read_text())
+    assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
+    table = format_compare_table(records)
+    assert table.count("\n") == len(PEERS) + 1 and "| RANet |" in table

@@ -1,0 +1,65 @@
+"""Warm start: trained static kernels spread into every basis; clear errors when the source does not fit."""
+
+import pytest
+import torch
+
+from basisnet import create_model
+from basisnet.train import CheckpointMismatchError, save_weights, spread_into_bases, warm_start
+
+KW = dict(num_classes=5, resolution=32, drop_strides=2, dropout=0.0)
+
+
+def _basisnet(**kw):
+    return create_model("basisnet", **KW, specialist="mobilenetv3_small", specialist_width=0.35,
+                        lightweight_width=0.35, lightweight_resolution=16, num_bases=3, **kw)
+
+
+def _static(width=0.35):
+    return create_model("mobilenetv3_small", **KW, width=width).eval()
+
+
+def test_noiseless_warm_start_reproduces_the_static_nets(tmp_path):
+    specialist, light = _static(), _static()
+    save_weights(specialist, tmp_path / "s.safetensors", {"epoch": "7"})
+    save_weights(light, tmp_path / "l.safetensors")
+    model = _basisnet()
+    epochs = warm_start(model, {"specialist": tmp_path / "s.safetensors", "lightweight": tmp_path / "l.safetensors"},
+                        noise=0.0)
+    assert epochs == {"specialist": 7, "lightweight": None}
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        light_logits, special_logits = model(x)
+        # Equal bases: any coefficients give the static kernel, so the specialist is the static net.
+        torch.testing.assert_close(special_logits, specialist(x)[0], rtol=1e-4, atol=1e-4)
+        small = torch.nn.functional.interpolate(x, size=16, mode="bilinear", antialias=True, align_corners=False)
+        torch.testing.assert_close(light_logits, light(small)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_noise_breaks_the_symmetry_by_the_asked_amount():
+    source = _static()
+    model = create_model("mobilenetv3_small", **KW, width=0.35, num_bases=4)
+    spread_into_bases(model, source.state_dict(), noise=0.01, generator=torch.Generator().manual_seed(0))
+    src = source.state_dict()["blocks.3.expand.0.weight"]
+    bases = model.state_dict()["blocks.3.expand.0.weight"]
+    assert bases.shape == (4, *src.shape)
+    relative = (bases - src).std() / src.std()
+    assert 0.007 < relative < 0.013 and not torch.equal(bases[0], bases[1])
+    torch.testing.assert_close(model.state_dict()["blocks.3.expand.1.weight"], source.state_dict()["blocks.3.expand.1.weight"])
+
+
+def test_a_source_that_does_not_fit_is_rejected_and_the_model_untouched(tmp_path):
+    save_weights(_static(width=0.75), tmp_path / "wide.safetensors")
+    model = _basisnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
+        warm_start(model, {"specialist": tmp_path / "wide.safetensors"})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="has no part 'specailist'"):
+        warm_start(model, {"specailist": tmp_path / "wide.safetensors"})
+
+
+def test_condconv_peer_is_registered_with_its_defaults():
+    model = create_model("condconv_mobilenetv3_small", **KW, width=0.35)
+    assert model.config["routing"] and model.config["num_bases"] == 8
+    assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 5)
