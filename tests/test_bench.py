@@ -48,9 +48,12 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     out, results = tmp_path / "runs", tmp_path / "results" / "cifar10.json"
     records = run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=1, warm_epochs=1, overrides=TINY)
     names = [r["model"] for r in records]
-    assert any("w0.35" in n for n in names) and any("2 epochs: BasisNet's total" in n for n in names)
+    assert any("w0.35" in n for n in names) and any("1 + 1 epochs as BasisNet" in n for n in names)
     basis = [r for r in records if r["model"].startswith("basisnet")]
     assert len(basis) == 3 and all(r["epochs"] == 2 and r["init_epochs"] == 1 for r in basis)
+    control = next(r for r in records if "as BasisNet" in r["model"])
+    assert control["epochs"] == 2 and control["init_epochs"] == 1
+    assert json.loads((out / "static_w0.5_warm" / "init.json").read_text())["model"]["epochs"] == 1
     init = json.loads((out / "basisnet_warm" / "init.json").read_text())
     assert init["specialist"]["epochs"] == 1 and init["specialist"]["source"].endswith("static_w0.5")
     assert json.loads(results.read_text()) == records and results.with_suffix(".png").stat().st_size > 0
