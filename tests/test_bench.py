@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench import PEERS, format_compare_table, format_table, run_accuracy_benchmark, run_compare_benchmark
+from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, run_accuracy_benchmark,
+                            run_compare_benchmark)
 from basisnet.evaluate import best_within, compare_curves
 
 TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
@@ -58,6 +59,11 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     assert init["specialist"]["epochs"] == 1 and init["specialist"]["source"].endswith("static_w0.5")
     assert json.loads(results.read_text()) == records and results.with_suffix(".png").stat().st_size > 0
     assert "| basisnet (no early exit) |" in format_table(records)
+    meta = json.loads(results.with_name("cifar10_meta.json").read_text())
+    full = next(r for r in records if r["model"] == "basisnet (no early exit)")
+    assert meta["targets"]["gain_over_control_pt"] == round(full["top1"] - control["top1"], 2)
+    assert 0 <= meta["targets"]["early_exit_saving"] <= 1
+    assert "target >= 30% at <= 0.3 pt" in format_targets(meta)
     with pytest.raises(ValueError, match="must include"):
         run_accuracy_benchmark(cifar_tree, out, results, quick=True, widths=[0.75])
 

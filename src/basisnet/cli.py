@@ -123,7 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (format_compare_table, format_table, format_verdicts, run_accuracy_benchmark,
+    from .bench import (format_compare_table, format_table, format_targets, format_verdicts, run_accuracy_benchmark,
                         run_compare_benchmark)
 
     command = " ".join(["basisnet bench", *sys.argv[2:]]) if len(sys.argv) > 2 else f"basisnet bench {args.which}"
@@ -135,6 +135,7 @@ def _bench(args: argparse.Namespace) -> int:
         records = run_accuracy_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
                                          command=command, widths=args.widths, warm_epochs=args.warm_epochs)
         print(format_table(records))
+        print(format_targets(json.loads(Path(results).with_name(Path(results).stem + "_meta.json").read_text())))
     else:
         records, found = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
                                                command=command)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..evaluate import apply_threshold, count_params, exit_accuracy, plot_tradeoff, select_threshold, threshold_sweep
+from ..evaluate import apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold, threshold_sweep
 from ..train import load_config
 from ..workflow import exit_logits, load_run, run_exit_madds, train_run
 from ..configs import bundled_config
@@ -143,22 +143,44 @@ def run_accuracy_benchmark(
                            params, command=command, threshold=threshold, exit_fraction=chosen["exit_fraction"],
                            **budget))
     sweep = threshold_sweep(test, madds)
+    sweep_curve = [(r["madds"], r["top1"]) for r in sweep]
     family.sort()
 
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(records, indent=2) + "\n")
     plot_tradeoff(
         {f"static MobileNetV3-Small family ({p.epochs} epochs)": family,
-         f"BasisNet early exit (test sweep; {p.epochs} static + {warm} epochs)": [(r["madds"], r["top1"]) for r in sweep]},
+         f"BasisNet early exit (test sweep; {p.epochs} static + {warm} epochs)": sweep_curve},
         {f"static specialist backbone, {p.epochs} + {warm} epochs (control)": [control],
          "BasisNet (no early exit)": [(madds[1], full_top1)],
          f"BasisNet early exit, threshold {threshold:.2f} (picked on val)": [(chosen["madds"], chosen["top1"])]},
         results.with_suffix(".png"), title=f"CIFAR-10 test: static nets vs BasisNet warm-started from them",
     )
+    targets = {
+        "gain_over_control_pt": round(full_top1 - control[1], 2), "madds_ratio_to_control": round(madds[1] / control[0], 3),
+        "early_exit_saving": round(1 - chosen["madds"] / madds[1], 4),
+        "early_exit_loss_pt": round(full_top1 - chosen["top1"], 2),
+        "curve_vs_static_family": compare_curves(sweep_curve, family),
+    }
     meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "quick": quick, "epochs": p.epochs, "warm_epochs": warm}
+            "torch": torch.__version__, "quick": quick, "epochs": p.epochs, "warm_epochs": warm, "targets": targets}
     results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return records
+
+
+def format_targets(meta: dict[str, Any]) -> str:
+    """The issue's three targets from a ``cifar10_meta.json``, each with its measured figure."""
+    t = meta["targets"]
+    curve = t["curve_vs_static_family"]
+    return "\n".join([
+        f"BasisNet - control: {t['gain_over_control_pt']:+.2f} pt at {t['madds_ratio_to_control']:.2f}x MAdds "
+        "(target >= +1.5 pt at <= 1.35x)",
+        f"early exit: saves {100 * t['early_exit_saving']:.1f}% of MAdds for {t['early_exit_loss_pt']:.2f} pt "
+        "(target >= 30% at <= 0.3 pt)",
+        f"curve above the static family at {curve['a_wins']}/{curve['budgets']} shared budgets "
+        f"(margin {curve['min_margin']:+.2f} to {curve['max_margin']:+.2f} pt)" if curve["budgets"]
+        else "curve: no budget shared with the static family",
+    ])
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
