@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, run_accuracy_benchmark,
-                            run_compare_benchmark)
+from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_verdicts,
+                            run_accuracy_benchmark, run_compare_benchmark)
 from basisnet.evaluate import best_within, compare_curves
 
 TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
@@ -84,5 +84,7 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert set(verdicts) == {"RANet vs MSDNet"} | {f"BasisNet vs {p.label}" for p in PEERS if p.label != "BasisNet"}
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
+    lines = format_verdicts(verdicts).splitlines()
+    assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
     table = format_compare_table(records)
     assert table.count("\n") == len(PEERS) + 1 and "| RANet |" in table
