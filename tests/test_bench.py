@@ -66,6 +66,8 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     assert "target >= 30% at <= 0.3 pt" in format_targets(meta)
     with pytest.raises(ValueError, match="must include"):
         run_accuracy_benchmark(cifar_tree, out, results, quick=True, widths=[0.75])
+    with pytest.raises(ValueError, match="holds a run with another config .*train.epochs: 1 -> 3"):
+        run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=3, overrides=TINY)
 
 
 def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp_path):
@@ -80,11 +82,23 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
         assert budgeted and all(abs(sum(r["exit_fraction"]) - 1) < 1e-3 for r in budgeted)
         assert all(len(r["threshold"]) == len(anytime) and r["threshold"][-1] == 0.0 for r in budgeted)
     assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == 8
-    assert len([r for r in records if r["model"] == "BasisNet" and r["protocol"] == "anytime"]) == 2
-    assert set(verdicts) == {"RANet vs MSDNet"} | {f"BasisNet vs {p.label}" for p in PEERS if p.label != "BasisNet"}
+    basisnet = "BasisNet (from scratch)"
+    assert len([r for r in records if r["model"] == basisnet and r["protocol"] == "anytime"]) == 2
+    assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
     lines = format_verdicts(verdicts).splitlines()
     assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
     table = format_compare_table(records)
     assert table.count("\n") == len(PEERS) + 1 and "| RANet |" in table
+
+
+def test_config_diff_counts_a_key_the_saved_config_lacks_as_its_default():
+    from basisnet.train import config_diff, config_to_dict, load_config
+
+    current = config_to_dict(load_config(None))
+    saved = config_to_dict(load_config(None))
+    del saved["train"]["init_from"], saved["train"]["init_noise"]  # a run saved before these keys existed
+    assert config_diff(saved, current) == []
+    saved["train"]["lr"] = 0.5
+    assert config_diff(saved, current) == ["train.lr: 0.5 -> 0.1"]

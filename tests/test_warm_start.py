@@ -63,3 +63,20 @@ def test_condconv_peer_is_registered_with_its_defaults():
     model = create_model("condconv_mobilenetv3_small", **KW, width=0.35)
     assert model.config["routing"] and model.config["num_bases"] == 8
     assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 5)
+
+
+def test_a_source_with_extra_tensors_is_rejected():
+    tensors = dict(_static().state_dict())
+    tensors["head.extra"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError, match="not in the model: head.extra"):
+        spread_into_bases(create_model("mobilenetv3_small", **KW, width=0.35), tensors)
+
+
+def test_init_from_override_keeps_awkward_paths_whole():
+    import json
+
+    from basisnet.train import load_config
+
+    paths = {"specialist": "runs/a, b: c/run #1", "lightweight": "C:/x y"}
+    cfg = load_config(None, ["train.init_from=" + json.dumps(paths)])
+    assert cfg.train.init_from == paths

@@ -126,7 +126,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import (format_compare_table, format_table, format_targets, format_verdicts, run_accuracy_benchmark,
                         run_compare_benchmark)
 
-    command = " ".join(["basisnet bench", *sys.argv[2:]]) if len(sys.argv) > 2 else f"basisnet bench {args.which}"
+    if args.which == "compare" and (args.widths or args.warm_epochs):
+        raise ValueError("--widths and --warm-epochs belong to 'bench accuracy'")
+    command = " ".join(["basisnet", *args.argv])
     suffix = "_quick" if args.quick else ""
     output = args.output or f"runs/bench_cifar10{suffix}"
     name = "cifar10" if args.which == "accuracy" else "compare"
@@ -211,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # benchmarks record the command that made them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..evaluate import apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold, threshold_sweep
-from ..train import load_config
+from ..train import config_diff, config_to_dict, load_config
 from ..workflow import exit_logits, load_run, run_exit_madds, train_run
 from ..configs import bundled_config
 
@@ -51,14 +51,25 @@ def plan(quick: bool, epochs: int | None, widths: Sequence[float] | None = None)
 
 
 def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> None:
+    """Train ``run_dir`` from a bundled config, or reuse / resume it if it holds the very same run."""
     cfg = load_config(bundled_config(config), overrides)
-    state = run_dir / "last.state.pt"
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        old = config_to_dict(load_config(saved))
+        new = config_to_dict(cfg)
+        for key in ("num_classes", "resolution"):  # train_run fills these from the data when absent
+            if key in old["model"]["kwargs"]:
+                new["model"]["kwargs"].setdefault(key, old["model"]["kwargs"][key])
+        diffs = config_diff(old, new)
+        if diffs:
+            raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs)}): "
+                             "pass another --output or remove that directory")
     done = (run_dir / "summary.csv").is_file() and _epochs_done(run_dir) >= cfg.train.epochs
     if done:
         print(f"[bench] {run_dir.name}: already trained, reusing", flush=True)
         return
     print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
-    train_run(cfg, run_dir, resume=state.is_file())
+    train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -121,11 +132,12 @@ def run_accuracy_benchmark(
     total = p.epochs + warm
     specialist_run = out / f"static_w{SPECIALIST_WIDTH}"
     control = static(SPECIALIST_WIDTH, f" (specialist backbone, {p.epochs} + {warm} epochs as BasisNet)",
-                     f"static_w{SPECIALIST_WIDTH}_warm", [f"train.epochs={warm}", f"train.init_from={{model: {specialist_run}}}"],
+                     f"static_w{SPECIALIST_WIDTH}_warm",
+                     [f"train.epochs={warm}", f"train.init_from={json.dumps({'model': str(specialist_run)})}"],
                      total)
 
     run = out / "basisnet_warm"
-    init = f"{{specialist: {specialist_run}, lightweight: {out / f'static_w{LIGHTWEIGHT_WIDTH}'}}}"
+    init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
     _train("cifar10_basisnet", run, [*common, f"train.epochs={warm}", f"train.init_from={init}"])
     model, cfg = load_run(run)
     params = count_params(model)

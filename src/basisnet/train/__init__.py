@@ -10,7 +10,7 @@ from .config import (
 from .distributed import DistributedInfo, init_distributed_device, is_distributed, rank, world_size
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
-from .loop import NonFiniteLossError, evaluate, fit, seed_everything
+from .loop import NonFiniteLossError, config_diff, evaluate, fit, seed_everything
 from .optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
 from .warm_start import spread_into_bases, warm_start
 
@@ -21,6 +21,6 @@ __all__ = [
     "config_to_dict", "load_config", "save_config", "validate_config",
     "DistributedInfo", "init_distributed_device", "is_distributed", "rank", "world_size",
     "ModelEma", "MultiExitLoss", "final_logits", "kd_loss",
-    "NonFiniteLossError", "evaluate", "fit", "seed_everything",
+    "NonFiniteLossError", "config_diff", "evaluate", "fit", "seed_everything",
     "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups", "spread_into_bases", "warm_start",
 ]

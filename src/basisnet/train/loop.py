@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..layers import NonFiniteCoefficientsError, to_channels_last
 from .checkpoint import atomic_write_bytes, load_state, save_state, save_weights
-from .config import ConfigError, RunConfig, config_to_dict, save_config, validate_config
+from .config import ConfigError, RunConfig, config_from_dict, config_to_dict, save_config, validate_config
 from .distributed import is_distributed, rank, world_size
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
@@ -178,13 +178,19 @@ def _write_summary(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_bytes(path, text.getvalue().encode())
 
 
-def _config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+def config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that would make ``current`` a different run than ``saved``.
+
+    A key the saved config lacks (written before the key existed) counts as its default.
+    """
+    if not prefix:
+        saved = config_to_dict(config_from_dict(saved, source="the saved config"))
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict) and name != "model.kwargs":
-            diffs += _config_diff(a, b, f"{name}.")
+            diffs += config_diff(a, b, f"{name}.")
         elif a != b and name not in _RESUME_FREE_KEYS:
             diffs.append(f"{name}: {a!r} -> {b!r}")
     return diffs
@@ -244,7 +250,7 @@ def fit(
     pending_rng: dict[str, Any] | None = None  # restored where the interrupted run saved it, see below
     if resume:
         saved = load_state(state_path)
-        diffs = _config_diff(saved["config"], cfg_dict)
+        diffs = config_diff(saved["config"], cfg_dict)
         if diffs:
             raise ConfigError(f"config differs from the run in {run_dir}, so resuming would not continue it:\n  "
                               + "\n  ".join(diffs))

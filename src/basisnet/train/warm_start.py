@@ -26,15 +26,17 @@ def spread_into_bases(
     """Load ``tensors`` into ``model``; a basis tensor (N, *shape) takes N noisy copies of a (*shape) one.
 
     ``noise`` is the standard deviation of the added noise relative to the source tensor's own
-    standard deviation. Every key must be present with a matching or basis-expanded shape, otherwise
+    standard deviation. The keys must be the model's, each with a matching or basis-expanded shape; otherwise
     ``CheckpointMismatchError`` lists what differs and the model is left untouched.
     """
     state = model.state_dict()
     missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
     bad = [f"{k}: source {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in state.items()
            if k in tensors and tensors[k].shape != v.shape and tuple(tensors[k].shape) != tuple(v.shape[1:])]
-    if missing or bad:
-        lines = [f"  missing in source: {k}" for k in missing[:20]] + [f"  shape mismatch: {s}" for s in bad[:20]]
+    if missing or unexpected or bad:
+        lines = ([f"  missing in source: {k}" for k in missing[:20]] + [f"  not in the model: {k}" for k in unexpected[:20]]
+                 + [f"  shape mismatch: {s}" for s in bad[:20]])
         raise CheckpointMismatchError(f"{source} cannot start this model:\n" + "\n".join(lines))
     new = {}
     for key, target in state.items():
@@ -55,9 +57,9 @@ def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float
     """Start the named parts of ``model`` from run directories / weights files; return their epochs.
 
     ``sources`` maps a submodule path (``"specialist"``, ``"lightweight"``, or ``"model"`` for the whole
-    network) to a run directory or safetensors file. The epochs each source was trained for come back so
-    a benchmark can count them in the budget (a run directory's configured epochs, else the epoch stored
-    in the weights).
+    network) to a run directory or safetensors file. The epochs each source was trained for come back
+    (a run directory's configured epochs, else the epoch stored in the weights): ``train_run`` records
+    them in ``init.json`` so the run's total training budget stays known.
     """
     generator = torch.Generator().manual_seed(seed)
     epochs: dict[str, int | None] = {}
