@@ -36,11 +36,12 @@ def test_best_within_and_compare_curves():
     assert best_within(a, 0.5) is None
     assert best_within(a, 3.0) == 60.0  # the dip at 3.0 is never chosen
     v = compare_curves(a, b)
-    assert v["range"] == [1.5, 4.0]
-    # budgets 1.5, 2, 3, 3.5, 4: a = 50, 60, 60, 60, 70; b = 55, 55, 55, 65, 65
-    assert v["budgets"] == 5 and v["a_wins"] == 3 and v["ties"] == 0
-    assert v["min_margin"] == -5.0 and v["max_margin"] == 5.0
-    assert compare_curves([(1.0, 1.0)], [(2.0, 2.0)])["budgets"] == 0
+    assert v["range"] == [1.5, 9.0]
+    # budgets 1.5, 2, 3, 3.5, 4, 9: a = 50, 60, 60, 60, 70, 70; b = 55, 55, 55, 65, 65, 90
+    assert v["budgets"] == 6 and v["a_wins"] == 3 and v["ties"] == 0
+    assert v["min_margin"] == -20.0 and v["max_margin"] == 5.0
+    single = compare_curves([(1.0, 1.0)], [(2.0, 2.0)])  # one point each: compared from the dearer one up
+    assert single["budgets"] == 1 and single["min_margin"] == -1.0
     with pytest.raises(ValueError):
         compare_curves([], b)
 

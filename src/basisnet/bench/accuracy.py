@@ -189,9 +189,9 @@ def format_targets(meta: dict[str, Any]) -> str:
         "(target >= +1.5 pt at <= 1.35x)",
         f"early exit: saves {100 * t['early_exit_saving']:.1f}% of MAdds for {t['early_exit_loss_pt']:.2f} pt "
         "(target >= 30% at <= 0.3 pt)",
-        f"curve above the static family at {curve['a_wins']}/{curve['budgets']} shared budgets "
-        f"(margin {curve['min_margin']:+.2f} to {curve['max_margin']:+.2f} pt)" if curve["budgets"]
-        else "curve: no budget shared with the static family",
+        f"curve above the static family at {curve['a_wins']}/{curve['budgets']} budgets in "
+        f"{curve['range'][0]:.2f}-{curve['range'][1]:.2f}M (margin {curve['min_margin']:+.2f} to "
+        f"{curve['max_margin']:+.2f} pt)",
     ])
 
 

@@ -121,12 +121,9 @@ def run_compare_benchmark(
 
 
 def format_verdicts(found: dict[str, Any]) -> str:
-    """One line per comparison: who wins how many of the shared budgets, and by how much."""
+    """One line per comparison: who wins how many of the budgets both can afford, and by how much."""
     lines = []
     for name, v in found.items():
-        if not v["budgets"]:
-            lines.append(f"{name}: the curves share no budget")
-            continue
         a = name.split(" vs ")[0]
         lines.append(f"{name}: {a} better at {v['a_wins']}/{v['budgets']} budgets in "
                      f"{v['range'][0]:.2f}-{v['range'][1]:.2f}M MAdds (margin {v['min_margin']:+.2f} to "

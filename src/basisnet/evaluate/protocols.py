@@ -134,24 +134,23 @@ def best_within(points: Sequence[tuple[float, float]], budget: float) -> float |
 
 
 def compare_curves(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> dict:
-    """Compare two accuracy-vs-MAdds curves at every budget where both have an operating point.
+    """Compare two accuracy-vs-MAdds curves at every budget where both have an affordable operating point.
 
-    The budgets are every point's cost inside the overlap ``[max(min a, min b), min(max a, max b)]``;
-    the margin at a budget is ``best_within(a) - best_within(b)``. Returns ``budgets`` (how many),
-    ``a_wins`` (margin > 0), ``ties``, ``min_margin`` / ``max_margin`` (points) and the ``range``
-    compared; with no overlap ``budgets`` is 0 and the margins are None.
+    The budgets are every point's cost from ``max(min a, min b)`` up (above a curve's dearest point its
+    best point still counts, so a single-point model compares too); the margin at a budget is
+    ``best_within(a) - best_within(b)``. Returns ``budgets`` (how many), ``a_wins`` (margin > 0),
+    ``ties``, ``min_margin`` / ``max_margin`` (points) and the ``range`` of budgets compared.
     """
     if not a or not b:
         raise ValueError("compare_curves needs at least one point on each curve")
     low = max(min(m for m, _ in a), min(m for m, _ in b))
-    high = min(max(m for m, _ in a), max(m for m, _ in b))
-    budgets = sorted({m for m, _ in [*a, *b] if low <= m <= high})
+    budgets = sorted({m for m, _ in [*a, *b] if m >= low})
     margins = [best_within(a, x) - best_within(b, x) for x in budgets]
     return {
-        "range": [low, high] if budgets else None,
+        "range": [budgets[0], budgets[-1]],
         "budgets": len(budgets),
         "a_wins": sum(m > 0 for m in margins),
         "ties": sum(m == 0 for m in margins),
-        "min_margin": min(margins) if margins else None,
-        "max_margin": max(margins) if margins else None,
+        "min_margin": min(margins),
+        "max_margin": max(margins),
     }
