@@ -63,8 +63,15 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     meta = json.loads(results.with_name("cifar10_meta.json").read_text())
     full = next(r for r in records if r["model"] == "basisnet (no early exit)")
     assert meta["targets"]["gain_over_control_pt"] == round(full["top1"] - control["top1"], 2)
-    assert 0 <= meta["targets"]["early_exit_saving"] <= 1
-    assert "target >= 30% at <= 0.3 pt" in format_targets(meta)
+    early = next(r for r in records if r["threshold"] is not None)
+    assert meta["targets"]["early_exit_saving"] == pytest.approx(1 - early["madds"] / full["madds"], abs=1e-3)
+    assert meta["targets"]["early_exit_loss_pt"] == pytest.approx(full["top1"] - early["top1"], abs=0.011)
+    static = {r["model"]: r for r in records if r["model"].startswith("mobilenetv3")}
+    assert meta["targets"]["curve_vs_static_family"]["budgets"] >= 1
+    lines = format_targets(meta).splitlines()
+    assert lines[0].startswith(f"BasisNet - control: {meta['targets']['gain_over_control_pt']:+.2f} pt")
+    assert f"saves {100 * meta['targets']['early_exit_saving']:.1f}%" in lines[1]
+    assert len(static) == 3  # x0.35, x0.5 and the control
     with pytest.raises(ValueError, match="must include"):
         run_accuracy_benchmark(cifar_tree, out, results, quick=True, widths=[0.75])
     with pytest.raises(ValueError, match="holds a run with another config .*train.epochs: 1 -> 3"):

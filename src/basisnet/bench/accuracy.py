@@ -116,14 +116,18 @@ def run_accuracy_benchmark(
     family: list[tuple[float, float]] = []
 
     def static(width: float, name: str = "", run_name: str = "", extra: Sequence[str] = (),
-               total: int = p.epochs) -> tuple[float, float]:
+               init_epochs: int | None = None) -> tuple[float, float]:
+        """Train (or reuse) one static net; ``init_epochs``: the epochs of the run it starts from."""
         run = out / (run_name or f"static_w{width}")
         _train("cifar10_static", run, [*common, f"model.kwargs.width={width}", *extra])
         top1 = exit_accuracy(exit_logits(run, "test"))[-1]
         madds = run_exit_madds(run)[-1]
-        model, _ = load_run(run)
-        records.append(_record(f"mobilenetv3_small_w{width}{name}", top1, madds, count_params(model), total, command,
-                               **({"init_epochs": p.epochs} if extra else {})))
+        model, cfg = load_run(run)
+        budget = {"epochs": cfg.train.epochs + (init_epochs or 0)}
+        if init_epochs is not None:
+            budget["init_epochs"] = init_epochs
+        records.append(_record(f"mobilenetv3_small_w{width}{name}", top1, madds, count_params(model),
+                               command=command, **budget))
         return madds, top1
 
     for width in sorted(p.widths):
@@ -134,7 +138,7 @@ def run_accuracy_benchmark(
     control = static(SPECIALIST_WIDTH, f" (specialist backbone, {p.epochs} + {warm} epochs as BasisNet)",
                      f"static_w{SPECIALIST_WIDTH}_warm",
                      [f"train.epochs={warm}", f"train.init_from={json.dumps({'model': str(specialist_run)})}"],
-                     total)
+                     init_epochs=p.epochs)
 
     run = out / "basisnet_warm"
     init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
