@@ -108,6 +108,30 @@ def test_tiny_config_trains(name):
         assert sum(F.cross_entropy(out, y) for out in model(x)) < loss
 
 
+@pytest.mark.parametrize("name", ["msdnet", "ranet"])
+def test_channels_last_survives_every_layer(name):
+    """A 1-channel fusion part must not turn a concatenation NCHW: each later conv would copy its input."""
+    model = create_model(name, **TINY[name]).to(memory_format=torch.channels_last)
+    inputs = []
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda mod, args, out: inputs.append(args[0]))
+    model(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    strict = [x for x in inputs if x.shape[1] > 1 and x.shape[-1] * x.shape[-2] > 1]
+    assert strict and all(x.stride(1) == 1 for x in strict)
+
+
+def test_concat_channels_restrides_ambiguous_parts():
+    from basisnet.layers.densenet import concat_channels
+
+    like = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    one = torch.randn(2, 1, 8, 8)  # "contiguous" in both formats: torch.cat would pick NCHW
+    assert torch.cat([like, one], 1).stride(1) != 1
+    out = concat_channels([like, one], like=like)
+    assert out.stride(1) == 1 and torch.equal(out, torch.cat([like, one], 1))
+    plain = concat_channels([like.contiguous(), one], like=like.contiguous())
+    assert plain.is_contiguous()
+
+
 @pytest.mark.parametrize("name, options, reason", [
     ("ranet", dict(scale_list=(1, 2, 3, 4)), "leaves 1x1"),  # a 4x4 map before the heads: official code crashes
     ("ranet", dict(resolution=16), "leaves 1x1"),

@@ -51,6 +51,18 @@ def exits_to_run(max_exits: int | None, num_exits: int) -> int:
     return max_exits
 
 
+def concat_channels(parts: Sequence[Tensor], like: Tensor) -> Tensor:
+    """Concatenate along channels, channels_last whenever ``like`` is.
+
+    ``torch.cat`` falls back to NCHW when one part's strides are ambiguous (a 1-channel map from a
+    resampling is "contiguous" in both formats): every later conv of a channels_last model then copies
+    its input, forward and backward. Such parts are restrided first (a clone of one channel).
+    """
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        parts = [p if p.stride(1) == 1 else p.clone(memory_format=torch.channels_last) for p in parts]
+    return torch.cat(list(parts), 1)
+
+
 def bottleneck_conv(in_channels: int, out_channels: int, bn_width: int, stride: int = 1) -> nn.Sequential:
     """1x1 conv to ``min(in, bn_width * out)`` channels, then a 3x3 conv; BN + ReLU after each.
 

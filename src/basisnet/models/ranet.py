@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..layers import ConvNormAct
 from ..layers.densenet import (
+    concat_channels,
     DenseLayer,
     ExitHead,
     ScaleStem,
@@ -94,7 +95,7 @@ class FusionLayer(nn.Module):
     def forward(self, x: Tensor, low: Tensor) -> Tensor:
         new = self.normal(x)
         size = new.shape[-2:]
-        return torch.cat([resize(x, size), resize(self.up(low), size), new], 1)
+        return concat_channels([resize(x, size), resize(self.up(low), size), new], like=x)
 
 
 class FusionBlock(nn.Module):
@@ -120,7 +121,7 @@ class FusionBlock(nn.Module):
         for layer, low_x in zip(self.layers, low):
             x = layer(x, low_x)
             feats.append(x)
-        x = torch.cat([x, resize(self.last(low[-1]), x.shape[-2:])], 1)
+        x = concat_channels([x, resize(self.last(low[-1]), x.shape[-2:])], like=x)
         return self.transition(x), feats
 
 
