@@ -6,8 +6,9 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _restore_denormals():
-    """Training turns on flush-to-zero for speed (process-wide); hypothesis refuses to generate floats
-    under it, so every test starts and ends with IEEE denormals."""
+    """Training flushes denormals for speed (process-wide, restored when it ends); hypothesis refuses to
+    generate floats under flush-to-zero, so every test starts and ends with IEEE denormals whatever
+    a failing test left behind."""
     torch.set_flush_denormal(False)
     yield
     torch.set_flush_denormal(False)

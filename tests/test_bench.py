@@ -1,13 +1,14 @@
 """Both CIFAR-10 benchmarks end to end on a tiny CIFAR-shaped tree, plus the curve comparison they report."""
 
+import csv
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_verdicts,
-                            run_accuracy_benchmark, run_compare_benchmark)
+from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_train_minutes,
+                            format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
 from basisnet.evaluate import best_within, compare_curves
 
 TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
@@ -95,6 +96,12 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
+    for peer in PEERS:  # training time per run, summed from its own epoch log
+        with open(out / peer.run / "summary.csv", newline="") as f:
+            seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+        assert len(seconds) == 1 and meta["train_minutes"][peer.run] == round(sum(seconds) / 60, 1)
+    total = sum(meta["train_minutes"].values())
+    assert format_train_minutes(meta["train_minutes"]).startswith(f"training: {total:.1f} min in all (static_w0.5 ")
     lines = format_verdicts(verdicts).splitlines()
     assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
     table = format_compare_table(records)

@@ -12,7 +12,8 @@ from basisnet.configs import bundled_config, list_configs
 from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import exit_madds
 from basisnet.train import load_config
-from basisnet.workflow import evaluate_run, exit_logits, load_run, predict_files, sweep_run, train_run
+from basisnet.workflow import (denormals_flushed, evaluate_run, exit_logits, load_run, predict_files, sweep_run,
+                               train_run)
 
 TINY = [
     "train.epochs=1", "train.warmup_epochs=0", "data.subset=256", "data.val_size=128", "data.batch_size=64",
@@ -26,7 +27,20 @@ def run_dir(tmp_path_factory):
     cfg = load_config(bundled_config("shapes_demo"), TINY)
     result = train_run(cfg, out, progress=False)
     assert len(result["last_top1"]) == 2
+    assert not _flushing(), "training must give the process its denormal mode back"
     return out
+
+
+def _flushing() -> bool:
+    return bool((torch.tensor([1e-40]) * 1.0 == 0).item())
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_denormals_flushed_restores_the_mode_it_found(before):
+    torch.set_flush_denormal(before)
+    with denormals_flushed():
+        assert _flushing()
+    assert _flushing() == before
 
 
 def test_bundled_configs_load():

@@ -123,8 +123,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (format_compare_table, format_table, format_targets, format_verdicts, run_accuracy_benchmark,
-                        run_compare_benchmark)
+    from .bench import (format_compare_table, format_table, format_targets, format_train_minutes, format_verdicts,
+                        run_accuracy_benchmark, run_compare_benchmark)
 
     if args.which == "compare" and (args.widths or args.warm_epochs):
         raise ValueError("--widths and --warm-epochs belong to 'bench accuracy'")
@@ -132,17 +132,18 @@ def _bench(args: argparse.Namespace) -> int:
     suffix = "_quick" if args.quick else ""
     output = args.output or f"runs/bench_cifar10{suffix}"
     name = "cifar10" if args.which == "accuracy" else "compare"
-    results = args.results or f"benchmarks/results/{name}{suffix}.json"
+    results = Path(args.results or f"benchmarks/results/{name}{suffix}.json")
     if args.which == "accuracy":
         records = run_accuracy_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
                                          command=command, widths=args.widths, warm_epochs=args.warm_epochs)
         print(format_table(records))
-        print(format_targets(json.loads(Path(results).with_name(Path(results).stem + "_meta.json").read_text())))
     else:
         records, found = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
                                                command=command)
         print(format_compare_table(records))
-        print(format_verdicts(found))
+    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    print(format_targets(meta) if args.which == "accuracy" else format_verdicts(meta["verdicts"]))
+    print(format_train_minutes(meta["train_minutes"]))
     return 0
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,17 @@ from .train.distributed import DistributedInfo, distributed_session
 SPLITS = ("val", "test")
 
 
-def flush_denormals() -> None:
-    """Denormal floats appear as training goes on and slow CPU kernels several-fold; treat them as 0."""
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Denormal floats appear as training goes on and slow CPU kernels several-fold: treat them as 0
+    inside, and give the caller's process back the mode it had (the switch is process-wide)."""
+    tiny = torch.tensor([1e-40])  # a denormal: multiplying it gives 0 exactly when flushing is on
+    was_on = bool((tiny * 1.0 == 0).item())
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
 
 
 @dataclass
@@ -121,8 +130,7 @@ def train_run(
             raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist")
     elif (run_dir / "last.state.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
-    flush_denormals()
-    with distributed_session() as info:
+    with denormals_flushed(), distributed_session() as info:
         d = cfg.data
         batch_size = _per_rank(d.batch_size, info.world_size, "data.batch_size")
         eval_batch_size = -(-d.eval_batch_size // info.world_size)
@@ -176,12 +184,12 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
     weights = resolve_weights(run_dir)
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return ExitLogits.load(cache)
-    flush_denormals()
     model, cfg = load_run(run_dir)
     splits = load_splits(cfg, with_test=split == "test")
     data = splits.val if split == "val" else splits.test
     batches = BatchLoader(data, cfg.data.eval_batch_size, shuffle=False)
-    logits = collect_exit_logits(model, batches, eval_transform(cfg), progress=progress is not False)
+    with denormals_flushed():
+        logits = collect_exit_logits(model, batches, eval_transform(cfg), progress=progress is not False)
     logits.save(cache)
     return logits
 

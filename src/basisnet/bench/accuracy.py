@@ -9,6 +9,7 @@ test set. Interrupted runs are resumed, finished runs reused, so the command can
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import time
@@ -50,8 +51,11 @@ def plan(quick: bool, epochs: int | None, widths: Sequence[float] | None = None)
     return Plan(epochs or 12, widths or STATIC_WIDTHS, ())
 
 
-def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> None:
-    """Train ``run_dir`` from a bundled config, or reuse / resume it if it holds the very same run."""
+def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> float:
+    """Train ``run_dir`` from a bundled config, or reuse / resume it if it holds the very same run.
+
+    Returns the minutes its epochs took (from ``summary.csv``, so a reused run reports its own time).
+    """
     cfg = load_config(bundled_config(config), overrides)
     saved = run_dir / "config.yaml"
     if saved.is_file():
@@ -67,14 +71,31 @@ def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> None:
     done = (run_dir / "summary.csv").is_file() and _epochs_done(run_dir) >= cfg.train.epochs
     if done:
         print(f"[bench] {run_dir.name}: already trained, reusing", flush=True)
-        return
-    print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
-    train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
+    else:
+        print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
+        train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
+    with open(run_dir / "summary.csv", newline="") as f:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60, 1)
 
 
 def _epochs_done(run_dir: Path) -> int:
     lines = (run_dir / "summary.csv").read_text().strip().splitlines()
     return max(len(lines) - 1, 0)
+
+
+def _write_meta(results: Path, start: float, quick: bool, epochs: int, minutes: dict[str, float],
+                **found: Any) -> None:
+    """``<results>_meta.json``: where and how long the benchmark ran (wall seconds; training minutes per
+    run, which a reused run keeps from when it trained) and what it found."""
+    meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "quick": quick, "epochs": epochs, "train_minutes": minutes, **found}
+    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def format_train_minutes(minutes: dict[str, float]) -> str:
+    """The training time a benchmark cost, per run and in all (sums of epoch times)."""
+    runs = ", ".join(f"{name} {m:.1f}" for name, m in minutes.items())
+    return f"training: {sum(minutes.values()):.1f} min in all ({runs})"
 
 
 def _record(model: str, top1: float, madds: float, params: int, epochs: int, command: str,
@@ -114,12 +135,13 @@ def run_accuracy_benchmark(
     start = time.time()
     records: list[dict[str, Any]] = []
     family: list[tuple[float, float]] = []
+    minutes: dict[str, float] = {}
 
     def static(width: float, name: str = "", run_name: str = "", extra: Sequence[str] = (),
                init_epochs: int | None = None) -> tuple[float, float]:
         """Train (or reuse) one static net; ``init_epochs``: the epochs of the run it starts from."""
         run = out / (run_name or f"static_w{width}")
-        _train("cifar10_static", run, [*common, f"model.kwargs.width={width}", *extra])
+        minutes[run.name] = _train("cifar10_static", run, [*common, f"model.kwargs.width={width}", *extra])
         top1 = exit_accuracy(exit_logits(run, "test"))[-1]
         madds = run_exit_madds(run)[-1]
         model, cfg = load_run(run)
@@ -142,7 +164,7 @@ def run_accuracy_benchmark(
 
     run = out / "basisnet_warm"
     init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
-    _train("cifar10_basisnet", run, [*common, f"train.epochs={warm}", f"train.init_from={init}"])
+    minutes[run.name] = _train("cifar10_basisnet", run, [*common, f"train.epochs={warm}", f"train.init_from={init}"])
     model, cfg = load_run(run)
     params = count_params(model)
     madds = run_exit_madds(run)
@@ -178,9 +200,7 @@ def run_accuracy_benchmark(
         "early_exit_loss_pt": round(full_top1 - chosen["top1"], 2),
         "curve_vs_static_family": compare_curves(sweep_curve, family),
     }
-    meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "quick": quick, "epochs": p.epochs, "warm_epochs": warm, "targets": targets}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _write_meta(results, start, quick, p.epochs, minutes, warm_epochs=warm, targets=targets)
     return records
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..evaluate import anytime, best_within, budgeted_batch, compare_curves, count_params, plot_models
 from ..workflow import exit_logits, load_run, run_exit_madds
-from .accuracy import _record, _train, plan
+from .accuracy import _record, _train, _write_meta, plan
 
 __all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_verdicts", "run_compare_benchmark", "verdicts"]
 
@@ -103,9 +103,10 @@ def run_compare_benchmark(
     common = [f"data.source={data}", f"train.epochs={p.epochs}", *p.overrides, *overrides]
     start = time.time()
     records: list[dict[str, Any]] = []
+    minutes: dict[str, float] = {}
     for peer in PEERS:
         run = out / peer.run
-        _train(peer.config, run, [*common, *peer.overrides])
+        minutes[peer.run] = _train(peer.config, run, [*common, *peer.overrides])
         records.extend(_evaluate(peer, run, p.epochs, command))
     found = verdicts(records)
 
@@ -114,9 +115,7 @@ def run_compare_benchmark(
     plot_models({peer.label: (_curve(records, peer.label, "budgeted-batch"), _curve(records, peer.label, "anytime"))
                  for peer in PEERS}, results.with_suffix(".png"),
                 title=f"CIFAR-10 test, {p.epochs} epochs each: budgeted batch (lines), anytime (circles)")
-    meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "quick": quick, "epochs": p.epochs, "verdicts": found}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _write_meta(results, start, quick, p.epochs, minutes, verdicts=found)
     return records, found
 
 

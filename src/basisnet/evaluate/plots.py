@@ -42,16 +42,17 @@ def plot_models(
     ylabel: str = "top-1 (%)",
 ) -> Path:
     """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
-    markers (e.g. anytime exits), so a method's two protocols read together."""
+    markers (e.g. anytime exits), so a method's two protocols read together. A one-point curve (a
+    single-exit model) has no line to draw: only its markers appear, and in the legend."""
     ax, save = _axes(title, xlabel, ylabel)
     for label, (curve, points) in models.items():
         colour = None
-        if curve:
+        if len(set(curve)) > 1:
             (line,) = ax.plot(*_columns(sorted(curve)), "-", label=f"{label} (budgeted batch)")
             colour = line.get_color()
         if points:
             ax.plot(*_columns(sorted(points)), "o", mfc="none", color=colour, linestyle="none",
-                    label=f"{label} (anytime exits)")
+                    label=f"{label} (anytime exits)" if len(points) > 1 else label)
     return save(path, bool(models))
 
 

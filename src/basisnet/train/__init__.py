@@ -1,7 +1,7 @@
 """Training: config, optimizer/schedule, EMA, losses, crash-safe checkpoints and the epoch loop."""
 from .checkpoint import (
     CheckpointError, CheckpointMismatchError, atomic_write_bytes, load_run_model, load_state, load_weights,
-    read_weights_metadata, resolve_weights, save_state, save_weights,
+    read_weights, read_weights_metadata, resolve_weights, save_state, save_weights,
 )
 from .config import (
     ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, config_from_dict, config_help, config_to_dict,
@@ -16,7 +16,7 @@ from .warm_start import spread_into_bases, warm_start
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "load_run_model", "load_state",
-    "load_weights", "read_weights_metadata", "resolve_weights", "save_state", "save_weights",
+    "load_weights", "read_weights", "read_weights_metadata", "resolve_weights", "save_state", "save_weights",
     "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "config_from_dict", "config_help",
     "config_to_dict", "load_config", "save_config", "validate_config",
     "DistributedInfo", "init_distributed_device", "is_distributed", "rank", "world_size",

@@ -20,7 +20,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "save_weights", "load_weights",
-    "read_weights_metadata",
+    "read_weights", "read_weights_metadata",
     "save_state", "load_state", "resolve_weights", "load_run_model",
 ]
 
@@ -94,7 +94,9 @@ def _mismatch_report(model_state: Mapping[str, torch.Tensor], ckpt: Mapping[str,
             + listed("shape mismatch", shapes))
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file, read once (a corrupt file: ``CheckpointError``)."""
+    path = Path(path)
     data = _read_bytes(path, "weights file")
     try:
         header_len = int.from_bytes(data[:8], "little")  # format: u64 length, JSON header, tensor bytes
@@ -106,7 +108,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def read_weights_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata stored by ``save_weights`` (model config, epoch, ...)."""
-    return _read_weights(Path(path))[1]
+    return read_weights(path)[1]
 
 
 def _load_checked(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -122,7 +124,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
     Every key and shape must match; otherwise ``CheckpointMismatchError`` lists what differs
     (e.g. a checkpoint of another architecture or class count) and the model is left untouched.
     """
-    tensors, metadata = _read_weights(Path(path))
+    tensors, metadata = read_weights(Path(path))
     _load_checked(model, tensors, Path(path))
     return metadata
 
@@ -165,7 +167,7 @@ def load_run_model(path: str | Path, create_model: Callable[..., nn.Module]) -> 
     the model zoo. Returned in eval mode.
     """
     weights = resolve_weights(path)
-    tensors, metadata = _read_weights(weights)
+    tensors, metadata = read_weights(weights)
     if "model" not in metadata:
         raise CheckpointError(f"{weights} does not record its model (no 'model' metadata): build the model "
                               "yourself and use load_weights")

@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointMismatchError, _read_weights, resolve_weights
+from .checkpoint import CheckpointMismatchError, read_weights, resolve_weights
 from .config import load_config
 
 __all__ = ["warm_start", "spread_into_bases"]
@@ -71,7 +71,7 @@ def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float
             raise ValueError(f"train.init_from: {type(model).__name__} has no part {part!r} "
                              f"(use 'model' or one of {names})") from None
         weights = resolve_weights(path)
-        tensors, metadata = _read_weights(weights)
+        tensors, metadata = read_weights(weights)
         spread_into_bases(target, tensors, noise, source=f"train.init_from.{part} ({weights})", generator=generator)
         epochs[part] = _trained_epochs(Path(path), metadata)
     return epochs
