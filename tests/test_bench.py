@@ -9,7 +9,10 @@ from PIL import Image
 
 from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_train_minutes,
                             format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
+from basisnet.configs import bundled_config
 from basisnet.evaluate import best_within, compare_curves
+from basisnet.models import create_model
+from basisnet.train import load_config
 
 TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
         "train.warmup_epochs=0", "train.log_interval=1"]
@@ -90,7 +93,9 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
         assert [r["madds"] for r in anytime] == sorted(r["madds"] for r in anytime)
         assert budgeted and all(abs(sum(r["exit_fraction"]) - 1) < 1e-3 for r in budgeted)
         assert all(len(r["threshold"]) == len(anytime) and r["threshold"][-1] == 0.0 for r in budgeted)
-    assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == 8
+    ranet = load_config(bundled_config("cifar10_ranet")).model
+    assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == \
+        create_model(ranet.name, **ranet.kwargs).num_exits == 6
     basisnet = "BasisNet (from scratch)"
     assert len([r for r in records if r["model"] == basisnet and r["protocol"] == "anytime"]) == 2
     assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
