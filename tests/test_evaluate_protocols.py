@@ -10,7 +10,7 @@ from torch import nn
 
 from basisnet.evaluate.early_exit import apply_threshold, select_threshold, threshold_sweep
 from basisnet.evaluate.exits import ExitLogits, collect_exit_logits, exit_accuracy
-from basisnet.evaluate.plots import plot_tradeoff
+from basisnet.evaluate.plots import model_series, plot_models, plot_tradeoff
 from basisnet.evaluate.protocols import anytime, budgeted_batch, exit_prior, fit_temperatures
 
 
@@ -206,3 +206,14 @@ def test_plot_tradeoff_writes_png(tmp_path) -> None:
     )
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 1000
+
+
+def test_model_series_never_draws_an_invisible_line_nor_drops_a_model(tmp_path) -> None:
+    curve, exits = [(4.0, 70.0), (2.0, 60.0)], [(2.0, 60.0), (4.0, 71.0)]
+    assert model_series("multi", curve, exits) == (("multi (budgeted batch)", sorted(curve)),
+                                                   ("multi (anytime exits)", exits))
+    assert model_series("static", [(5.5, 80.0)] * 3, [(5.5, 80.0)]) == (None, ("static", [(5.5, 80.0)]))
+    assert model_series("no exits given", [(5.5, 80.0)], []) == (None, ("no exits given", [(5.5, 80.0)]))
+    assert model_series("empty", [], []) == (None, None)
+    path = plot_models({"multi": (curve, exits), "static": ([(5.5, 80.0)], [])}, tmp_path / "m.png", title="t")
+    assert path.read_bytes().startswith(b"\x89PNG")

@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
 
 
 def _flushing() -> bool:
-    return bool((torch.tensor([1e-40]) * 1.0 == 0).item())
+    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0 == 0).item())
 
 
 @pytest.mark.parametrize("before", [False, True])

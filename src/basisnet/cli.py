@@ -138,8 +138,8 @@ def _bench(args: argparse.Namespace) -> int:
                                          command=command, widths=args.widths, warm_epochs=args.warm_epochs)
         print(format_table(records))
     else:
-        records, found = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
-                                               command=command)
+        records, _ = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
+                                           command=command)
         print(format_compare_table(records))
     meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
     print(format_targets(meta) if args.which == "accuracy" else format_verdicts(meta["verdicts"]))

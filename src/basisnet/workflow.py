@@ -41,8 +41,11 @@ SPLITS = ("val", "test")
 @contextmanager
 def denormals_flushed() -> Iterator[None]:
     """Denormal floats appear as training goes on and slow CPU kernels several-fold: treat them as 0
-    inside, and give the caller's process back the mode it had (the switch is process-wide)."""
-    tiny = torch.tensor([1e-40])  # a denormal: multiplying it gives 0 exactly when flushing is on
+    inside, then give the calling thread back the mode it had.
+
+    The switch is per thread: intra-op worker threads that torch starts inside inherit it and keep it.
+    """
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a denormal: times 1 it gives 0 exactly when flushing
     was_on = bool((tiny * 1.0 == 0).item())
     torch.set_flush_denormal(True)
     try:

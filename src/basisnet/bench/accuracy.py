@@ -74,6 +74,11 @@ def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> float:
     else:
         print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
         train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
+    return _train_minutes(run_dir)
+
+
+def _train_minutes(run_dir: Path) -> float:
+    """Minutes the run's epochs took: the sum of ``summary.csv``'s per-epoch seconds."""
     with open(run_dir / "summary.csv", newline="") as f:
         return round(sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60, 1)
 

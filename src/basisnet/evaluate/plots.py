@@ -42,18 +42,33 @@ def plot_models(
     ylabel: str = "top-1 (%)",
 ) -> Path:
     """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
-    markers (e.g. anytime exits), so a method's two protocols read together. A one-point curve (a
-    single-exit model) has no line to draw: only its markers appear, and in the legend."""
+    markers (e.g. anytime exits), so a method's two protocols read together."""
     ax, save = _axes(title, xlabel, ylabel)
     for label, (curve, points) in models.items():
+        line, marks = model_series(label, curve, points)
         colour = None
-        if len(set(curve)) > 1:
-            (line,) = ax.plot(*_columns(sorted(curve)), "-", label=f"{label} (budgeted batch)")
-            colour = line.get_color()
-        if points:
-            ax.plot(*_columns(sorted(points)), "o", mfc="none", color=colour, linestyle="none",
-                    label=f"{label} (anytime exits)" if len(points) > 1 else label)
+        if line:
+            (drawn,) = ax.plot(*_columns(line[1]), "-", label=line[0])
+            colour = drawn.get_color()
+        if marks:
+            ax.plot(*_columns(marks[1]), "o", mfc="none", color=colour, linestyle="none", label=marks[0])
     return save(path, bool(models))
+
+
+Series = tuple[str, list[tuple[float, float]]]  # legend label, sorted points
+
+
+def model_series(label: str, curve: Sequence[tuple[float, float]],
+                 points: Sequence[tuple[float, float]]) -> tuple[Series | None, Series | None]:
+    """What ``plot_models`` draws for one model: the line and the markers, each with its legend label.
+
+    A one-point curve (a single-exit model) has no line to draw: it becomes the marker, so no legend
+    entry stands for something invisible and no model vanishes from the plot.
+    """
+    line = (f"{label} (budgeted batch)", sorted(curve)) if len(set(curve)) > 1 else None
+    points = points or (curve if len(set(curve)) == 1 else [])
+    marks = (f"{label} (anytime exits)" if len(points) > 1 else label, sorted(points)) if points else None
+    return line, marks
 
 
 def _axes(title: str, xlabel: str, ylabel: str):

@@ -51,14 +51,15 @@ def exits_to_run(max_exits: int | None, num_exits: int) -> int:
     return max_exits
 
 
-def concat_channels(parts: Sequence[Tensor], like: Tensor) -> Tensor:
-    """Concatenate along channels, channels_last whenever ``like`` is.
+def concat_channels(parts: Sequence[Tensor]) -> Tensor:
+    """Concatenate along channels, channels_last whenever one part strictly is.
 
     ``torch.cat`` falls back to NCHW when one part's strides are ambiguous (a 1-channel map from a
     resampling is "contiguous" in both formats): every later conv of a channels_last model then copies
     its input, forward and backward. Such parts are restrided first (a clone of one channel).
     """
-    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+    if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+           for p in parts):
         parts = [p if p.stride(1) == 1 else p.clone(memory_format=torch.channels_last) for p in parts]
     return torch.cat(list(parts), 1)
 
@@ -80,7 +81,7 @@ class DenseLayer(nn.Module):
         self.conv = bottleneck_conv(in_channels, growth, bn_width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x, self.conv(x)], 1)
+        return concat_channels([x, self.conv(x)])
 
 
 class ScaleStem(nn.Module):

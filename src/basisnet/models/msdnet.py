@@ -34,6 +34,7 @@ from ..layers.densenet import (
     bottleneck_conv,
     check_factors,
     check_variant,
+    concat_channels,
     exits_to_run,
     halve,
     head_for,
@@ -64,7 +65,7 @@ class DownNormal(nn.Module):
         self.normal = bottleneck_conv(channels, growth // 2, bn_width)
 
     def forward(self, finer: Tensor, x: Tensor) -> Tensor:
-        return torch.cat([x, self.down(finer), self.normal(x)], 1)
+        return concat_channels([x, self.down(finer), self.normal(x)])
 
 
 class MultiScaleLayer(nn.Module):

@@ -23,13 +23,13 @@ from torch import Tensor, nn
 
 from ..layers import ConvNormAct
 from ..layers.densenet import (
-    concat_channels,
     DenseLayer,
     ExitHead,
     ScaleStem,
     bottleneck_conv,
     check_factors,
     check_variant,
+    concat_channels,
     exits_to_run,
     halve,
     head_for,
@@ -95,7 +95,7 @@ class FusionLayer(nn.Module):
     def forward(self, x: Tensor, low: Tensor) -> Tensor:
         new = self.normal(x)
         size = new.shape[-2:]
-        return concat_channels([resize(x, size), resize(self.up(low), size), new], like=x)
+        return concat_channels([resize(x, size), resize(self.up(low), size), new])
 
 
 class FusionBlock(nn.Module):
@@ -121,7 +121,7 @@ class FusionBlock(nn.Module):
         for layer, low_x in zip(self.layers, low):
             x = layer(x, low_x)
             feats.append(x)
-        x = concat_channels([x, resize(self.last(low[-1]), x.shape[-2:])], like=x)
+        x = concat_channels([x, resize(self.last(low[-1]), x.shape[-2:])])
         return self.transition(x), feats
 
 
