@@ -9,6 +9,7 @@ from PIL import Image
 from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_train_minutes,
                             format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
 from basisnet.configs import bundled_config
+from basisnet.bench.runs import train_minutes
 from basisnet.evaluate import best_within, compare_curves
 from basisnet.models import create_model
 from basisnet.train import load_config
@@ -100,7 +101,7 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
-    assert list(meta["train_minutes"]) == [peer.run for peer in PEERS]
+    assert meta["train_minutes"] == {peer.run: train_minutes(out / peer.run) for peer in PEERS}
     lines = format_verdicts(verdicts).splitlines()
     assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
     table = format_compare_table(records)
@@ -119,10 +120,9 @@ def test_config_diff_counts_a_key_the_saved_config_lacks_as_its_default():
 
 
 def test_training_minutes_come_from_each_runs_epoch_log(tmp_path):
-    from basisnet.bench.accuracy import _train_minutes
-
+    assert train_minutes(tmp_path) == 0.0  # no epoch finished yet
     (tmp_path / "summary.csv").write_text("epoch,lr,seconds,images_per_s\n1,0.1,90.0,500\n2,0.05,30.0,1500\n")
-    assert _train_minutes(tmp_path) == 2.0
+    assert train_minutes(tmp_path) == 2.0
     assert format_train_minutes({"a": 1.2, "b": 0.5}) == "training: 1.7 min in all (a 1.2, b 0.5)"
 
 

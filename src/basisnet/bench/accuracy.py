@@ -3,116 +3,32 @@
 The static family is trained with one recipe and epoch budget (the bundled ``cifar10_static``
 config). BasisNet (``cifar10_basisnet``) starts from two of those trained nets and trains a few epochs
 more; the control is the static specialist backbone restarted from itself for the same extra epochs
-(same schedule, same total), so a gain is not just more training. Models are selected on the held-out validation split and reported on the
-test set. Interrupted runs are resumed, finished runs reused, so the command can be re-run safely.
+(same schedule, same total), so a gain is not just more training. Models are selected on the held-out
+validation split and reported on the test set. Interrupted runs are resumed, finished runs reused, so
+the command can be re-run safely.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..evaluate import apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold, threshold_sweep
-from ..train import config_diff, config_to_dict, load_config
-from ..workflow import exit_logits, load_run, run_exit_madds, train_run
-from ..configs import bundled_config
+from ..evaluate import (apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold,
+                        threshold_sweep)
+from ..workflow import exit_logits, load_run, run_exit_madds
+from .runs import plan, record, train_or_reuse, write_meta
 
 STATIC_WIDTHS = (0.35, 0.5, 0.75)
+QUICK_WIDTHS = (0.35, 0.5)
 SPECIALIST_WIDTH = 0.5  # cifar10_basisnet's specialist_width
 LIGHTWEIGHT_WIDTH = 0.35  # and its lightweight_width
 # BasisNet starts from the trained static specialist (every basis a noisy copy) and lightweight model,
 # then trains this many epochs more: from scratch it learns a routing shortcut (see BENCHMARKS.md).
 WARM_EPOCHS = 6
 MAX_DROP = 0.3  # points of top-1 early exit may cost against BasisNet without it (the issue's target)
-
-
-@dataclass
-class Plan:
-    """What one benchmark invocation trains."""
-
-    epochs: int
-    widths: Sequence[float]
-    overrides: Sequence[str]
-
-
-def plan(quick: bool, epochs: int | None, widths: Sequence[float] | None = None) -> Plan:
-    if quick:
-        # The same code on a sliver of the data: 2 epochs on 4,000 training images.
-        return Plan(epochs or 2, widths or (0.35, 0.5),
-                    ("data.subset=4000", "data.val_size=1000", "train.warmup_epochs=0.5"))
-    return Plan(epochs or 12, widths or STATIC_WIDTHS, ())
-
-
-def _train(config: str, run_dir: Path, overrides: Sequence[str]) -> float:
-    """Train ``run_dir`` from a bundled config, or reuse / resume it if it holds the very same run.
-
-    Returns the minutes its epochs took (from ``summary.csv``, so a reused run reports its own time).
-    """
-    cfg = load_config(bundled_config(config), overrides)
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        old = config_to_dict(load_config(saved))
-        new = config_to_dict(cfg)
-        for key in ("num_classes", "resolution"):  # train_run fills these from the data when absent
-            if key in old["model"]["kwargs"]:
-                new["model"]["kwargs"].setdefault(key, old["model"]["kwargs"][key])
-        diffs = config_diff(old, new)
-        if diffs:
-            raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs)}): "
-                             "pass another --output or remove that directory")
-    done = (run_dir / "summary.csv").is_file() and _epochs_done(run_dir) >= cfg.train.epochs
-    if done:
-        print(f"[bench] {run_dir.name}: already trained, reusing", flush=True)
-    else:
-        print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
-        train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
-    return _train_minutes(run_dir)
-
-
-def _train_minutes(run_dir: Path) -> float:
-    """Minutes the run's epochs took: the sum of ``summary.csv``'s per-epoch seconds."""
-    with open(run_dir / "summary.csv", newline="") as f:
-        return round(sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60, 1)
-
-
-def _epochs_done(run_dir: Path) -> int:
-    lines = (run_dir / "summary.csv").read_text().strip().splitlines()
-    return max(len(lines) - 1, 0)
-
-
-def _write_meta(results: Path, start: float, quick: bool, epochs: int, minutes: dict[str, float],
-                **found: Any) -> None:
-    """``<results>_meta.json``: where and how long the benchmark ran (wall seconds; training minutes per
-    run, which a reused run keeps from when it trained) and what it found."""
-    meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "quick": quick, "epochs": epochs, "train_minutes": minutes, **found}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def format_train_minutes(minutes: dict[str, float]) -> str:
-    """The training time a benchmark cost, per run and in all (sums of epoch times)."""
-    runs = ", ".join(f"{name} {m:.1f}" for name, m in minutes.items())
-    return f"training: {sum(minutes.values()):.1f} min in all ({runs})"
-
-
-def _record(model: str, top1: float, madds: float, params: int, epochs: int, command: str,
-            threshold: float | list | None = None, exit_fraction: float | list | None = None,
-            **extra: Any) -> dict[str, Any]:
-    """One result row; multi-exit protocols give per-exit lists of thresholds and exit fractions."""
-    if isinstance(exit_fraction, float):
-        exit_fraction = round(exit_fraction, 4)
-    return {"model": model, "top1": round(top1, 2), "madds": round(madds, 3), "params": params,
-            "threshold": threshold, "exit_fraction": exit_fraction,
-            "epochs": epochs, "protocol": "early-exit" if threshold is not None else "single",
-            "dataset": "cifar10", "command": command, **extra}
 
 
 def run_accuracy_benchmark(
@@ -130,13 +46,13 @@ def run_accuracy_benchmark(
     static specialist restarted from itself for as many epochs as BasisNet; evaluate on test, write
     records and a plot.
     """
-    p = plan(quick, epochs, widths)
+    p = plan(quick, epochs, data, overrides)
+    widths = widths or (QUICK_WIDTHS if quick else STATIC_WIDTHS)
     warm = warm_epochs or (1 if quick else WARM_EPOCHS)
-    missing = {SPECIALIST_WIDTH, LIGHTWEIGHT_WIDTH} - set(p.widths)
+    missing = {SPECIALIST_WIDTH, LIGHTWEIGHT_WIDTH} - set(widths)
     if missing:
         raise ValueError(f"--widths must include {sorted(missing)}: BasisNet starts from those static runs")
     out, results = Path(out), Path(results)
-    common = [f"data.source={data}", f"train.epochs={p.epochs}", *p.overrides, *overrides]
     start = time.time()
     records: list[dict[str, Any]] = []
     family: list[tuple[float, float]] = []
@@ -146,18 +62,19 @@ def run_accuracy_benchmark(
                init_epochs: int | None = None) -> tuple[float, float]:
         """Train (or reuse) one static net; ``init_epochs``: the epochs of the run it starts from."""
         run = out / (run_name or f"static_w{width}")
-        minutes[run.name] = _train("cifar10_static", run, [*common, f"model.kwargs.width={width}", *extra])
+        minutes[run.name] = train_or_reuse("cifar10_static", run,
+                                           [*p.overrides, f"model.kwargs.width={width}", *extra])
         top1 = exit_accuracy(exit_logits(run, "test"))[-1]
         madds = run_exit_madds(run)[-1]
         model, cfg = load_run(run)
         budget = {"epochs": cfg.train.epochs + (init_epochs or 0)}
         if init_epochs is not None:
             budget["init_epochs"] = init_epochs
-        records.append(_record(f"mobilenetv3_small_w{width}{name}", top1, madds, count_params(model),
+        records.append(record(f"mobilenetv3_small_w{width}{name}", top1, madds, count_params(model),
                                command=command, **budget))
         return madds, top1
 
-    for width in sorted(p.widths):
+    for width in sorted(widths):
         family.append(static(width, name=" (specialist backbone)" if width == SPECIALIST_WIDTH else ""))
     # The control: the static specialist given BasisNet's schedule, restarted from itself for `warm` epochs.
     total = p.epochs + warm
@@ -169,20 +86,21 @@ def run_accuracy_benchmark(
 
     run = out / "basisnet_warm"
     init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
-    minutes[run.name] = _train("cifar10_basisnet", run, [*common, f"train.epochs={warm}", f"train.init_from={init}"])
+    minutes[run.name] = train_or_reuse("cifar10_basisnet", run,
+                                       [*p.overrides, f"train.epochs={warm}", f"train.init_from={init}"])
     model, cfg = load_run(run)
     params = count_params(model)
     madds = run_exit_madds(run)
     val, test = exit_logits(run, "val"), exit_logits(run, "test")
     light_top1, full_top1 = exit_accuracy(test)
     budget = {"epochs": total, "init_epochs": p.epochs}
-    records.append(_record("basisnet lightweight only (exit 1)", light_top1, madds[0],
+    records.append(record("basisnet lightweight only (exit 1)", light_top1, madds[0],
                            count_params(model.lightweight), command=command, **budget))
-    records.append(_record("basisnet (no early exit)", full_top1, madds[1], params, command=command,
+    records.append(record("basisnet (no early exit)", full_top1, madds[1], params, command=command,
                            num_bases=cfg.model.kwargs["num_bases"], **budget))
     threshold = select_threshold(val, madds, max_drop=MAX_DROP)
     chosen = apply_threshold(test, madds, threshold)
-    records.append(_record(f"basisnet + early exit (val max-drop {MAX_DROP})", chosen["top1"], chosen["madds"],
+    records.append(record(f"basisnet + early exit (val max-drop {MAX_DROP})", chosen["top1"], chosen["madds"],
                            params, command=command, threshold=threshold, exit_fraction=chosen["exit_fraction"],
                            **budget))
     sweep = threshold_sweep(test, madds)
@@ -197,7 +115,7 @@ def run_accuracy_benchmark(
         {f"static specialist backbone, {p.epochs} + {warm} epochs (control)": [control],
          "BasisNet (no early exit)": [(madds[1], full_top1)],
          f"BasisNet early exit, threshold {threshold:.2f} (picked on val)": [(chosen["madds"], chosen["top1"])]},
-        results.with_suffix(".png"), title=f"CIFAR-10 test: static nets vs BasisNet warm-started from them",
+        results.with_suffix(".png"), title="CIFAR-10 test: static nets vs BasisNet warm-started from them",
     )
     targets = {
         "gain_over_control_pt": round(full_top1 - control[1], 2), "madds_ratio_to_control": round(madds[1] / control[0], 3),
@@ -205,7 +123,7 @@ def run_accuracy_benchmark(
         "early_exit_loss_pt": round(full_top1 - chosen["top1"], 2),
         "curve_vs_static_family": compare_curves(sweep_curve, family),
     }
-    _write_meta(results, start, quick, p.epochs, minutes, warm_epochs=warm, targets=targets)
+    write_meta(results, start, p, minutes, warm_epochs=warm, targets=targets)
     return records
 
 

@@ -11,17 +11,15 @@ the same run), are reused when finished with the same config and resumed when in
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 
 from ..evaluate import anytime, best_within, budgeted_batch, compare_curves, count_params, plot_models
 from ..workflow import exit_logits, load_run, run_exit_madds
-from .accuracy import _record, _train, _write_meta, plan
+from .runs import plan, record, train_or_reuse, write_meta
 
 __all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_verdicts", "run_compare_benchmark", "verdicts"]
 
@@ -55,7 +53,7 @@ def _evaluate(peer: Peer, run: Path, epochs: int, command: str) -> list[dict[str
     params = count_params(model)
     madds = run_exit_madds(run)
     val, test = exit_logits(run, "val"), exit_logits(run, "test")
-    records = [_record(peer.label, row["top1"], row["madds"], params, epochs, command, protocol="anytime",
+    records = [record(peer.label, row["top1"], row["madds"], params, epochs, command, protocol="anytime",
                        exit=row["exit"] + 1, num_exits=len(madds))
                for row in anytime(test, madds)]
     seen = set()
@@ -64,7 +62,7 @@ def _evaluate(peer: Peer, run: Path, epochs: int, command: str) -> list[dict[str
         if fractions in seen:  # several priors can route identically (always so with one exit)
             continue
         seen.add(fractions)
-        records.append(_record(peer.label, row["top1"], row["madds"], params, epochs, command,
+        records.append(record(peer.label, row["top1"], row["madds"], params, epochs, command,
                                protocol="budgeted-batch", q=row["q"], num_exits=len(madds),
                                threshold=_thresholds(row["thresholds"]), exit_fraction=list(fractions)))
     return records
@@ -98,15 +96,14 @@ def run_compare_benchmark(
     command: str = "basisnet bench compare",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train every peer, evaluate both protocols on test, write records, verdicts and one plot."""
-    p = plan(quick, epochs)
+    p = plan(quick, epochs, data, overrides)
     out, results = Path(out), Path(results)
-    common = [f"data.source={data}", f"train.epochs={p.epochs}", *p.overrides, *overrides]
     start = time.time()
     records: list[dict[str, Any]] = []
     minutes: dict[str, float] = {}
     for peer in PEERS:
         run = out / peer.run
-        minutes[peer.run] = _train(peer.config, run, [*common, *peer.overrides])
+        minutes[peer.run] = train_or_reuse(peer.config, run, [*p.overrides, *peer.overrides])
         records.extend(_evaluate(peer, run, p.epochs, command))
     found = verdicts(records)
 
@@ -115,7 +112,7 @@ def run_compare_benchmark(
     plot_models({peer.label: (_curve(records, peer.label, "budgeted-batch"), _curve(records, peer.label, "anytime"))
                  for peer in PEERS}, results.with_suffix(".png"),
                 title=f"CIFAR-10 test, {p.epochs} epochs each: budgeted batch (lines), anytime (circles)")
-    _write_meta(results, start, quick, p.epochs, minutes, verdicts=found)
+    write_meta(results, start, p, minutes, verdicts=found)
     return records, found
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..layers import BASIS_LAYERS, BLOCK_PARTS, BlockSpec, ConvNormAct, InvertedResidual, LinearAct, make_divisible
