@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from basisnet import create_model
-from basisnet.train import CheckpointMismatchError, save_weights, spread_into_bases, warm_start
+from basisnet.models.upcycle import UpcycleError, spread_into_bases
+from basisnet.train import CheckpointMismatchError, save_weights, warm_start
 
 KW = dict(num_classes=5, resolution=32, drop_strides=2, dropout=0.0)
 
@@ -68,7 +69,7 @@ def test_condconv_peer_is_registered_with_its_defaults():
 def test_a_source_with_extra_tensors_is_rejected():
     tensors = dict(_static().state_dict())
     tensors["head.extra"] = torch.zeros(1)
-    with pytest.raises(CheckpointMismatchError, match="not in the model: head.extra"):
+    with pytest.raises(UpcycleError, match="not in the model: head.extra"):
         spread_into_bases(create_model("mobilenetv3_small", **KW, width=0.35), tensors)
 
 

@@ -107,6 +107,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shortcut(args: argparse.Namespace) -> int:
+    from .workflow import shortcut_run
+
+    report = shortcut_run(args.run_dir, args.split, args.limit)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    print(f"lightweight {report.lightweight:.2f}%, specialist {report.specialist:.2f}% with its own coefficients, "
+          f"{report.specialist_mean_coeffs:.2f}% with the mean ({report.drop:+.2f} pt shortcut drop); "
+          f"exits agree on {report.agreement:.1f}% ({args.split})")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .workflow import predict_files
 
@@ -123,12 +136,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (format_compare_table, format_table, format_targets, format_train_minutes, format_verdicts,
-                        run_accuracy_benchmark, run_compare_benchmark)
+    from .bench import (ABLATIONS, format_ablation_table, format_compare_table, format_table, format_targets,
+                        format_train_minutes, format_verdicts, run_ablation, run_accuracy_benchmark,
+                        run_compare_benchmark)
 
-    if args.which == "compare" and (args.widths or args.warm_epochs):
+    if args.which != "accuracy" and (args.widths or args.warm_epochs):
         raise ValueError("--widths and --warm-epochs belong to 'bench accuracy'")
+    if args.which != "ablation" and (args.candidates or args.subset):
+        raise ValueError("--candidates and --subset belong to 'bench ablation'")
     command = " ".join(["basisnet", *args.argv])
+    if args.which == "ablation":
+        if args.quick:
+            raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
+        tag = f"_s{args.subset}" if args.subset else ""
+        results = Path(args.results or f"benchmarks/results/ablation{tag}.json")
+        records = run_ablation(args.candidates or list(ABLATIONS), args.data, args.output or f"runs/bench_ablation{tag}",
+                               results, subset=args.subset or 0, epochs=args.epochs, command=command)
+        print(format_ablation_table(records))
+        print(format_train_minutes(json.loads(results.with_name(results.stem + "_meta.json").read_text())["train_minutes"]))
+        return 0
     suffix = "_quick" if args.quick else ""
     output = args.output or f"runs/bench_cifar10{suffix}"
     name = "cifar10" if args.which == "accuracy" else "compare"
@@ -186,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("shortcut", help="BasisNet: does the specialist read the image or its coefficients? "
+                       "(top-1 with each image's own vs the mean coefficients)")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_shortcut)
+
     p = sub.add_parser("predict", help="class, confidence and answering stage for image files")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
@@ -197,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="benchmarks on CIFAR-10: accuracy (BasisNet vs static) or compare (all peers)")
-    p.add_argument("which", choices=["accuracy", "compare"])
+    p = sub.add_parser("bench", help="benchmarks on CIFAR-10: compare (every peer, both protocols), ablation "
+                       "(BasisNet recipe candidates) or accuracy (warm-started BasisNet vs the static family)")
+    p.add_argument("which", choices=["compare", "ablation", "accuracy"])
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
@@ -209,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
     p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
                    "(default 6; --quick: 1)")
+    p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
+    p.add_argument("--subset", type=int, help="ablation: train on N images of the training split (default: all)")
     p.set_defaults(func=_bench)
     return parser
 

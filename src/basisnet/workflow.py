@@ -27,10 +27,10 @@ from .data.sources import SHAPES
 from .deploy import EarlyExitPredictor, check_threshold
 from .evaluate import (
     ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, exit_accuracy, exit_madds,
-    plot_tradeoff, select_threshold, threshold_sweep,
+    ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
-from .models import create_model
+from .models import BasisNet, create_model
 from .train import (ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything,
                     warm_start)
 from .train.distributed import DistributedInfo, distributed_session
@@ -265,6 +265,23 @@ def evaluate_run(
     else:
         raise ValueError(f"protocol must be early-exit, anytime or budgeted, got {protocol!r}")
     (run_dir / f"evaluation_{protocol}.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = None) -> ShortcutReport:
+    """The routing-shortcut diagnostic of a BasisNet run on ``split`` (the first ``limit`` images);
+    written to ``shortcut_<split>.json``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    model, cfg = load_run(run_dir)
+    if not isinstance(model, BasisNet):
+        raise ValueError(f"{run_dir} holds a {type(model).__name__}: the shortcut diagnostic is for BasisNet")
+    splits = load_splits(cfg, with_test=split == "test")
+    data = splits.val if split == "val" else splits.test
+    n = len(data) if limit is None else min(limit, len(data))
+    with denormals_flushed():
+        report = shortcut_report(model, eval_transform(cfg)(data.images[:n]), data.targets[:n])
+    (Path(run_dir) / f"shortcut_{split}.json").write_text(json.dumps({"images": n, **report.as_dict()}, indent=2))
     return report
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..layers import BLOCK_PARTS
 from .mobilenet import MobileNet
 from .registry import register_model
+from .upcycle import collapse_bases_
 
 COEFF_SHARING = ("layer", "block", "network")
 
@@ -106,6 +107,20 @@ class BasisNet(nn.Module):
         # Zero init: every basis starts with equal weight, so early training sees one averaged network.
         nn.init.zeros_(self.coeff_head.weight)
         nn.init.zeros_(self.coeff_head.bias)
+        # Set by training (train.static_phase), never saved: uniform coefficients, tied bases.
+        self.static_phase = False
+
+    def begin_static_phase(self) -> None:
+        """Tie every basis to its layer's first and mix them uniformly: the specialist trains as one
+        static network (its tied bases get identical updates) while the lightweight model learns."""
+        collapse_bases_(self.specialist)
+        self.static_phase = True
+
+    def end_static_phase(self, noise: float, generator: torch.Generator | None = None) -> None:
+        """Upcycle: every basis becomes the trained static kernel plus ``noise`` (relative to its std);
+        the coefficient head (untouched by the static phase, so still zero) starts learning from uniform."""
+        collapse_bases_(self.specialist, noise, generator)
+        self.static_phase = False
 
     def preview(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 1: lightweight logits and embedding from a downscaled copy of the image."""
@@ -117,8 +132,13 @@ class BasisNet(nn.Module):
         return logits, embedding
 
     def coefficients(self, embedding: Tensor) -> Tensor:
-        """(B, L, N) mixing coefficients from the lightweight embedding."""
+        """(B, L, N) mixing coefficients from the lightweight embedding ((L, N) in the static phase)."""
         logits = self.coeff_head(embedding).view(embedding.shape[0], -1, self.num_bases)
+        if self.static_phase:
+            # One uniform set for the batch, so the specialist runs its plain-conv path; adding the head's
+            # output times zero keeps the head in the graph (DDP wants every parameter used).
+            uniform = torch.full_like(logits[0], 1.0 / self.num_bases) + 0.0 * logits.mean(0)
+            return uniform[self.row_index]
         coeffs = torch.softmax(logits / self.temperature, dim=-1)
         if self.training and self.basis_dropout > 0:
             keep = torch.rand_like(coeffs) >= self.basis_dropout

@@ -12,7 +12,7 @@ from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
 from .loop import NonFiniteLossError, config_diff, evaluate, fit, seed_everything
 from .optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
-from .warm_start import spread_into_bases, warm_start
+from .warm_start import warm_start
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "load_run_model", "load_state",
@@ -22,5 +22,5 @@ __all__ = [
     "DistributedInfo", "init_distributed_device", "is_distributed", "rank", "world_size",
     "ModelEma", "MultiExitLoss", "final_logits", "kd_loss",
     "NonFiniteLossError", "config_diff", "evaluate", "fit", "seed_everything",
-    "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups", "spread_into_bases", "warm_start",
+    "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups", "warm_start",
 ]

@@ -81,7 +81,12 @@ class TrainConfig:
     init_from: dict[str, str] = _opt({}, "Start parts of the model from trained weights: {part: run directory or weights "
                                      "file}, part = 'model' (all), 'specialist' or 'lightweight'; a static kernel is "
                                      "copied into every basis (plus init_noise). Ignored on --resume.")
-    init_noise: float = _opt(0.01, "Noise added to each basis copy by init_from, relative to the kernel's std.")
+    init_noise: float = _opt(0.01, "Noise added to each basis copy (by init_from and at the end of the static phase), "
+                             "relative to the kernel's std.")
+    static_phase: float = _opt(0.5, "BasisNet only: fraction of the epochs in which the specialist trains as one static "
+                               "net (bases tied, coefficients uniform) before every basis becomes its kernel plus "
+                               "init_noise and the coefficient head starts learning; 0 = bases mixed from the first "
+                               "step. Skipped when init_from starts the specialist (it is upcycled already).")
     kd_teacher: Union[str, None] = _opt(None, "Run directory or weights file of a distillation teacher; null = no KD.")
     kd_weight: float = _opt(0.5, "With a teacher: loss = (1 - kd_weight) * CE part + kd_weight * KD (final exit).")
     kd_temperature: float = _opt(4.0, "Softmax temperature of the distillation term.")
@@ -255,6 +260,7 @@ def validate_config(cfg: RunConfig) -> None:
            "false when train.momentum is 0 (Nesterov needs momentum)", t.nesterov)
     _check(0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs", f"in [0, train.epochs={t.epochs}]", t.warmup_epochs)
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "in [0, 1)", t.label_smoothing)
+    _check(0 <= t.static_phase < 1, "train.static_phase", "a fraction of the epochs in [0, 1)", t.static_phase)
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 disables the EMA)", t.ema_decay)
     _check(0 <= t.kd_weight <= 1, "train.kd_weight", "in [0, 1]", t.kd_weight)
     _check(t.kd_teacher is None or bool(t.kd_teacher), "train.kd_teacher", "a path or null", t.kd_teacher)

@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..layers import NonFiniteCoefficientsError, to_channels_last
+from ..models import BasisNet
 from .checkpoint import atomic_write_bytes, load_state, save_state, save_weights
-from .config import ConfigError, RunConfig, config_from_dict, config_to_dict, save_config, validate_config
+from .config import ConfigError, RunConfig, TrainConfig, config_from_dict, config_to_dict, save_config, validate_config
 from .distributed import is_distributed, rank, world_size
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
@@ -48,6 +49,7 @@ LAST_STATE = "last.state.pt"
 LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 _AUG_SEED_OFFSET = 0x5EED  # augmentation draws from its own stream, not a copy of the global one
+_UPCYCLE_SEED_OFFSET = 0xB1A5  # the noise that separates the bases after the static phase
 # Keys that only change bookkeeping, so a resumed run may change them without losing exactness.
 _RESUME_FREE_KEYS = frozenset({
     "train.log_interval", "train.checkpoint_every_steps", "data.num_workers", "data.eval_batch_size",
@@ -233,6 +235,9 @@ def fit(
     if not resume and state_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run ({state_path}); pass resume=True or use a new run_dir")
 
+    static_epochs = static_phase_epochs(net, tc)
+    if static_epochs and not resume:
+        net.begin_static_phase()
     if tc.channels_last:
         to_channels_last(net)
     optimizer = create_optimizer(net, tc)
@@ -300,6 +305,8 @@ def fit(
     model.train()
     while loop.epoch < tc.epochs:
         epoch = loop.epoch
+        if static_epochs:
+            _enter_phase([net, eval_model], epoch, static_epochs, loop.batch == 0, tc)
         train_loader.set_epoch(epoch)
         # A loader may draw from the global RNG when it starts an epoch (torch DataLoader does). A
         # mid-epoch checkpoint was saved after that draw, an epoch-end one before it: restore around it.
@@ -386,6 +393,27 @@ def fit(
     last_top1 = [v for k, v in evaluated[-1].items() if k.startswith("val_top1_exit")] if evaluated else []
     return {"best_top1": loop.best_top1, "best_epoch": loop.best_epoch, "last_top1": last_top1,
             "global_step": loop.global_step, "history": loop.history}
+
+
+def static_phase_epochs(model: nn.Module, tc: TrainConfig) -> int:
+    """Epochs of BasisNet's static phase (``train.static_phase``); 0 for other models and for a specialist
+    that ``train.init_from`` upcycles already."""
+    if not isinstance(model, BasisNet) or {"model", "specialist"} & set(tc.init_from):
+        return 0
+    return round(tc.static_phase * tc.epochs)
+
+
+def _enter_phase(models: list[nn.Module], epoch: int, static_epochs: int, epoch_start: bool, tc: TrainConfig) -> None:
+    """Static phase before ``static_epochs``, mixed bases after; the upcycling step at the first mixed epoch.
+
+    The phase follows from the epoch alone and the upcycling noise from ``train.seed`` alone, so a resumed
+    run (any rank) crosses the boundary exactly as an uninterrupted one.
+    """
+    net, *others = models
+    if epoch == static_epochs and epoch_start:
+        net.end_static_phase(tc.init_noise, torch.Generator().manual_seed(tc.seed + _UPCYCLE_SEED_OFFSET))
+    for model in models:
+        model.static_phase = epoch < static_epochs
 
 
 def _non_finite(quantity: str, value: float, loop: _LoopState, run_dir: Path) -> NonFiniteLossError:

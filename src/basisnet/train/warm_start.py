@@ -1,9 +1,7 @@
-"""Start a model (or one of its parts) from trained weights, spreading static kernels into bases.
+"""Start a model (or one of its parts) from trained runs, spreading static kernels into bases.
 
-BasisNet trained from scratch on a short budget learns a routing shortcut (the specialist copies
-the lightweight model's guess through the coefficients). Starting every basis from the same trained
-static kernel, plus a little noise to break the symmetry, gives the specialist image features first;
-the bases then drift apart only as far as the data asks.
+The two-run alternative to BasisNet's in-run static phase; both upcycle with
+``basisnet.models.upcycle.spread_into_bases``.
 """
 from __future__ import annotations
 
@@ -11,45 +9,13 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ..models.upcycle import UpcycleError, spread_into_bases
 from .checkpoint import CheckpointMismatchError, read_weights, resolve_weights
 from .config import load_config
 
-__all__ = ["warm_start", "spread_into_bases"]
-
-
-def spread_into_bases(
-    model: nn.Module, tensors: Mapping[str, Tensor], noise: float = 0.01, source: str = "weights",
-    generator: torch.Generator | None = None,
-) -> None:
-    """Load ``tensors`` into ``model``; a basis tensor (N, *shape) takes N noisy copies of a (*shape) one.
-
-    ``noise`` is the standard deviation of the added noise relative to the source tensor's own
-    standard deviation. The keys must be the model's, each with a matching or basis-expanded shape; otherwise
-    ``CheckpointMismatchError`` lists what differs and the model is left untouched.
-    """
-    state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    bad = [f"{k}: source {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in state.items()
-           if k in tensors and tensors[k].shape != v.shape and tuple(tensors[k].shape) != tuple(v.shape[1:])]
-    if missing or unexpected or bad:
-        lines = ([f"  missing in source: {k}" for k in missing[:20]] + [f"  not in the model: {k}" for k in unexpected[:20]]
-                 + [f"  shape mismatch: {s}" for s in bad[:20]])
-        raise CheckpointMismatchError(f"{source} cannot start this model:\n" + "\n".join(lines))
-    new = {}
-    for key, target in state.items():
-        src = tensors[key].to(target.dtype)
-        if src.shape == target.shape:
-            new[key] = src.clone()
-            continue
-        copies = src.unsqueeze(0).expand_as(target).clone()
-        if noise > 0 and src.numel() > 1:
-            scale = noise * src.float().std().clamp_min(1e-12)
-            copies += scale * torch.randn(copies.shape, generator=generator, dtype=copies.dtype)
-        new[key] = copies
-    model.load_state_dict(new)
+__all__ = ["warm_start"]
 
 
 def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float = 0.01,
@@ -72,7 +38,11 @@ def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float
                              f"(use 'model' or one of {names})") from None
         weights = resolve_weights(path)
         tensors, metadata = read_weights(weights)
-        spread_into_bases(target, tensors, noise, source=f"train.init_from.{part} ({weights})", generator=generator)
+        try:
+            spread_into_bases(target, tensors, noise, source=f"train.init_from.{part} ({weights})",
+                              generator=generator)
+        except UpcycleError as err:
+            raise CheckpointMismatchError(str(err)) from None
         epochs[part] = _trained_epochs(Path(path), metadata)
     return epochs
 

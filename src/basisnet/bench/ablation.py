@@ -1,0 +1,98 @@
+"""BasisNet's recipe ablation: named candidates trained alike, read on the validation split only.
+
+Each candidate is a bundled config plus overrides that spell out every knob the ablation varies (so a
+later change of the bundled defaults cannot silently change what a candidate means). For every run the
+table gives validation top-1 of each exit, MAdds per exit and, for BasisNet, the routing-shortcut
+diagnostic: the specialist's top-1 with each image's own coefficients vs with their mean.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..evaluate import count_params, exit_accuracy
+from ..models import BasisNet
+from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
+from .runs import plan, train_or_reuse, write_meta
+
+__all__ = ["ABLATIONS", "Candidate", "format_ablation_table", "run_ablation"]
+
+
+class Candidate(NamedTuple):
+    config: str
+    overrides: tuple[str, ...]
+    what: str
+
+
+def _basis(static_phase: float, what: str, *extra: str, basis_dropout: float = 0.1, light: tuple[int, int] = (16, 2),
+           sharing: str = "layer", temperature: float = 1.0) -> Candidate:
+    return Candidate("cifar10_basisnet", (
+        f"train.static_phase={static_phase}", f"model.kwargs.basis_dropout={basis_dropout}",
+        f"model.kwargs.lightweight_resolution={light[0]}", f"model.kwargs.lightweight_drop_strides={light[1]}",
+        f"model.kwargs.coeff_sharing={sharing}", f"model.kwargs.temperature={temperature}", *extra), what)
+
+
+ABLATIONS: dict[str, Candidate] = {
+    "static": Candidate("cifar10_static", ("model.kwargs.width=0.5",), "static MobileNetV3-Small x0.5 (the backbone)"),
+    "condconv": Candidate("cifar10_condconv", (), "CondConv on the same backbone, N=4"),
+    "scratch": _basis(0.0, "BasisNet from scratch, bases mixed from step 1 (the old recipe)"),
+    "scratch_t30": _basis(0.0, "from scratch, coefficient temperature 30", temperature=30.0),
+    "scratch_network": _basis(0.0, "from scratch, one coefficient set for the network", sharing="network"),
+    "static_phase": _basis(0.5, "static phase for half the epochs, then upcycle (1% noise)"),
+    "static_phase_nodrop": _basis(0.5, "static phase, no basis dropout", basis_dropout=0.0),
+    "static_phase_light32": _basis(0.5, "static phase, lightweight model on the 32x32 image (stem stride 2)",
+                                   light=(32, 1)),
+    "static_phase_noise10": _basis(0.5, "static phase, 10% upcycling noise", "train.init_noise=0.1"),
+    "static_phase_quarter": _basis(0.25, "static phase for a quarter of the epochs"),
+}
+
+
+def run_ablation(
+    candidates: Sequence[str],
+    data: str | Path = "../shared/data/cifar10",
+    out: str | Path = "runs/bench_ablation",
+    results: str | Path = "benchmarks/results/ablation.json",
+    subset: int = 0,
+    epochs: int | None = None,
+    command: str = "basisnet bench ablation",
+) -> list[dict[str, Any]]:
+    """Train (or reuse) each named candidate on ``subset`` training images (0 = all), write one record each."""
+    unknown = [c for c in candidates if c not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation candidates {unknown}; choose from {list(ABLATIONS)}")
+    p = plan(False, epochs, data, [f"data.subset={subset}"] if subset else [])
+    out, results = Path(out), Path(results)
+    start = time.time()
+    records, minutes = [], {}
+    for name in candidates:
+        cand = ABLATIONS[name]
+        run = out / name
+        minutes[name] = train_or_reuse(cand.config, run, [*p.overrides, *cand.overrides])
+        model, _ = load_run(run)
+        rec: dict[str, Any] = {"candidate": name, "what": cand.what, "overrides": list(cand.overrides),
+                               "val_top1": [round(a, 2) for a in exit_accuracy(exit_logits(run, "val"))],
+                               "madds": [round(m, 3) for m in run_exit_madds(run)], "params": count_params(model),
+                               "epochs": p.epochs, "subset": subset, "command": command}
+        if isinstance(model, BasisNet):
+            rec["shortcut"] = {k: round(v, 2) for k, v in shortcut_run(run, "val").as_dict().items()}
+        records.append(rec)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(records, indent=2) + "\n")
+    write_meta(results, start, p, minutes, subset=subset)
+    return records
+
+
+def format_ablation_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one row per candidate (validation top-1 of each exit, MAdds, shortcut diagnostic)."""
+    lines = ["| candidate | what | val top-1 lightweight / final (%) | MAdds (M) | specialist, mean coeffs (%) "
+             "| shortcut drop (pt) |", "|---|---|---:|---:|---:|---:|"]
+    for r in records:
+        top1 = " / ".join(f"{a:.2f}" for a in r["val_top1"])
+        s = r.get("shortcut")
+        mean, drop = (f"{s['specialist_mean_coeffs']:.2f}", f"{s['drop']:+.2f}") if s else ("", "")
+        lines.append(f"| {r['candidate']} | {r['what']} | {top1} | {r['madds'][-1]:.2f} | {mean} | {drop} |")
+    return "\n".join(lines)
