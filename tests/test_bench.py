@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench import (PEERS, format_compare_table, format_table, format_targets, format_train_minutes,
-                            format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
+from basisnet.bench import (PEERS, format_compare_table, format_compare_targets, format_table, format_targets,
+                            format_train_minutes, format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
 from basisnet.configs import bundled_config
 from basisnet.bench.runs import train_minutes
-from basisnet.evaluate import best_within, compare_curves
+from basisnet.evaluate import best_within, compare_curves, exit_accuracy
+from basisnet.workflow import exit_logits
 from basisnet.models import create_model
 from basisnet.train import load_config
 
@@ -96,16 +97,35 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     ranet = load_config(bundled_config("cifar10_ranet")).model
     assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == \
         create_model(ranet.name, **ranet.kwargs).num_exits == 6
-    basisnet = "BasisNet (from scratch)"
-    assert len([r for r in records if r["model"] == basisnet and r["protocol"] == "anytime"]) == 2
+    basisnet = "BasisNet"
+    assert PEERS[0].label == basisnet  # the table and the plot lead with it
+    rows = [r for r in records if r["model"] == basisnet]
+    assert len([r for r in rows if r["protocol"] == "anytime"]) == 2
+    early = next(r for r in rows if r["protocol"] == "early-exit")
     assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
     assert meta["train_minutes"] == {peer.run: train_minutes(out / peer.run) for peer in PEERS}
+    full = rows[1]["top1"]
+    static = next(r for r in records if r["model"] == PEERS[1].label and r["protocol"] == "anytime")["top1"]
+    assert meta["targets"]["gain_over_static_pt"] == round(full - static, 2)
+    assert meta["targets"]["early_exit_loss_pt"] == round(full - early["top1"], 2)
+    assert meta["shortcut_val"]["specialist"] == pytest.approx(exit_accuracy(exit_logits(out / "basisnet", "val"))[1],
+                                                               abs=0.01)
+    assert format_compare_targets(meta).startswith(f"BasisNet - static backbone: {meta['targets']['gain_over_static_pt']:+.2f} pt")
     lines = format_verdicts(verdicts).splitlines()
     assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
     table = format_compare_table(records)
     assert table.count("\n") == len(PEERS) + 1 and "| RANet |" in table
+    # --models: re-run BasisNet alone, keep every other peer's records and minutes as they were
+    again, _ = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY,
+                                     models=["basisnet"])
+    assert [r for r in again if r["model"] != basisnet] == [r for r in records if r["model"] != basisnet]
+    meta2 = json.loads(results.with_name("compare_meta.json").read_text())
+    assert meta2["kept_from_earlier_run"] == sorted(p.run for p in PEERS[1:])
+    assert meta2["train_minutes"] == meta["train_minutes"]
+    with pytest.raises(ValueError, match="unknown --models"):
+        run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY, models=["resnet"])
 
 
 def test_config_diff_counts_a_key_the_saved_config_lacks_as_its_default():
@@ -135,12 +155,15 @@ def test_cli_bench_prints_table_verdicts_and_training_time(monkeypatch, tmp_path
                                  "max_margin": 0.5}}
 
     def fake(data, output, results, **kwargs):
-        results.with_name(results.stem + "_meta.json").write_text(
-            json.dumps({"verdicts": found, "train_minutes": {"msdnet": 31.2, "ranet": 25.8}}))
+        results.with_name(results.stem + "_meta.json").write_text(json.dumps({
+            "verdicts": found, "train_minutes": {"msdnet": 31.2, "ranet": 25.8},
+            "targets": {"gain_over_static_pt": 1.6, "madds_ratio_to_static": 1.24, "gain_over_condconv_pt": 0.5,
+                        "early_exit_saving": 0.31, "early_exit_loss_pt": 0.2, "early_exit_threshold": 0.8}}))
         return [record], found
 
     monkeypatch.setattr(bench, "run_compare_benchmark", fake)
     assert main(["bench", "compare", "--results", str(tmp_path / "c.json")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[2].startswith("| RANet | 0.00M | 1 | 70.0@3.5 |")
-    assert lines[-2] == format_verdicts(found) and lines[-1] == "training: 57.0 min in all (msdnet 31.2, ranet 25.8)"
+    assert lines[-5] == format_verdicts(found) and lines[-1] == "training: 57.0 min in all (msdnet 31.2, ranet 25.8)"
+    assert lines[-4] == "BasisNet - static backbone: +1.60 pt at 1.24x MAdds (target >= +1.5 pt at <= 1.35x)"

@@ -136,14 +136,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (ABLATIONS, format_ablation_table, format_compare_table, format_table, format_targets,
-                        format_train_minutes, format_verdicts, run_ablation, run_accuracy_benchmark,
+    from .bench import (ABLATIONS, format_ablation_table, format_compare_table, format_compare_targets, format_table,
+                        format_targets, format_train_minutes, format_verdicts, run_ablation, run_accuracy_benchmark,
                         run_compare_benchmark)
 
     if args.which != "accuracy" and (args.widths or args.warm_epochs):
         raise ValueError("--widths and --warm-epochs belong to 'bench accuracy'")
     if args.which != "ablation" and (args.candidates or args.subset):
         raise ValueError("--candidates and --subset belong to 'bench ablation'")
+    if args.which != "compare" and args.models:
+        raise ValueError("--models belongs to 'bench compare'")
     command = " ".join(["basisnet", *args.argv])
     if args.which == "ablation":
         if args.quick:
@@ -165,10 +167,14 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_table(records))
     else:
         records, _ = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
-                                           command=command)
+                                           command=command, models=args.models)
         print(format_compare_table(records))
     meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
-    print(format_targets(meta) if args.which == "accuracy" else format_verdicts(meta["verdicts"]))
+    if args.which == "accuracy":
+        print(format_targets(meta))
+    else:
+        print(format_verdicts(meta["verdicts"]))
+        print(format_compare_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
     return 0
 
@@ -244,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
     p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
                    "(default 6; --quick: 1)")
+    p.add_argument("--models", nargs="+", help="compare: re-run only these peers (run names: basisnet, static_w0.5, "
+                   "condconv, msdnet, ranet), keeping the others' records from --results")
     p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
     p.add_argument("--subset", type=int, help="ablation: train on N images of the training split (default: all)")
     p.set_defaults(func=_bench)

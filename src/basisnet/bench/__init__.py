@@ -2,8 +2,8 @@
 
 from .ablation import ABLATIONS, format_ablation_table, run_ablation
 from .accuracy import format_table, format_targets, run_accuracy_benchmark
-from .compare import PEERS, format_compare_table, format_verdicts, run_compare_benchmark, verdicts
+from .compare import PEERS, format_compare_table, format_compare_targets, format_verdicts, run_compare_benchmark, verdicts
 from .runs import format_train_minutes
 
-__all__ = ["ABLATIONS", "format_ablation_table", "run_ablation", "PEERS", "format_compare_table", "format_table", "format_targets", "format_train_minutes", "format_verdicts",
+__all__ = ["ABLATIONS", "format_ablation_table", "run_ablation", "PEERS", "format_compare_table", "format_compare_targets", "format_table", "format_targets", "format_train_minutes", "format_verdicts",
            "run_accuracy_benchmark", "run_compare_benchmark", "verdicts"]

@@ -1,11 +1,12 @@
-"""One protocol for every adaptive model: RANet, MSDNet, CondConv, BasisNet and a static MobileNet.
+"""One protocol for every adaptive model: BasisNet, a static MobileNet, CondConv, MSDNet and RANet.
 
 Each model is trained on CIFAR-10 with one recipe and epoch budget (its bundled ``cifar10_*`` config,
-identical training keys), then evaluated from cached exit logits under both protocols of MSDNet /
-RANet: anytime prediction (every exit) and budgeted batch classification (thresholds fitted on the
-validation split, applied to test). BasisNet here is trained from scratch like the others (``bench
-accuracy`` warm-starts it instead). Runs share a directory with ``bench accuracy`` (the static x0.5 is
-the same run), are reused when finished with the same config and resumed when interrupted.
+identical training keys; BasisNet with its default one-run recipe), then evaluated from cached exit
+logits under both protocols of MSDNet / RANet: anytime prediction (every exit) and budgeted batch
+classification (thresholds fitted on the validation split, applied to test). BasisNet's targets
+(gain over its static backbone and CondConv, early-exit saving, the shortcut diagnostic) go to the
+meta file. Runs share a directory with ``bench accuracy`` (the static x0.5 is the same run), are reused
+when finished with the same config and resumed when interrupted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 
-from ..evaluate import anytime, best_within, budgeted_batch, compare_curves, count_params, plot_models
-from ..workflow import exit_logits, load_run, run_exit_madds
+from ..evaluate import (anytime, apply_threshold, best_within, budgeted_batch, compare_curves, count_params,
+                        plot_models, select_threshold)
+from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
 from .runs import plan, record, train_or_reuse, write_meta
 
-__all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_verdicts", "run_compare_benchmark", "verdicts"]
+__all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_compare_targets", "format_verdicts",
+           "run_compare_benchmark", "targets", "verdicts"]
 
 
 class Peer(NamedTuple):
@@ -31,13 +34,17 @@ class Peer(NamedTuple):
     overrides: tuple[str, ...] = ()
 
 
-PEERS: tuple[Peer, ...] = (
-    Peer("MobileNetV3-Small x0.5 (static)", "cifar10_static", "static_w0.5", ("model.kwargs.width=0.5",)),
-    Peer("CondConv-MobileNetV3-Small x0.5", "cifar10_condconv", "condconv"),
-    Peer("BasisNet (from scratch)", "cifar10_basisnet", "basisnet"),
+BASISNET = "BasisNet"
+STATIC = "MobileNetV3-Small x0.5 (static)"
+CONDCONV = "CondConv-MobileNetV3-Small x0.5"
+PEERS: tuple[Peer, ...] = (  # BasisNet first: the table and the plot lead with it
+    Peer(BASISNET, "cifar10_basisnet", "basisnet"),
+    Peer(STATIC, "cifar10_static", "static_w0.5", ("model.kwargs.width=0.5",)),
+    Peer(CONDCONV, "cifar10_condconv", "condconv"),
     Peer("MSDNet", "cifar10_msdnet", "msdnet"),
     Peer("RANet", "cifar10_ranet", "ranet"),
 )
+MAX_DROP = 0.3  # points BasisNet's early exit may cost (threshold picked on validation)
 
 BUDGETS: tuple[float, ...] = (2, 4, 6, 8, 12, 16, 24)  # MAdds (M) columns of the summary table
 _NEVER = 1e8  # MSDNet's "nobody exits here" threshold
@@ -56,6 +63,12 @@ def _evaluate(peer: Peer, run: Path, epochs: int, command: str) -> list[dict[str
     records = [record(peer.label, row["top1"], row["madds"], params, epochs, command, protocol="anytime",
                        exit=row["exit"] + 1, num_exits=len(madds))
                for row in anytime(test, madds)]
+    if len(madds) > 1:  # one confidence threshold for every exit, the cheapest within MAX_DROP on val
+        threshold = select_threshold(val, madds, max_drop=MAX_DROP)
+        chosen = apply_threshold(test, madds, threshold)
+        records.append(record(peer.label, chosen["top1"], chosen["madds"], params, epochs, command,
+                               threshold=threshold, exit_fraction=chosen["exit_fraction"], num_exits=len(madds),
+                               max_drop=MAX_DROP))
     seen = set()
     for row in budgeted_batch(val, test, madds):
         fractions = tuple(round(f, 4) for f in row["exit_fractions"])
@@ -86,6 +99,41 @@ def verdicts(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """BasisNet's figures against the issue's targets, from the records alone."""
+    def top1(label: str, exit: int | None = None) -> tuple[float, float]:
+        rows = [r for r in records if r["model"] == label and r["protocol"] == "anytime"]
+        row = rows[-1] if exit is None else rows[exit - 1]
+        return row["top1"], row["madds"]
+
+    full, full_madds = top1(BASISNET)
+    static, static_madds = top1(STATIC)
+    condconv, _ = top1(CONDCONV)
+    early = next(r for r in records if r["model"] == BASISNET and r["protocol"] == "early-exit")
+    return {
+        "gain_over_static_pt": round(full - static, 2), "madds_ratio_to_static": round(full_madds / static_madds, 3),
+        "gain_over_condconv_pt": round(full - condconv, 2),
+        "early_exit_saving": round(1 - early["madds"] / full_madds, 4), "early_exit_loss_pt": round(full - early["top1"], 2),
+        "early_exit_threshold": early["threshold"],
+    }
+
+
+def _kept(results: Path, peers: Sequence[Peer]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Records and training minutes of ``peers`` from an earlier run of this benchmark (``--models``)."""
+    meta_path = results.with_name(results.stem + "_meta.json")
+    if not results.is_file() or not meta_path.is_file():
+        raise ValueError(f"--models re-runs some peers and keeps the others from {results}, which does not exist")
+    old, meta = json.loads(results.read_text()), json.loads(meta_path.read_text())
+    records, minutes = [], {}
+    for peer in peers:
+        rows = [r for r in old if r["model"] == peer.label]
+        if not rows:
+            raise ValueError(f"{results} holds no records of {peer.label!r}: add {peer.run} to --models")
+        records += rows
+        minutes[peer.run] = meta["train_minutes"][peer.run]
+    return records, minutes
+
+
 def run_compare_benchmark(
     data: str | Path = "../shared/data/cifar10",
     out: str | Path = "runs/bench_cifar10",
@@ -94,26 +142,61 @@ def run_compare_benchmark(
     epochs: int | None = None,
     overrides: Sequence[str] = (),
     command: str = "basisnet bench compare",
+    models: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train every peer, evaluate both protocols on test, write records, verdicts and one plot."""
+    """Train every peer, evaluate both protocols on test, write records, verdicts, targets and one plot.
+
+    ``models`` (run names, e.g. ``["basisnet"]``): train and evaluate only those peers and keep the
+    others' records and training minutes from the existing ``results`` (after a change to one model).
+    """
+    names = [peer.run for peer in PEERS]
+    unknown = sorted(set(models or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown --models {unknown}; choose from {names}")
     p = plan(quick, epochs, data, overrides)
     out, results = Path(out), Path(results)
     start = time.time()
+    kept, minutes = _kept(results, [peer for peer in PEERS if peer.run not in models]) if models else ([], {})
     records: list[dict[str, Any]] = []
-    minutes: dict[str, float] = {}
+    shortcut: dict[str, float] = {}
     for peer in PEERS:
+        if models and peer.run not in models:
+            records += [r for r in kept if r["model"] == peer.label]
+            continue
         run = out / peer.run
         minutes[peer.run] = train_or_reuse(peer.config, run, [*p.overrides, *peer.overrides])
         records.extend(_evaluate(peer, run, p.epochs, command))
+        if peer.label == BASISNET:
+            shortcut = {k: round(v, 2) for k, v in shortcut_run(run, "val").as_dict().items()}
+    minutes = {name: minutes[name] for name in names}
     found = verdicts(records)
 
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(records, indent=2) + "\n")
     plot_models({peer.label: (_curve(records, peer.label, "budgeted-batch"), _curve(records, peer.label, "anytime"))
                  for peer in PEERS}, results.with_suffix(".png"),
-                title=f"CIFAR-10 test, {p.epochs} epochs each: budgeted batch (lines), anytime (circles)")
-    write_meta(results, start, p, minutes, verdicts=found)
+                title=f"CIFAR-10 test, {p.epochs} epochs each: budgeted batch (lines), anytime (circles)",
+                emphasis=BASISNET)
+    write_meta(results, start, p, minutes, verdicts=found, targets=targets(records), shortcut_val=shortcut or None,
+               kept_from_earlier_run=sorted(set(names) - set(models)) if models else [])
     return records, found
+
+
+def format_compare_targets(meta: dict[str, Any]) -> str:
+    """BasisNet's targets from a ``compare_meta.json``, each with its measured figure."""
+    t = meta["targets"]
+    lines = [
+        f"BasisNet - static backbone: {t['gain_over_static_pt']:+.2f} pt at {t['madds_ratio_to_static']:.2f}x MAdds "
+        "(target >= +1.5 pt at <= 1.35x)",
+        f"BasisNet - CondConv: {t['gain_over_condconv_pt']:+.2f} pt (target >= 0)",
+        f"early exit (threshold {t['early_exit_threshold']:.2f}, picked on val): saves "
+        f"{100 * t['early_exit_saving']:.1f}% of MAdds for {t['early_exit_loss_pt']:.2f} pt (target >= 30% at <= 0.3 pt)",
+    ]
+    s = meta.get("shortcut_val")
+    if s:
+        lines.append(f"shortcut diagnostic (val): specialist {s['specialist']:.2f}% with its own coefficients, "
+                     f"{s['specialist_mean_coeffs']:.2f}% with their mean ({s['drop']:+.2f} pt)")
+    return "\n".join(lines)
 
 
 def format_verdicts(found: dict[str, Any]) -> str:

@@ -40,15 +40,18 @@ def plot_models(
     title: str,
     xlabel: str = "MAdds (M)",
     ylabel: str = "top-1 (%)",
+    emphasis: str | None = None,
 ) -> Path:
     """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
-    markers (e.g. anytime exits), so a method's two protocols read together."""
+    markers (e.g. anytime exits), so a method's two protocols read together. The model named by
+    ``emphasis`` is drawn bold and on top."""
     ax, save = _axes(title, xlabel, ylabel)
     for label, (curve, points) in models.items():
         line, marks = model_series(label, curve, points)
         colour = None
+        style = {"linewidth": 2.8, "zorder": 3} if label == emphasis else {}
         if line:
-            (drawn,) = ax.plot(*_columns(line[1]), "-", label=line[0])
+            (drawn,) = ax.plot(*_columns(line[1]), "-", label=line[0], **style)
             colour = drawn.get_color()
         if marks:
             ax.plot(*_columns(marks[1]), "o", mfc="none", color=colour, linestyle="none", label=marks[0])
