@@ -72,3 +72,31 @@ def test_collapse_bases_ties_every_basis_to_the_first():
     first = model.blocks[3].depthwise[0].weight[0].clone()
     collapse_bases_(model)
     assert all(torch.equal(first, w) for w in model.blocks[3].depthwise[0].weight)
+
+
+def test_a_run_stopped_at_the_end_of_the_static_phase_resumes_exactly(tmp_path, monkeypatch):
+    from basisnet.configs import bundled_config
+    from basisnet.train import load_config
+    from basisnet.workflow import train_run
+
+    tiny = ["train.epochs=2", "train.warmup_epochs=0", "data.subset=128", "data.val_size=64", "data.batch_size=32",
+            "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", "train.static_phase=0.5"]
+    cfg = lambda: load_config(bundled_config("shapes_demo"), tiny)  # noqa: E731
+    train_run(cfg(), tmp_path / "reference", progress=False)
+    upcycle_step = BasisNet.end_static_phase
+
+    def stop_once(self, *args, **kwargs):  # the process dies just as epoch 2 (the first mixed one) begins
+        monkeypatch.setattr(BasisNet, "end_static_phase", upcycle_step)
+        raise KeyboardInterrupt("simulated kill at the phase boundary")
+
+    monkeypatch.setattr(BasisNet, "end_static_phase", stop_once)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg(), tmp_path / "stopped", progress=False)
+    train_run(cfg(), tmp_path / "stopped", resume=True, progress=False)
+    import safetensors.torch
+
+    ref = safetensors.torch.load_file(tmp_path / "reference" / "last.safetensors")
+    got = safetensors.torch.load_file(tmp_path / "stopped" / "last.safetensors")
+    assert [k for k in ref if not torch.equal(ref[k], got[k])] == []
+    kernel = got["specialist.blocks.2.expand.0.weight"]
+    assert not torch.equal(kernel[0], kernel[1])  # the resumed run did upcycle

@@ -144,6 +144,18 @@ def test_cli_round_trip(run_dir, tmp_path, capsys):
     assert "/no/such/dir" in capsys.readouterr().err
 
 
+def test_cli_shortcut_diagnostic(run_dir, tmp_path, capsys):
+    assert main(["shortcut", str(run_dir), "--limit", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["drop"] == pytest.approx(report["specialist"] - report["specialist_mean_coeffs"])
+    assert json.loads((run_dir / "shortcut_val.json").read_text())["images"] == 64
+    static = tmp_path / "static"
+    train_run(load_config(None, ["model.name=mobilenetv3_small", "model.kwargs.width=0.35", "model.kwargs.drop_strides=2",
+                                 *TINY[:6]]), static, progress=False)
+    assert main(["shortcut", str(static)]) == 2
+    assert "for BasisNet" in capsys.readouterr().err
+
+
 def test_wrong_class_count_is_rejected(tmp_path):
     cfg = load_config(bundled_config("shapes_demo"), [*TINY, "model.kwargs.num_classes=7"])
     with pytest.raises(ValueError, match="num_classes is 7 but shapes has 10 classes"):
