@@ -167,3 +167,20 @@ def test_cli_bench_prints_table_verdicts_and_training_time(monkeypatch, tmp_path
     assert lines[2].startswith("| RANet | 0.00M | 1 | 70.0@3.5 |")
     assert lines[-5] == format_verdicts(found) and lines[-1] == "training: 57.0 min in all (msdnet 31.2, ranet 25.8)"
     assert lines[-4] == "BasisNet - static backbone: +1.60 pt at 1.24x MAdds (target >= +1.5 pt at <= 1.35x)"
+
+
+def test_ablation_trains_named_candidates_and_reports_the_shortcut(cifar_tree, tmp_path):
+    from basisnet.bench import ABLATIONS, format_ablation_table, run_ablation
+
+    results = tmp_path / "ablation.json"
+    records = run_ablation(["static", "scratch"], cifar_tree, tmp_path / "runs", results, epochs=1, command="test",
+                           overrides=TINY)
+    assert [r["candidate"] for r in records] == ["static", "scratch"] and json.loads(results.read_text()) == records
+    static, scratch = records
+    assert len(static["val_top1"]) == 1 and "shortcut" not in static
+    assert len(scratch["val_top1"]) == 2 and scratch["shortcut"]["specialist"] == pytest.approx(scratch["val_top1"][1], abs=0.02)
+    assert "train.static_phase=0.0" in ABLATIONS["scratch"].overrides
+    table = format_ablation_table(records)
+    assert table.count("\n") == 3 and "| scratch |" in table
+    with pytest.raises(ValueError, match="unknown ablation candidates"):
+        run_ablation(["nope"], cifar_tree, tmp_path / "runs", results)

@@ -44,7 +44,7 @@ ABLATIONS: dict[str, Candidate] = {
     "scratch_network": _basis(0.0, "from scratch, one coefficient set for the network", sharing="network"),
     "static_phase": _basis(0.5, "static phase for half the epochs, then upcycle (1% noise)"),
     "static_phase_nodrop": _basis(0.5, "static phase, no basis dropout", basis_dropout=0.0),
-    "static_phase_light32": _basis(0.5, "static phase, lightweight model on the 32x32 image (stem stride 2)",
+    "static_phase_light32": _basis(0.5, "static phase, lightweight model on the full 32x32 image (drop_strides 1)",
                                    light=(32, 1)),
     "static_phase_noise10": _basis(0.5, "static phase, 10% upcycling noise", "train.init_noise=0.1"),
     "static_phase_quarter": _basis(0.25, "static phase for a quarter of the epochs"),
@@ -59,12 +59,14 @@ def run_ablation(
     subset: int = 0,
     epochs: int | None = None,
     command: str = "basisnet bench ablation",
+    overrides: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) each named candidate on ``subset`` training images (0 = all), write one record each."""
+    """Train (or reuse) each named candidate on ``subset`` training images (0 = all), write one record each;
+    ``overrides`` apply to every candidate (before its own)."""
     unknown = [c for c in candidates if c not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation candidates {unknown}; choose from {list(ABLATIONS)}")
-    p = plan(False, epochs, data, [f"data.subset={subset}"] if subset else [])
+    p = plan(False, epochs, data, [*([f"data.subset={subset}"] if subset else []), *overrides])
     out, results = Path(out), Path(results)
     start = time.time()
     records, minutes = [], {}

@@ -409,9 +409,8 @@ def _enter_phase(models: list[nn.Module], epoch: int, static_epochs: int, epoch_
     The phase follows from the epoch alone and the upcycling noise from ``train.seed`` alone, so a resumed
     run (any rank) crosses the boundary exactly as an uninterrupted one.
     """
-    net, *others = models
-    if epoch == static_epochs and epoch_start:
-        net.end_static_phase(tc.init_noise, torch.Generator().manual_seed(tc.seed + _UPCYCLE_SEED_OFFSET))
+    if epoch == static_epochs and epoch_start:  # models[0] trains; the others (EMA) follow its weights
+        models[0].end_static_phase(tc.init_noise, torch.Generator().manual_seed(tc.seed + _UPCYCLE_SEED_OFFSET))
     for model in models:
         model.static_phase = epoch < static_epochs
 
