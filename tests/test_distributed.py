@@ -178,3 +178,15 @@ if __name__ == "__main__":
 
     register_model("nonorm_toy", NoNormToy)
     sys.exit(main(sys.argv[1:]))
+
+
+def test_basisnet_static_phase_under_ddp(tmp_path: Path) -> None:
+    """DDP wants every parameter in the graph at every step: the static phase (uniform coefficients)
+    keeps the coefficient head in it, and the run crosses into the mixed phase."""
+    run = tmp_path / "basisnet"
+    out = basisnet_train("--config", "shapes_demo", "--output", str(run), "data.subset=64", "data.val_size=30",
+                         "data.batch_size=16", "data.eval_batch_size=32", "train.epochs=2", "train.warmup_epochs=0",
+                         "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", procs=2)
+    assert out.returncode == 0, out.stderr
+    kernel = load_state(run / "last.state.pt")["model"]["specialist.blocks.2.expand.0.weight"]
+    assert not torch.equal(kernel[0], kernel[1])  # upcycled after the one static epoch
