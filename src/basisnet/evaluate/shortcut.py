@@ -38,6 +38,8 @@ class ShortcutReport:
 @torch.inference_mode()
 def shortcut_report(model: BasisNet, images: Tensor, labels: Tensor, batch_size: int = 500) -> ShortcutReport:
     """Evaluate ``model`` (eval mode) on normalised ``images``; the mean is over all of ``images``."""
+    if model.static_phase:
+        raise ValueError("the model is in its static phase (uniform coefficients): nothing to diagnose yet")
     was_training = model.training
     model.eval()
     try:
