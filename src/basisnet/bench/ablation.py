@@ -48,6 +48,8 @@ ABLATIONS: dict[str, Candidate] = {
                                    light=(32, 1)),
     "static_phase_noise10": _basis(0.5, "static phase, 10% upcycling noise", "train.init_noise=0.1"),
     "static_phase_quarter": _basis(0.25, "static phase for a quarter of the epochs"),
+    "static_phase_light32_noise10": _basis(0.5, "static phase, lightweight on 32x32, 10% upcycling noise",
+                                           "train.init_noise=0.1", light=(32, 1)),
     "static_phase_light32_quarter": _basis(0.25, "static phase for a quarter of the epochs, lightweight on 32x32",
                                            light=(32, 1)),
 }
