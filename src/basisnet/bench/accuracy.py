@@ -19,7 +19,7 @@ from typing import Any
 from ..evaluate import (apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold,
                         threshold_sweep)
 from ..workflow import exit_logits, load_run, run_exit_madds
-from .runs import plan, record, train_or_reuse, write_meta
+from .runs import MAX_DROP, plan, record, train_or_reuse, write_meta
 
 STATIC_WIDTHS = (0.35, 0.5, 0.75)
 QUICK_WIDTHS = (0.35, 0.5)
@@ -28,7 +28,6 @@ LIGHTWEIGHT_WIDTH = 0.35  # and its lightweight_width
 # BasisNet starts from the trained static specialist (every basis a noisy copy) and lightweight model,
 # then trains this many epochs more: from scratch it learns a routing shortcut (see BENCHMARKS.md).
 WARM_EPOCHS = 6
-MAX_DROP = 0.3  # points of top-1 early exit may cost against BasisNet without it (the target)
 
 
 def run_accuracy_benchmark(

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from ..evaluate import (anytime, apply_threshold, best_within, budgeted_batch, compare_curves, count_params,
                         plot_models, select_threshold)
 from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
-from .runs import plan, record, train_or_reuse, write_meta
+from .runs import MAX_DROP, plan, record, train_or_reuse, write_meta
 
 __all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_compare_targets", "format_verdicts",
            "run_compare_benchmark", "targets", "verdicts"]
@@ -44,7 +44,6 @@ PEERS: tuple[Peer, ...] = (  # BasisNet first: the table and the plot lead with 
     Peer("MSDNet", "cifar10_msdnet", "msdnet"),
     Peer("RANet", "cifar10_ranet", "ranet"),
 )
-MAX_DROP = 0.3  # points BasisNet's early exit may cost (threshold picked on validation)
 
 BUDGETS: tuple[float, ...] = (2, 4, 6, 8, 12, 16, 24)  # MAdds (M) columns of the summary table
 _NEVER = 1e8  # MSDNet's "nobody exits here" threshold
@@ -101,9 +100,8 @@ def verdicts(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
     """BasisNet's figures against the issue's targets, from the records alone."""
-    def top1(label: str, exit: int | None = None) -> tuple[float, float]:
-        rows = [r for r in records if r["model"] == label and r["protocol"] == "anytime"]
-        row = rows[-1] if exit is None else rows[exit - 1]
+    def top1(label: str) -> tuple[float, float]:  # the last exit, every image
+        row = [r for r in records if r["model"] == label and r["protocol"] == "anytime"][-1]
         return row["top1"], row["madds"]
 
     full, full_madds = top1(BASISNET)
@@ -118,20 +116,17 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _kept(results: Path, peers: Sequence[Peer]) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Records and training minutes of ``peers`` from an earlier run of this benchmark (``--models``)."""
+def _kept(results: Path, peers: Sequence[Peer]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Records (per peer label) of ``peers`` and the meta of an earlier run of this benchmark (``--models``)."""
     meta_path = results.with_name(results.stem + "_meta.json")
     if not results.is_file() or not meta_path.is_file():
         raise ValueError(f"--models re-runs some peers and keeps the others from {results}, which does not exist")
     old, meta = json.loads(results.read_text()), json.loads(meta_path.read_text())
-    records, minutes = [], {}
-    for peer in peers:
-        rows = [r for r in old if r["model"] == peer.label]
-        if not rows:
-            raise ValueError(f"{results} holds no records of {peer.label!r}: add {peer.run} to --models")
-        records += rows
-        minutes[peer.run] = meta["train_minutes"][peer.run]
-    return records, minutes
+    records = {peer.label: [r for r in old if r["model"] == peer.label] for peer in peers}
+    missing = [peer.run for peer in peers if not records[peer.label]]
+    if missing:
+        raise ValueError(f"{results} holds no records of {missing}: add them to --models")
+    return records, meta
 
 
 def run_compare_benchmark(
@@ -156,19 +151,20 @@ def run_compare_benchmark(
     p = plan(quick, epochs, data, overrides)
     out, results = Path(out), Path(results)
     start = time.time()
-    kept, minutes = _kept(results, [peer for peer in PEERS if peer.run not in models]) if models else ([], {})
+    kept, old_meta = _kept(results, [peer for peer in PEERS if peer.run not in models]) if models else ({}, {})
     records: list[dict[str, Any]] = []
-    shortcut: dict[str, float] = {}
+    minutes: dict[str, float] = {}
+    shortcut = old_meta.get("shortcut_val") if BASISNET in kept else None
     for peer in PEERS:
-        if models and peer.run not in models:
-            records += [r for r in kept if r["model"] == peer.label]
+        if peer.label in kept:
+            records += kept[peer.label]
+            minutes[peer.run] = old_meta["train_minutes"][peer.run]
             continue
         run = out / peer.run
         minutes[peer.run] = train_or_reuse(peer.config, run, [*p.overrides, *peer.overrides])
         records.extend(_evaluate(peer, run, p.epochs, command))
         if peer.label == BASISNET:
             shortcut = {k: round(v, 2) for k, v in shortcut_run(run, "val").as_dict().items()}
-    minutes = {name: minutes[name] for name in names}
     found = verdicts(records)
 
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +173,7 @@ def run_compare_benchmark(
                  for peer in PEERS}, results.with_suffix(".png"),
                 title=f"CIFAR-10 test, {p.epochs} epochs each: budgeted batch (lines), anytime (circles)",
                 emphasis=BASISNET)
-    write_meta(results, start, p, minutes, verdicts=found, targets=targets(records), shortcut_val=shortcut or None,
+    write_meta(results, start, p, minutes, verdicts=found, targets=targets(records), shortcut_val=shortcut,
                kept_from_earlier_run=sorted(set(names) - set(models)) if models else [])
     return records, found
 
