@@ -1,4 +1,4 @@
-"""Early-exit inference: the specialist runs only on the images the lightweight model is unsure of."""
+"""Early-exit inference: each exit runs only on the images no earlier exit was confident about."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..evaluate import exit_madds, first_confident_exit
-from ..models import BasisNet
+from ..evaluate import exit_madds
+from ..models.protocol import MultiExitClassifier, select_state
 
 
 @dataclass
@@ -35,13 +35,12 @@ def check_threshold(threshold: float) -> float:
 class EarlyExitPredictor:
     """Wraps a trained multi-exit model with a confidence threshold.
 
-    For BasisNet only the images whose lightweight confidence is below the threshold reach the
-    specialist (the others cost the lightweight model only). Other multi-exit models are run to their
-    last exit and each image is charged the cumulative MAdds of the first confident exit, i.e. what a
-    runtime that stops there would spend.
+    The model runs staged (``MultiExitClassifier.start`` / ``step``): after each exit, the images whose
+    softmax confidence reaches the threshold leave, and the next exit computes only for the rest. So
+    wall-clock follows the multiply-adds charged: each image costs the cumulative MAdds of its exit.
     """
 
-    def __init__(self, model: nn.Module, threshold: float, exit_costs: Sequence[int] | None = None) -> None:
+    def __init__(self, model: MultiExitClassifier, threshold: float, exit_costs: Sequence[int] | None = None) -> None:
         self.model = model.eval()
         self.threshold = check_threshold(threshold)
         self.exit_costs = torch.tensor(list(exit_costs) if exit_costs is not None else exit_madds(model),
@@ -50,20 +49,23 @@ class EarlyExitPredictor:
     @torch.inference_mode()
     def predict(self, images: Tensor) -> Predictions:
         """``images``: a normalized float batch (B, 3, H, W) at the model's resolution."""
-        if isinstance(self.model, BasisNet):
-            return self._predict_basisnet(images)
-        probs = torch.stack([logits.softmax(-1) for logits in self.model(images)])  # (E, B, C)
-        conf, classes = probs.max(-1)
-        stage = first_confident_exit(conf, torch.full((len(conf),), self.threshold))
-        pick = stage.unsqueeze(0)
-        return Predictions(classes.gather(0, pick)[0], conf.gather(0, pick)[0], stage, self.exit_costs[stage])
-
-    def _predict_basisnet(self, images: Tensor) -> Predictions:
-        light, embedding = self.model.preview(images)
-        conf, classes = light.softmax(-1).max(-1)
-        stage = (conf < self.threshold).long()
-        hard = stage.bool()
-        if hard.any():
-            logits, _ = self.model.specialize(images[hard], embedding[hard])
-            conf[hard], classes[hard] = logits.softmax(-1).max(-1)
-        return Predictions(classes, conf, stage, self.exit_costs[stage])
+        last = self.model.num_exits - 1
+        batch = images.shape[0]
+        classes = torch.zeros(batch, dtype=torch.long, device=images.device)
+        conf = torch.zeros(batch, device=images.device)
+        stage = torch.full((batch,), last, dtype=torch.long, device=images.device)
+        alive = torch.arange(batch, device=images.device)  # batch positions still undecided
+        state = self.model.start(images)
+        for k in range(last + 1):
+            logits, state = self.model.step(state, k)
+            conf[alive], classes[alive] = logits.softmax(-1).max(-1)
+            if k == last:
+                break
+            done = conf[alive] >= self.threshold
+            stage[alive[done]] = k
+            if bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                alive, state = alive[keep], select_state(state, keep)
+        return Predictions(classes, conf, stage, self.exit_costs[stage.cpu()])

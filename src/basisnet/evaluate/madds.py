@@ -79,5 +79,4 @@ def exit_madds(model: nn.Module, resolution: int | None = None) -> list[int]:
     Exit k costs what ``model(x, max_exits=k)`` runs, so every model states its exits through the
     same counter rather than through hand-written formulas.
     """
-    num_exits = int(getattr(model, "num_exits", 1))
-    return [count_madds(model, resolution, max_exits=k).madds for k in range(1, num_exits + 1)]
+    return [count_madds(model, resolution, max_exits=k).madds for k in range(1, model.num_exits + 1)]

@@ -43,14 +43,6 @@ def check_factors(num_scales: int, **factors: Sequence[int]) -> None:
             raise ValueError(f"{name} entries must be >= 1, got {list(values)}")
 
 
-def exits_to_run(max_exits: int | None, num_exits: int) -> int:
-    if max_exits is None:
-        return num_exits
-    if not 1 <= max_exits <= num_exits:
-        raise ValueError(f"max_exits must be in [1, {num_exits}], got {max_exits}")
-    return max_exits
-
-
 def concat_channels(parts: Sequence[Tensor]) -> Tensor:
     """Concatenate along channels, channels_last whenever one part strictly is.
 

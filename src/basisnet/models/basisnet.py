@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..layers import BLOCK_PARTS
 from .mobilenet import MobileNet
+from .protocol import State, exits_to_run
 from .registry import register_model
 from .upcycle import collapse_bases_
 
@@ -154,13 +155,25 @@ class BasisNet(nn.Module):
 
     def forward_output(self, x: Tensor, max_exits: int | None = None) -> BasisNetOutput:
         light, embedding = self.preview(x)
-        if max_exits == 1:
+        if exits_to_run(max_exits, self.num_exits) == 1:
             return BasisNetOutput(light, None, None)
         specialist, coeffs = self.specialize(x, embedding)
         return BasisNetOutput(light, specialist, coeffs)
 
     def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
         return self.forward_output(x, max_exits).exits()
+
+    def start(self, x: Tensor) -> State:
+        return x
+
+    def step(self, state: State, k: int) -> tuple[Tensor, State]:
+        """Exit 0: the preview (state: the image and its embedding); exit 1: the specialist."""
+        if k == 0:
+            light, embedding = self.preview(state)
+            return light, (state, embedding)
+        exits_to_run(k + 1, self.num_exits)
+        x, embedding = state
+        return self.specialize(x, embedding)[0], None
 
 
 register_model("basisnet", BasisNet)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..layers import BASIS_LAYERS, BLOCK_PARTS, BlockSpec, ConvNormAct, InvertedResidual, LinearAct, make_divisible
 from ..layers.blocks import coeff_rows
+from .protocol import State, exits_to_run
 from .registry import register_model
 
 NETWORK_PARTS = ("stem", *BLOCK_PARTS, "last", "classifier")
@@ -243,9 +244,18 @@ class MobileNet(nn.Module):
         self, x: Tensor, coeffs: Tensor | None = None, max_exits: int | None = None, return_features: bool = False
     ) -> list[Tensor]:
         """``[logits]``; with ``return_features`` also the pooled features: ``[logits, features]``."""
+        exits_to_run(max_exits, 1)
         features = self.forward_features(x, coeffs)
         logits = self.forward_head(features, coeffs)
         return [logits, features] if return_features else [logits]
+
+    def start(self, x: Tensor) -> State:
+        return x
+
+    def step(self, state: State, k: int) -> tuple[Tensor, State]:
+        """The one exit (a network with external basis coefficients is a specialist: BasisNet stages it)."""
+        exits_to_run(k + 1, 1)
+        return self.forward(state)[0], None
 
     def synthesize(self, coeffs: Tensor) -> MobileNet:
         """The static network whose weights are this one's mixed by one coefficient set (L, N).

@@ -34,12 +34,12 @@ from ..layers.densenet import (
     check_factors,
     check_variant,
     concat_channels,
-    exits_to_run,
     halve,
     head_for,
     init_weights,
     stem_side,
 )
+from .protocol import State, run_exits
 from .registry import register_model
 
 STEPMODES = ("even", "lin_grow")
@@ -221,11 +221,15 @@ class MSDNet(nn.Module):
 
     def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
         """Logits of exits 1..``max_exits`` (default: all), cheapest first; later blocks are not run."""
-        logits = []
-        for block, head in zip(self.blocks[:exits_to_run(max_exits, self.num_exits)], self.heads):
-            x = block(x)
-            logits.append(head(x[-1]))
-        return logits
+        return run_exits(self, x, max_exits)
+
+    def start(self, x: Tensor) -> State:
+        return x
+
+    def step(self, state: State, k: int) -> tuple[Tensor, State]:
+        """Block ``k`` (block 0 holds the stem) on the maps of block ``k - 1``, then its exit."""
+        maps = self.blocks[k](state)
+        return self.heads[k](maps[-1]), maps
 
 
 def register_with_presets(name: str, cls: type[nn.Module], presets: Mapping[str, Mapping[str, Any]],

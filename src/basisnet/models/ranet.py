@@ -30,13 +30,13 @@ from ..layers.densenet import (
     check_factors,
     check_variant,
     concat_channels,
-    exits_to_run,
     halve,
     head_for,
     init_weights,
     stem_side,
 )
 from .msdnet import STEPMODES, compressed, register_with_presets
+from .protocol import State, run_exits
 
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
 RANET_PRESETS: dict[str, dict[str, Any]] = {
@@ -236,22 +236,40 @@ class RANet(nn.Module):
 
     def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
         """Logits of exits 1..``max_exits`` (default: all), cheapest first; nothing after the last is run."""
-        wanted = exits_to_run(max_exits, self.num_exits)
-        logits: list[Tensor] = []
-        low: list[list[Tensor]] = []
-        for flow, h in zip(self.flows, reversed(self.stem(x))):
-            feats = []
-            for j, block in enumerate(flow):
-                if isinstance(block, FusionBlock):
-                    h, f = block(h, low[j])
-                else:
-                    h, f = block(h)
-                    logits.append(self.heads[len(logits)](h))
-                    if len(logits) == wanted:
-                        return logits
-                feats.append(f)
-            low = feats
-        return logits
+        return run_exits(self, x, max_exits)
+
+    def start(self, x: Tensor) -> State:
+        """The stem's maps, one per flow (coarsest first), and a cursor at flow 0, block 0."""
+        return {"maps": list(reversed(self.stem(x))), "flow": 0, "block": 0, "h": None, "feats": [], "low": [],
+                "exit": 0}
+
+    def step(self, state: State, k: int) -> tuple[Tensor, State]:
+        """Run blocks from the cursor up to and including the next one with an exit (exit ``k``)."""
+        if k != state["exit"]:
+            raise ValueError(f"RANet runs its exits in order: the state is at exit {state['exit']}, asked for {k}")
+        s = dict(state)
+        while True:
+            flow = self.flows[s["flow"]]
+            j = s["block"]
+            if j == 0:  # take this flow's stem map out of the state: later steps need not carry it
+                h, s["maps"] = s["maps"][s["flow"]], [*s["maps"][:s["flow"]], None, *s["maps"][s["flow"] + 1:]]
+            else:
+                h = s["h"]
+            block = flow[j]
+            logits = None
+            if isinstance(block, FusionBlock):
+                h, f = block(h, s["low"][j])
+            else:
+                h, f = block(h)
+                logits = self.heads[k](h)
+            feats = [*s["feats"], f]
+            if j + 1 == len(flow):  # the next flow fuses this one's features
+                s.update(flow=s["flow"] + 1, block=0, h=None, feats=[], low=feats)
+            else:
+                s.update(block=j + 1, h=h, feats=feats)
+            if logits is not None:
+                s["exit"] = k + 1
+                return logits, s
 
 
 register_with_presets("ranet", RANet, RANET_PRESETS)

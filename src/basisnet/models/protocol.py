@@ -1,0 +1,73 @@
+"""The multi-exit contract every registered model keeps, written once.
+
+A multi-exit classifier returns a list of logits, cheapest exit first. Early exit saves time only if
+a model can stop, so every model also runs *staged*: ``start(x)`` makes a state, ``step(state, k)``
+computes exit ``k`` (0-based, in order) and returns its logits and the state exit ``k + 1`` needs.
+Between steps a runtime may keep only the undecided images with ``select_state``; the full forward
+is the staged run with nobody leaving (``run_exits``). ``tests/test_protocol.py`` checks the contract
+over ``list_models()``.
+
+A state is any nesting of lists, tuples and dicts whose tensors have the batch as their first
+dimension; other values (ints, None) are cursors and pass through ``select_state`` untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+State = Any
+
+
+@runtime_checkable
+class MultiExitClassifier(Protocol):
+    """What evaluation, early exit and the benchmarks rely on, and nothing more."""
+
+    num_classes: int
+    resolution: int  # the input side the model is meant for (multiply-adds are counted there)
+
+    @property
+    def num_exits(self) -> int: ...
+
+    def __call__(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
+        """Logits of exits 1..``max_exits`` (default: all); nothing after the last is computed."""
+        ...
+
+    def start(self, x: Tensor) -> State:
+        """The state before exit 0 (cheap: nothing an early exit could skip)."""
+        ...
+
+    def step(self, state: State, k: int) -> tuple[Tensor, State]:
+        """Logits of exit ``k`` and the state exit ``k + 1`` continues from."""
+        ...
+
+
+def exits_to_run(max_exits: int | None, num_exits: int) -> int:
+    """``max_exits`` checked against the model's exits (None = all)."""
+    if max_exits is None:
+        return num_exits
+    if not 1 <= max_exits <= num_exits:
+        raise ValueError(f"max_exits must be in [1, {num_exits}], got {max_exits}")
+    return max_exits
+
+
+def run_exits(model: MultiExitClassifier, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
+    """The full forward as a staged run in which every image goes on."""
+    state = model.start(x)
+    logits = []
+    for k in range(exits_to_run(max_exits, model.num_exits)):
+        out, state = model.step(state, k)
+        logits.append(out)
+    return logits
+
+
+def select_state(state: State, index: Tensor) -> State:
+    """The state of the images ``index`` (a long tensor of batch positions) only."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {key: select_state(value, index) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(select_state(value, index) for value in state)
+    return state

@@ -1,0 +1,86 @@
+"""The multi-exit contract, checked once over every registered model (as timm tests ``list_models()``)."""
+
+import pytest
+import torch
+
+from basisnet.deploy import EarlyExitPredictor
+from basisnet.evaluate import exit_madds
+from basisnet.models import MultiExitClassifier, create_model, list_models, select_state
+
+MOBILE = dict(num_classes=5, resolution=32, drop_strides=2, width=0.35)
+# Every registered model at a size a test can afford; a new model must add itself here.
+TINY = {
+    "basisnet": dict(num_classes=5, resolution=32, drop_strides=2, specialist="mobilenetv3_small",
+                     specialist_width=0.35, lightweight_width=0.35, num_bases=3),
+    "msdnet": dict(num_classes=5, num_blocks=3, base=1, step=1, num_channels=8, growth_rate=4),
+    "ranet": dict(num_classes=5, step=1, num_channels=8, growth_rate=4),
+    **{name: {**MOBILE, "num_bases": 2} for name in list_models() if name.startswith("condconv_")},
+    **{name: MOBILE for name in ("mobilenetv2", "mobilenetv3_large", "mobilenetv3_small")},
+}
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, **TINY[name]).eval()
+    if name == "basisnet":  # non-uniform coefficients, so a mix-up of images between stages would show
+        torch.nn.init.normal_(model.coeff_head.weight, std=0.5)
+    return model
+
+
+def test_every_registered_model_has_a_tiny_config() -> None:
+    assert set(TINY) == set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_keeps_the_multi_exit_contract(name: str) -> None:
+    model = _model(name)
+    assert isinstance(model, MultiExitClassifier)
+    x = torch.randn(6, 3, model.resolution, model.resolution)
+    with torch.no_grad():
+        full = model(x)
+        assert len(full) == model.num_exits and all(z.shape == (6, model.num_classes) for z in full)
+        for k in range(1, model.num_exits + 1):  # max_exits is honoured and stops there
+            assert len(model(x, max_exits=k)) == k
+        with pytest.raises(ValueError, match="max_exits"):
+            model(x, max_exits=model.num_exits + 1)
+        # Staged with images leaving after every exit: each remaining image's logits equal the full forward.
+        alive, state = torch.arange(6), model.start(x)
+        for k in range(model.num_exits):
+            logits, state = model.step(state, k)
+            torch.testing.assert_close(logits, full[k][alive], rtol=1e-4, atol=1e-5)
+            keep = torch.arange(0, len(alive), 2) if k % 2 == 0 else torch.arange(len(alive))
+            alive, state = alive[keep], select_state(state, keep)
+    costs = exit_madds(model)
+    assert len(costs) == model.num_exits and costs == sorted(costs) and costs[0] > 0
+
+
+@pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
+def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> None:
+    """Staged prediction equals picking from the full forward; later exits see only the undecided images."""
+    model = _model(name)
+    x = torch.randn(8, 3, model.resolution, model.resolution)
+    with torch.no_grad():
+        probs = torch.stack([z.softmax(-1) for z in model(x)])
+    conf = probs.max(-1).values
+    threshold = float(conf[0].median())
+    predictor = EarlyExitPredictor(model, threshold)
+    seen: list[int] = []
+    original_step = model.step
+
+    def counting_step(state, k):
+        logits, new_state = original_step(state, k)
+        seen.append(len(logits))
+        return logits, new_state
+
+    model.step = counting_step  # type: ignore[method-assign]
+    pred = predictor.predict(x)
+    expected_stage = torch.full((8,), model.num_exits - 1)
+    for k in reversed(range(model.num_exits - 1)):
+        expected_stage[conf[k] >= threshold] = k
+    assert torch.equal(pred.stage, expected_stage)
+    picked = probs[expected_stage, torch.arange(8)].max(-1)
+    assert torch.equal(pred.classes, picked.indices)
+    torch.testing.assert_close(pred.confidence, picked.values, rtol=1e-4, atol=1e-5)
+    assert seen[0] == 8
+    for k in range(1, len(seen)):
+        assert seen[k] == int((expected_stage >= k).sum())
