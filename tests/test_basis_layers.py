@@ -1,16 +1,19 @@
-"""Basis layers: the three execution paths agree, gradients are right, synthesis is exact."""
+"""Basis layers: every execution path agrees, in both memory layouts; gradients are right; synthesis
+is exact; path tuning records a measured choice; the forward compiles without graph breaks."""
 
 import pytest
 import torch
 from torch import nn
 
-from basisnet.layers import BasisConv2d, BasisLinear
+from basisnet.layers import BasisConv2d, BasisLinear, NonFiniteCoefficientsError, tune_paths
 
 CONV_CASES = [
     # in, out, kernel, stride, padding, dilation, groups, bias
     (8, 16, 1, 1, 0, 1, 1, False),  # dense pointwise (batched matmul path)
     (6, 10, 3, 2, 1, 1, 1, True),  # dense 3x3, stride 2
     (12, 12, 5, 1, 2, 1, 12, False),  # depthwise 5x5
+    (6, 6, 3, 2, 1, 1, 6, True),  # depthwise 3x3, stride 2 (its own backward)
+    (4, 4, 3, (2, 1), 2, 2, 4, False),  # depthwise, dilated, uneven stride
     (8, 12, 3, 1, 2, 2, 4, True),  # grouped, dilated
     (4, 6, (3, 1), (2, 1), (1, 0), 1, 2, False),  # rectangular kernel, grouped
 ]
@@ -35,6 +38,13 @@ def test_conv_paths_agree(case, batch):
     ref = layer(x, coeffs, path="loop")
     assert rel_err(layer(x, coeffs, path="batched"), ref) < 1e-5
     assert rel_err(layer(x, coeffs), ref) < 1e-5  # the automatic choice
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for path in layer.per_sample_paths():
+        assert rel_err(layer(x, coeffs, path=path), ref) < 1e-5
+        out = layer(x_cl, coeffs, path=path)
+        assert rel_err(out, ref) < 1e-5
+        if batch > 1 and path != "loop":  # a channels_last input stays channels_last
+            assert out.is_contiguous(memory_format=torch.channels_last)
     shared = coeffs[0]
     ref_shared = layer(x, shared, path="loop")
     assert rel_err(layer(x, shared, path="synthesized"), ref_shared) < 1e-5
@@ -70,9 +80,10 @@ def test_conv_gradients_match_float64_reference(case):
     x = torch.randn(4, case[0], 8, 8)
     coeffs = torch.softmax(torch.randn(4, 3), -1)
     fast = _grads(layer, x, coeffs, "batched")
+    fast_cl = _grads(layer, x.contiguous(memory_format=torch.channels_last), coeffs, "batched")
     ref = _grads(layer.double(), x.double(), coeffs.double(), "loop")
-    for g, r in zip(fast, ref):
-        assert rel_err(g, r) < 1e-5
+    for g, g_cl, r in zip(fast, fast_cl, ref):
+        assert rel_err(g, r) < 1e-5 and rel_err(g_cl, r) < 1e-5
 
 
 def test_linear_gradients_match_float64_reference():
@@ -129,7 +140,6 @@ def test_bases_initialised_independently_like_a_conv():
         (torch.rand(3, 5), r"expected \(3, 4\)"),  # N mismatch
         (torch.rand(2, 4), r"expected \(3, 4\)"),  # batch mismatch
         (torch.rand(3, 4, 1), r"expected \(3, 4\)"),  # wrong rank
-        (torch.tensor([0.5, float("nan"), 0.2, 0.3]), "NaN"),
     ],
 )
 def test_bad_coefficients_raise_naming_the_layer(coeffs, match):
@@ -138,6 +148,43 @@ def test_bad_coefficients_raise_naming_the_layer(coeffs, match):
     with pytest.raises(ValueError, match=match) as err:
         layer(torch.randn(3, 2, 4, 4), coeffs)
     assert "blocks.3.expand.0" in str(err.value)
+
+
+def test_nan_coefficients_are_refused_where_they_enter_the_network():
+    from basisnet.models import create_model
+
+    model = create_model("mobilenetv3_small", num_classes=3, resolution=16, width=0.35, num_bases=2)
+    coeffs = torch.rand(2, model.num_basis_layers, 2)
+    coeffs[1, 3, 0] = float("nan")
+    with pytest.raises(NonFiniteCoefficientsError, match="NaN"):
+        model(torch.randn(2, 3, 16, 16), coeffs)
+
+
+def test_tune_paths_times_every_path_and_keeps_the_fastest():
+    from basisnet.models import create_model
+
+    model = create_model("mobilenetv3_small", num_classes=3, resolution=16, width=0.35, num_bases=2).eval()
+    x, coeffs = torch.randn(4, 3, 16, 16), torch.softmax(torch.randn(4, model.num_basis_layers, 2), -1)
+    with torch.no_grad():
+        expected = model(x, coeffs)[0]
+        report = tune_paths(model, x, coeffs, repeats=1)
+        layers = [m for m in model.modules() if isinstance(m, BasisConv2d)]
+        assert set(report) == {m.layer_name for m in layers}
+        for layer in layers:
+            timings = report[layer.layer_name]
+            assert set(timings) == set(layer.per_sample_paths()) and all(t > 0 for t in timings.values())
+            assert layer.tuned_paths[(4, False, False)] == min(timings, key=timings.get)
+        torch.testing.assert_close(model(x, coeffs)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_basis_layers_compile_without_graph_breaks():
+    """No host sync or data-dependent branch inside a basis layer: dynamo captures one graph."""
+    from basisnet.models import create_model
+
+    model = create_model("mobilenetv3_small", num_classes=3, resolution=16, width=0.35, num_bases=2).eval()
+    coeffs = torch.softmax(torch.randn(2, model.num_basis_layers, 2), -1)
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16), coeffs)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 def test_bad_construction_and_path():
@@ -150,3 +197,5 @@ def test_bad_construction_and_path():
         layer(torch.randn(1, 2), torch.rand(2), path="fast")
     with pytest.raises(ValueError, match="one coefficient vector"):
         layer(torch.randn(3, 2), torch.rand(3, 2), path="synthesized")
+    with pytest.raises(ValueError, match="does not apply"):
+        BasisConv2d(2, 2, 3, 2)(torch.randn(3, 2, 5, 5), torch.rand(3, 2), path="matmul")

@@ -322,3 +322,25 @@ def test_init_distributed_single_process(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv(var, raising=False)
     info = init_distributed_device("cpu")
     assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, "cpu")
+
+
+def test_compiled_training_forward_matches_eager(tmp_path) -> None:
+    """train.compile runs the training forward through torch.compile (aot_eager: capture and autograd
+    tracing without code generation) across BasisNet's static-phase boundary, and lands where eager does."""
+    from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
+    from basisnet.models import create_model
+
+    data = ImageTensorDataset(torch.randint(0, 255, (16, 3, 16, 16), dtype=torch.uint8), torch.arange(16) % 2,
+                              ["a", "b"])
+    weights = []
+    for backend in ("false", "aot_eager"):
+        torch.manual_seed(0)
+        model = create_model("basisnet", num_classes=2, resolution=16, drop_strides=2, specialist="mobilenetv3_small",
+                             specialist_width=0.35, lightweight_width=0.35, num_bases=2)
+        cfg = load_config(None, ["train.epochs=2", "train.warmup_epochs=0", "data.image_size=16",
+                                 "data.batch_size=8", f"train.compile={backend}", "train.channels_last=true"])
+        fit(model, BatchLoader(data, 8, shuffle=True), BatchLoader(data, 8, shuffle=False), cfg, tmp_path / backend,
+            TrainAugment(16, 0), EvalTransform(), progress=False)
+        weights.append(model.state_dict())
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5, msg=key)

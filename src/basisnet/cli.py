@@ -146,7 +146,11 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--candidates and --subset belong to 'bench ablation'")
     if args.which != "compare" and args.models:
         raise ValueError("--models belongs to 'bench compare'")
+    if args.which != "speed" and (args.json or args.threads or args.device):
+        raise ValueError("--json, --threads and --device belong to 'bench speed'")
     command = " ".join(["basisnet", *args.argv])
+    if args.which == "speed":
+        return _bench_speed(args, command)
     if args.which == "ablation":
         if args.quick:
             raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
@@ -176,6 +180,25 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_verdicts(meta["verdicts"]))
         print(format_compare_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace, command: str) -> int:
+    from .bench import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
+
+    if args.epochs or args.output:
+        raise ValueError("bench speed trains nothing: --epochs and --output do not apply")
+    results = Path(args.results or f"benchmarks/results/speed{'_quick' if args.quick else ''}.json")
+    plan = SpeedPlan.quick_plan() if args.quick else SpeedPlan()
+    records = run_speed_benchmark(results, plan, devices=args.device, threads=args.threads, command=command)
+    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    if args.json:
+        for r in records:
+            print(json.dumps(r))
+        return 0
+    print(format_speed_table(records))
+    print(f"ceilings: {meta['ceilings']}")
+    print(format_speed_targets(meta["targets"]))
     return 0
 
 
@@ -237,15 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="benchmarks on CIFAR-10: compare (every peer, both protocols), ablation "
-                       "(BasisNet recipe candidates) or accuracy (warm-started BasisNet vs the static family)")
-    p.add_argument("which", choices=["compare", "ablation", "accuracy"])
+    p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
+                       "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family) or speed "
+                       "(milliseconds side by side with multiply-adds)")
+    p.add_argument("which", choices=["compare", "ablation", "accuracy", "speed"])
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
     p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
     p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2)")
-    p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min)")
+    p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min); "
+                   "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min)")
     p.add_argument("--widths", type=float, nargs="+", help="accuracy: static MobileNetV3-Small widths "
                    "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
     p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
@@ -254,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "condconv, msdnet, ranet), keeping the others' records from --results")
     p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
     p.add_argument("--subset", type=int, help="ablation: train on N images of the training split (default: all)")
+    p.add_argument("--threads", type=int, help="speed: torch threads (default: torch's own choice)")
+    p.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="speed: devices (default: cpu, and cuda "
+                   "when present)")
+    p.add_argument("--json", action="store_true", help="speed: print the records as JSON lines")
     p.set_defaults(func=_bench)
     return parser
 

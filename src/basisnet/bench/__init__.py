@@ -4,6 +4,8 @@ from .ablation import ABLATIONS, format_ablation_table, run_ablation
 from .accuracy import format_table, format_targets, run_accuracy_benchmark
 from .compare import PEERS, format_compare_table, format_compare_targets, format_verdicts, run_compare_benchmark, verdicts
 from .runs import format_train_minutes
+from .speed import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
 
 __all__ = ["ABLATIONS", "format_ablation_table", "run_ablation", "PEERS", "format_compare_table", "format_compare_targets", "format_table", "format_targets", "format_train_minutes", "format_verdicts",
-           "run_accuracy_benchmark", "run_compare_benchmark", "verdicts"]
+           "run_accuracy_benchmark", "run_compare_benchmark", "verdicts", "SpeedPlan", "format_speed_table",
+           "format_speed_targets", "run_speed_benchmark"]

@@ -1,13 +1,21 @@
 """Basis layers: a conv / linear layer whose weight is a per-input mix of N basis kernels.
 
 ``W(x) = sum_n alpha_n(x) * W_n``. The coefficients ``alpha`` come from outside (BasisNet's
-lightweight model) or from a router (CondConv). Three execution paths give the same result:
+lightweight model) or from a router (CondConv). Execution paths, all giving the same result:
 
-- ``batched``: mix all samples' kernels with one matmul, fold the batch into the channel axis and
-  run one grouped conv (the CondConv trick; a batched matmul for dense 1x1 convs). For training and
-  batched inference with per-sample coefficients.
 - ``synthesized``: mix once, run one plain conv. For batch 1 and for coefficients shared by a batch.
-- ``loop``: one conv per sample. The reference the tests compare against, nothing else.
+- ``matmul``: per-sample kernels, one batched matmul (dense 1x1 convs and linear layers), in the
+  input's memory layout (channels_last stays channels_last, no copy).
+- ``grouped``: per-sample kernels, the batch folded into the channel axis and one grouped conv (the
+  CondConv trick; for a depthwise conv, one wider depthwise conv). A channels_last input is folded
+  to (H, W, B*C) so the conv keeps its fast channels_last kernel.
+- ``loop``: one conv per sample. The reference the tests compare against; at small batches it can
+  also be the fastest, which ``tune_paths`` finds out by timing.
+
+``batched`` (the default for per-sample coefficients) is the layer's per-sample path: the one
+``basisnet.layers.tune_paths`` measured fastest for this batch and layout, else ``matmul`` for dense
+1x1 convs and ``grouped`` for the rest. The forward has no host sync: finiteness of coefficients is
+checked once per network forward, where they enter (``check_finite_coefficients``).
 """
 
 from __future__ import annotations
@@ -18,11 +26,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PATHS = ("batched", "synthesized", "loop")
+PATHS = ("batched", "synthesized", "matmul", "grouped", "loop")
+PER_SAMPLE_PATHS = ("matmul", "grouped", "loop")
 
 
 class NonFiniteCoefficientsError(ValueError):
     """Coefficients with NaN or Inf: a diverged coefficient head upstream, not a shape mistake."""
+
+
+def check_finite_coefficients(coeffs: Tensor, where: str) -> None:
+    """Raise ``NonFiniteCoefficientsError`` for NaN/Inf coefficients of CPU tensors.
+
+    Once per network forward, not per layer: it reads a value on the host. Skipped while compiling and
+    for accelerator tensors (a sync per step would stall the device; there a diverged head shows up
+    as a non-finite loss, which training stops on)."""
+    if coeffs.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if not torch.isfinite(coeffs).all():
+        raise NonFiniteCoefficientsError(f"{where}: coefficients contain NaN or Inf")
+
+
+def path_key(x: Tensor) -> tuple[int, bool, bool]:
+    """What a layer's fastest per-sample path depends on: batch, channels_last input, autograd."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return x.shape[0], channels_last, torch.is_grad_enabled()
 
 
 class BasisMixer(nn.Module):
@@ -47,8 +74,15 @@ class _BasisLayer(nn.Module):
         self.mixer = BasisMixer()
         # Set by the model builder to the module's qualified name so errors say which layer.
         self.layer_name = type(self).__name__
+        # Filled by ``tune_paths``: path_key(x) -> the per-sample path measured fastest there.
+        self.tuned_paths: dict[tuple[int, bool, bool], str] = {}
+
+    def per_sample_paths(self) -> tuple[str, ...]:
+        """The per-sample paths this layer can run, the default first."""
+        return ("matmul", "loop")
 
     def _check_coeffs(self, coeffs: Tensor, batch: int) -> Tensor:
+        """Shape checks only (no host sync: values are checked where coefficients enter the network)."""
         n = self.num_bases
         if not isinstance(coeffs, Tensor):
             raise ValueError(f"{self.layer_name}: coefficients must be a Tensor of shape ({batch}, {n}) or ({n},)")
@@ -60,18 +94,24 @@ class _BasisLayer(nn.Module):
                 f"{self.layer_name}: coefficients of shape {tuple(coeffs.shape)} do not fit; expected "
                 f"({batch}, {n}) per sample or ({n},) shared by the batch (this layer has {n} bases)"
             )
-        if not torch.isfinite(coeffs).all():
-            raise NonFiniteCoefficientsError(f"{self.layer_name}: coefficients contain NaN or Inf")
         return coeffs.to(self.weight.dtype)
 
-    def _choose_path(self, coeffs: Tensor, batch: int, path: str | None) -> str:
+    def _choose_path(self, coeffs: Tensor, x: Tensor, path: str | None) -> str:
+        batch = x.shape[0]
         shared = coeffs.dim() == 1 or coeffs.shape[0] == 1
         if path is None:
-            return "synthesized" if shared else "batched"
+            if shared:
+                return "synthesized"
+            path = "batched"
         if path not in PATHS:
             raise ValueError(f"{self.layer_name}: unknown path {path!r}; choose one of {PATHS}")
         if path == "synthesized" and not shared and batch > 1:
             raise ValueError(f"{self.layer_name}: the synthesized path needs one coefficient vector for the batch")
+        if path == "batched":
+            return self.tuned_paths.get(path_key(x), self.per_sample_paths()[0])
+        if path != "synthesized" and path not in self.per_sample_paths():
+            raise ValueError(f"{self.layer_name}: path {path!r} does not apply; choose one of "
+                             f"{('synthesized', *self.per_sample_paths())}")
         return path
 
     def _mix(self, coeffs: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -87,6 +127,7 @@ class _BasisLayer(nn.Module):
     def synthesized_state(self, coeffs: Tensor) -> dict[str, Tensor]:
         """The concrete ``weight`` (and ``bias``) for one coefficient vector, as a plain layer's state."""
         coeffs = self._check_coeffs(coeffs, 1)
+        check_finite_coefficients(coeffs, self.layer_name)
         with torch.no_grad():
             weight, bias = self._mix_one(coeffs)
         state = {"weight": weight.clone()}
@@ -155,29 +196,39 @@ class BasisConv2d(_BasisLayer):
             and self.groups == 1
         )
 
+    def per_sample_paths(self) -> tuple[str, ...]:
+        return ("matmul", "grouped", "loop") if self._is_pointwise() else ("grouped", "loop")
+
     def forward(self, x: Tensor, coeffs: Tensor, path: str | None = None) -> Tensor:
         batch = x.shape[0]
         coeffs = self._check_coeffs(coeffs, batch)
-        path = self._choose_path(coeffs, batch, path)
+        path = self._choose_path(coeffs, x, path)
         if path == "synthesized":
             return self._conv(x, *self._mix_one(coeffs), self.groups)
         coeffs = coeffs.reshape(-1, self.num_bases).expand(batch, -1)
         if path == "loop":
             return torch.cat([self._conv(x[i : i + 1], *self._mix_one(coeffs[i]), self.groups) for i in range(batch)])
         weight, bias = self._mix(coeffs)
-        if self._is_pointwise():
-            # Dense 1x1: a batched matmul over (out, in) x (in, H*W) beats a B-group conv on CPU.
-            h, w = x.shape[-2:]
-            out = torch.bmm(weight.flatten(1, 3).view(batch, self.out_channels, self.in_channels), x.flatten(2))
-            out = out.view(batch, self.out_channels, h, w)
-            return out if bias is None else out + bias[:, :, None, None]
-        out = self._conv(
-            x.reshape(1, -1, *x.shape[2:]),
-            weight.reshape(-1, *weight.shape[2:]),
-            None if bias is None else bias.reshape(-1),
-            self.groups * batch,
-        )
-        return out.view(batch, self.out_channels, *out.shape[2:])
+        out = self._matmul(x, weight) if path == "matmul" else self._grouped(x, weight)
+        return out if bias is None else out + bias[:, :, None, None]
+
+    def _matmul(self, x: Tensor, weight: Tensor) -> Tensor:
+        """Dense 1x1 as (B, out, in) x (B, in, H*W), or transposed for channels_last: no layout change."""
+        batch, _, h, w = x.shape
+        weight = weight.view(batch, self.out_channels, self.in_channels)
+        if path_key(x)[1]:
+            out = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, h * w, self.in_channels), weight.transpose(1, 2))
+            return out.view(batch, h, w, self.out_channels).permute(0, 3, 1, 2)
+        return torch.bmm(weight, x.flatten(2)).view(batch, self.out_channels, h, w)
+
+    def _grouped(self, x: Tensor, weight: Tensor) -> Tensor:
+        """One conv with ``groups * batch`` groups over the batch folded into channels."""
+        batch, channels, h, w = x.shape
+        weight = weight.reshape(-1, *weight.shape[2:])
+        if self.groups == self.in_channels == self.out_channels:
+            return _FoldedDepthwise.apply(x, weight, self.stride, self.padding, self.dilation)
+        out = self._conv(_fold(x), weight, None, self.groups * batch)
+        return _unfold(out, batch, like=x)
 
     def synthesize(self, coeffs: Tensor) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the kernel for one coefficient vector (deployment at batch 1)."""
@@ -187,6 +238,63 @@ class BasisConv2d(_BasisLayer):
         ).to(self.weight.device, self.weight.dtype)
         conv.load_state_dict(self.synthesized_state(coeffs))
         return conv
+
+
+def _fold(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (1, B*C, H, W); a channels_last input is folded as (H, W, B*C) so the conv that
+    follows keeps its fast channels_last kernel (NCHW: a free view)."""
+    batch, channels, h, w = x.shape
+    if path_key(x)[1]:
+        return x.permute(2, 3, 0, 1).reshape(1, h, w, batch * channels).permute(0, 3, 1, 2)
+    return x.reshape(1, batch * channels, h, w)
+
+
+def _unfold(out: Tensor, batch: int, like: Tensor) -> Tensor:
+    """(1, B*C, H, W) -> (B, C, H, W) in the memory layout of ``like``."""
+    channels, (h, w) = out.shape[1] // batch, out.shape[2:]
+    if path_key(like)[1]:
+        out = out.permute(0, 2, 3, 1).reshape(h, w, batch, channels)
+        return out.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)
+    return out.reshape(batch, channels, h, w)
+
+
+class _FoldedDepthwise(torch.autograd.Function):
+    """Depthwise conv with a kernel per (sample, channel), as one wide depthwise conv.
+
+    Autograd's own backward of that conv is slow on CPU (oneDNN: 20-40x the forward for 5x5 kernels
+    in channels_last), so the backward is written out as two more depthwise convs on the NCHW fold:
+    the input gradient is the transposed conv, the kernel gradient a correlation of the padded input
+    with the output gradient (dilated by the stride)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple, dilation: tuple) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        groups = weight.shape[0]
+        return _unfold(F.conv2d(_fold(x), weight, None, stride, padding, dilation, groups), x.shape[0], like=x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conf
+        batch, groups = x.shape[0], weight.shape[0]
+        g = grad.contiguous().view(1, groups, *grad.shape[2:])
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            folded = (1, groups, *x.shape[2:])
+            grad_x = torch.nn.grad.conv2d_input(folded, weight, g, stride, padding, dilation, groups)
+            grad_x = grad_x.view(x.shape).contiguous(memory_format=_layout(x))
+        if ctx.needs_input_grad[1]:
+            xp = F.pad(x.contiguous().view(1, groups, *x.shape[2:]),
+                       (padding[1], padding[1], padding[0], padding[0]))
+            kernel = g.view(groups, 1, *g.shape[2:])
+            grad_w = F.conv2d(xp, kernel, None, dilation, 0, stride, groups)
+            grad_w = grad_w[..., : weight.shape[2], : weight.shape[3]].reshape(weight.shape)
+        return grad_x, grad_w, None, None, None
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if path_key(x)[1] else torch.contiguous_format
 
 
 class BasisLinear(_BasisLayer):
@@ -207,7 +315,7 @@ class BasisLinear(_BasisLayer):
             raise ValueError(f"{self.layer_name}: expected input (batch, {self.in_features}), got {tuple(x.shape)}")
         batch = x.shape[0]
         coeffs = self._check_coeffs(coeffs, batch)
-        path = self._choose_path(coeffs, batch, path)
+        path = self._choose_path(coeffs, x, path)
         if path == "synthesized":
             return F.linear(x, *self._mix_one(coeffs))
         coeffs = coeffs.reshape(-1, self.num_bases).expand(batch, -1)

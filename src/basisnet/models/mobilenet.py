@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers import BASIS_LAYERS, BLOCK_PARTS, BlockSpec, ConvNormAct, InvertedResidual, LinearAct, make_divisible
+from ..layers import (
+    BASIS_LAYERS,
+    BLOCK_PARTS,
+    BlockSpec,
+    ConvNormAct,
+    InvertedResidual,
+    LinearAct,
+    check_finite_coefficients,
+    make_divisible,
+)
 from ..layers.blocks import coeff_rows
 from .protocol import State, exits_to_run
 from .registry import register_model
@@ -220,6 +229,7 @@ class MobileNet(nn.Module):
                 f"coefficients of shape {shape} do not fit: expected ({x.shape[0]}, {layers}, "
                 f"{self.config['num_bases']}) or ({layers}, {self.config['num_bases']})"
             )
+        check_finite_coefficients(coeffs, type(self).__name__)
 
     def forward_features(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:
         """Pooled features before the classifier head."""

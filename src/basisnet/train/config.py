@@ -95,6 +95,9 @@ class TrainConfig:
     ema_decay: float = _opt(0.0, "Decay of the weight EMA used for evaluation and 'best'; 0 disables it.")
     grad_clip: float = _opt(0.0, "Clip the global gradient norm to this value; 0 disables clipping.")
     channels_last: bool = _opt(False, "Use channels_last memory format (faster convs on CPU and recent GPUs).")
+    compile: Union[bool, Literal["inductor", "aot_eager", "eager"]] = _opt(
+        False, "torch.compile the training forward: true (= 'inductor', torch.compile's default) or a backend name "
+        "('aot_eager' checks capture without code generation); false runs eagerly.")
     seed: int = _opt(0, "Seed of initialisation-independent randomness (augmentation, dropout).")
     log_interval: int = _opt(50, "Update the progress bar statistics every this many steps.")
     eval_every: int = _opt(1, "Validate every this many epochs (the last epoch is always validated).")

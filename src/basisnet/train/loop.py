@@ -300,6 +300,8 @@ def fit(
         }, state_path)
         save_weights(eval_model, run_dir / LAST_WEIGHTS, _weights_meta(cfg, loop.epoch, loop.global_step, ema))
 
+    # Compiled forward for training; evaluation and checkpoints use the module itself.
+    forward = torch.compile(model, backend="inductor" if tc.compile is True else tc.compile) if tc.compile else model
     show_bar = main_rank and (sys.stderr.isatty() if progress is None else progress)
     total_steps = tc.epochs * steps_per_epoch
     model.train()
@@ -326,7 +328,7 @@ def fit(
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                outputs = model(x)
+                outputs = forward(x)
             except NonFiniteCoefficientsError as err:  # diverged weights upstream of a basis layer
                 raise _non_finite(f"coefficients ({err})", float("nan"), loop, run_dir) from err
             loss = criterion(outputs, labels)

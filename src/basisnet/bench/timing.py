@@ -1,0 +1,88 @@
+"""Measuring instruments for the speed benchmark: a median timer, peak memory, the machine's ceiling.
+
+Every figure is taken in the calling process, so models compared in one benchmark run share the
+machine's state (threads, clocks, caches) and their ratios mean something on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["Ceiling", "measure_ceiling", "median_ms", "peak_memory_mib"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls (device work included)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory that ``fn()`` allocates beyond what is live before it.
+
+    CUDA: the caching allocator's peak. CPU: the profiler's allocation records (``profile_memory``)
+    replayed in time order; each op's own allocations and frees count at its start, so the peak is
+    exact at op granularity."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+@dataclass
+class Ceiling:
+    """What this machine can do at best, measured in the same run as the models."""
+
+    matmul_gmadds_per_s: float  # a large fp32 matmul: multiply-adds per second (FLOP/s / 2)
+    copy_gb_per_s: float  # a large tensor copy: bytes read + written per second
+
+    def as_dict(self) -> dict[str, float]:
+        return {"matmul_gflops": round(2 * self.matmul_gmadds_per_s, 1),
+                "matmul_gmadds_per_s": round(self.matmul_gmadds_per_s, 1),
+                "copy_gb_per_s": round(self.copy_gb_per_s, 2)}
+
+
+def measure_ceiling(device: torch.device, quick: bool = False) -> Ceiling:
+    """A square fp32 matmul (n = 1024 on CPU, 8192 on CUDA) and a 256 MiB copy."""
+    n = (8192 if device.type == "cuda" else 1024) // (2 if quick else 1)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    ms = median_ms(lambda: torch.mm(a, b, out=out), device, warmup=2, repeats=5)
+    gmadds = n**3 / (ms / 1e3) / 1e9
+    src = torch.empty(2**26 // (4 if quick else 1), device=device)  # 256 MiB of fp32 (64 MiB quick)
+    dst = torch.empty_like(src)
+    src.fill_(1.0)
+    dst.fill_(0.0)
+    ms = median_ms(lambda: dst.copy_(src), device, warmup=2, repeats=5)
+    gb = 2 * src.numel() * src.element_size() / (ms / 1e3) / 1e9
+    return Ceiling(gmadds, gb)

@@ -1,0 +1,69 @@
+"""Pick each basis layer's per-sample execution path by measurement on the shapes it really sees.
+
+Which path is fastest depends on the layer (dense 1x1 or depthwise, channels, map size), the batch,
+the memory layout and the machine; a fixed rule guesses wrong somewhere. ``tune_paths`` runs the
+model once to capture every basis layer's input, times each path the layer supports on it, and
+records the winner in the layer (``tuned_paths``), which its ``batched`` path then uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .basis import BASIS_LAYERS, path_key
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e3
+
+
+def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str, dict[str, float]]:
+    """Time every per-sample path of every basis layer on the inputs of ``model(*args, **kwargs)``.
+
+    Returns ``{layer name: {path: ms}}`` for the layers that ran with per-sample coefficients; each
+    such layer keeps its fastest path for this batch, layout and grad mode. Timing follows the
+    current grad mode: call it under ``no_grad``/``inference_mode`` for inference, plainly for training.
+    """
+    captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def capture(module: nn.Module, inputs: tuple) -> None:
+        x, coeffs = inputs[0], inputs[1]
+        if coeffs.dim() == 2 and coeffs.shape[0] > 1:  # per-sample coefficients (shared ones synthesize)
+            captured.setdefault(module, (x.detach(), coeffs.detach()))
+
+    layers = [m for m in model.modules() if isinstance(m, BASIS_LAYERS)]
+    hooks = [m.register_forward_pre_hook(capture) for m in layers]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    report: dict[str, dict[str, float]] = {}
+    grad = torch.is_grad_enabled()
+    for layer, (x, coeffs) in captured.items():
+        # In training the inputs carry gradients too: a path's backward to them is part of its cost.
+        x, coeffs = x.requires_grad_(grad), coeffs.requires_grad_(grad)
+        timings = {}
+        for path in layer.per_sample_paths():
+            def run(path: str = path) -> None:
+                out = layer(x, coeffs, path=path)
+                if grad:
+                    out.sum().backward()
+            timings[path] = _median_ms(run, repeats)
+        layer.tuned_paths[path_key(x)] = min(timings, key=timings.__getitem__)
+        report[layer.layer_name] = timings
+    if torch.is_grad_enabled():
+        model.zero_grad(set_to_none=True)
+    return report
