@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..configs import bundled_config
 from ..deploy import EarlyExitPredictor
-from ..evaluate import count_madds, exit_madds
+from ..evaluate import count_madds, exit_madds, plot_bars
 from ..layers import BASIS_LAYERS, BasisConv2d, to_channels_last, tune_paths
 from ..layers.basis import path_key
 from ..models import BasisNet, MobileNet, create_model
@@ -219,6 +219,10 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
         if isinstance(model, BasisNet):
             tune_paths(model, x, repeats=3)
         full = rec.time(label, "all exits", batch, lambda: model(x), costs[-1] / 1e6)
+        # What each exit's stage takes at the full batch: the time early exit can save if staging is free.
+        cumulative = [median_ms(lambda k=k: model(x, max_exits=k), rec.device, repeats=rec.repeats)
+                      for k in range(1, model.num_exits)] + [full["ms"]]
+        stage_ms = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
         first = model.step(model.start(x), 0)[0].softmax(-1).max(-1).values
         for share in plan.exit_shares:
             threshold = float(torch.quantile(first.float().cpu(), 1 - share))
@@ -230,8 +234,11 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
                          exit_fraction=[round(float((pred.stage == k).float().mean()), 4)
                                         for k in range(model.num_exits)])
             wall_saving = 1 - r["ms"] / full["ms"]
+            reaching = [float((pred.stage >= k).float().mean()) for k in range(model.num_exits)]
+            stage_saving = 1 - sum(t * share for t, share in zip(stage_ms, reaching)) / full["ms"]
             r.update(madds_saving=round(madds_saving, 4), wall_saving=round(wall_saving, 4),
-                     saving_ratio=round(wall_saving / madds_saving, 3) if madds_saving > 0 else None)
+                     saving_ratio=round(wall_saving / madds_saving, 3) if madds_saving > 0 else None,
+                     stage_ms=[round(t, 3) for t in stage_ms], stage_time_saving=round(stage_saving, 4))
 
 
 def training_steps(rec: Recorder, models: Sequence[tuple[str, nn.Module, float]], plan: SpeedPlan) -> None:
@@ -276,7 +283,8 @@ def run_workload(rec: Recorder, name: str, plan: SpeedPlan) -> None:
             early_exit(rec, config, model, plan)
     static = to_channels_last(MobileNet(**{**net.specialist.config, "num_bases": 0}).to(device))
     train_models = [("static twin", static, count_madds(static).madds / 1e6),
-                    ("BasisNet", net, exit_madds(net)[-1] / 1e6)]
+                    ("BasisNet", net, exit_madds(net)[-1] / 1e6),
+                    ("lightweight (part of BasisNet)", net.lightweight, count_madds(net.lightweight).madds / 1e6)]
     train_models += [(config, m, exit_madds(m)[-1] / 1e6) for config, m in peers if config.endswith("condconv")]
     training_steps(rec, train_models, plan)
 
@@ -313,6 +321,8 @@ def run_speed_benchmark(results: str | Path, plan: SpeedPlan, devices: Sequence[
     if torch.cuda.is_available():
         meta["gpu"] = torch.cuda.get_device_name()
     results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for device in devices:
+        plot_relative_throughput(records, device, results.with_name(f"{results.stem}_{device}.png"))
     return records
 
 
@@ -365,6 +375,25 @@ def speed_targets(records: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def plot_relative_throughput(records: list[dict], device: str, path: Path) -> Path | None:
+    """Images/s of every measurement at each workload's largest batch, relative to the static twin's
+    fastest inference there (training steps relative to the static twin's training step)."""
+    values: dict[str, float] = {}
+    for wl in dict.fromkeys(r["workload"] for r in records if r["device"] == device):
+        rs = [r for r in _pick(records, device=device, workload=wl) if r["images_per_s"]]
+        batch = max(r["batch"] for r in rs)
+        infer = _fastest([r for r in rs if r["mode"] != "train step"], model="static twin", batch=batch)
+        train = _fastest(rs, model="static twin", mode="train step")
+        for r in rs:
+            ref = train if r["mode"] == "train step" else infer
+            if r["batch"] == batch and ref and r["mode"] != "kernel synthesis only":
+                values[f"{wl} {r['model']}, {r['mode']}"] = r["images_per_s"] / ref["images_per_s"]
+    if not values:
+        return None
+    return plot_bars(values, path, f"Throughput relative to the static twin ({device}, largest batch)",
+                     "images/s relative to the static twin's fastest mode", reference=1.0)
+
+
 def format_speed_table(records: list[dict]) -> str:
     """One line per measurement, grouped as measured."""
     head = (f"{'device':<6}{'workload':<12}{'model':<40}{'mode':<28}{'batch':>5}{'ms':>10}{'img/s':>10}"
@@ -373,7 +402,8 @@ def format_speed_table(records: list[dict]) -> str:
     for r in records:
         notes = []
         if r.get("saving_ratio") is not None:
-            notes.append(f"saves {r['wall_saving']:.0%} time / {r['madds_saving']:.0%} MAdds")
+            notes.append(f"saves {r['wall_saving']:.0%} time / {r['madds_saving']:.0%} MAdds "
+                         f"(stage times predict {r['stage_time_saving']:.0%})")
         if r.get("synthesis_floor_ms") is not None:
             notes.append(f"synthesis floor {r['synthesis_floor_ms']:.3f} ms ({r['basis_mib']} MiB of bases)")
         ips = "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"

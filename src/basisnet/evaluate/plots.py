@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["plot_models", "plot_tradeoff"]
+__all__ = ["plot_bars", "plot_models", "plot_tradeoff"]
 
 
 def _columns(xy: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -56,6 +56,29 @@ def plot_models(
         if marks:
             ax.plot(*_columns(marks[1]), "o", mfc="none", color=colour, linestyle="none", label=marks[0])
     return save(path, bool(models))
+
+
+def plot_bars(values: Mapping[str, float], path: str | Path, title: str, xlabel: str,
+              reference: float | None = None) -> Path:
+    """Horizontal bars, first on top, with an optional vertical reference line (e.g. a target)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 1.2 + 0.28 * len(values)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = list(values)[::-1]
+    ax.barh(labels, [values[k] for k in labels], color="tab:blue")
+    if reference is not None:
+        ax.axvline(reference, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.tick_params(axis="y", labelsize="small")
+    ax.grid(True, axis="x", alpha=0.3)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    return out
 
 
 Series = tuple[str, list[tuple[float, float]]]  # legend label, sorted points

@@ -1,0 +1,89 @@
+"""The speed benchmark end to end on a tiny plan: records, ceiling, targets, plot, CLI. Its numbers are
+not asserted (speed is measured in benchmarks, never in tests); its bookkeeping is."""
+
+import json
+
+import pytest
+import torch
+
+from basisnet.bench import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
+from basisnet.bench.speed import speed_targets
+from basisnet.bench.timing import measure_ceiling, median_ms, peak_memory_mib
+from basisnet.cli import main
+
+TINY_PLAN = SpeedPlan(workloads=("cifar32",), batches=(1, 4), train_batch=4, repeats=1, exit_shares=(0.5,),
+                      compile=False)
+RECORD_KEYS = {"model", "mode", "batch", "ms", "images_per_s", "madds", "device", "threads", "gmadds_per_s",
+               "ceiling_fraction", "peak_mib", "workload", "command"}
+
+
+@pytest.fixture(scope="module")
+def speed_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("speed") / "speed.json"
+    records = run_speed_benchmark(results, TINY_PLAN, devices=["cpu"], command="test")
+    return results, records
+
+
+def test_speed_records_cover_every_model_and_mode(speed_run):
+    results, records = speed_run
+    assert json.loads(results.read_text()) == records
+    assert all(RECORD_KEYS <= set(r) for r in records)
+    assert all(r["ms"] > 0 and r["device"] == "cpu" for r in records)
+    seen = {(r["model"], r["mode"]) for r in records}
+    for expected in [("static twin", "eager NCHW"), ("static twin", "channels_last"),
+                     ("basis specialist", "tuned paths"), ("basis specialist", "default paths"),
+                     ("basis specialist", "shared coeffs (synthesized)"), ("basis specialist", "kernel synthesis only"),
+                     ("BasisNet (no early exit)", "channels_last"), ("static twin", "train step"),
+                     ("BasisNet", "train step"), ("cifar10_condconv", "train step")]:
+        assert expected in seen
+    early = [r for r in records if r.get("saving_ratio") is not None or "early exit" in r["mode"]]
+    assert {r["model"] for r in early} == {"BasisNet", "cifar10_msdnet", "cifar10_ranet"}
+    for r in early:  # the exit fractions of a run add up and the stage times cover the full forward
+        assert sum(r["exit_fraction"]) == pytest.approx(1.0)
+        assert 0 <= r["madds_saving"] < 1 and len(r["stage_ms"]) == len(r["exit_fraction"])
+    floor = next(r for r in records if r["model"].startswith("floor"))
+    assert floor["synthesis_floor_ms"] > 0 and floor["basis_mib"] > 0
+    assert all(r["peak_mib"] is not None for r in records if r["mode"] == "train step")
+
+
+def test_speed_meta_targets_table_and_plot(speed_run):
+    results, records = speed_run
+    meta = json.loads(results.with_name("speed_meta.json").read_text())
+    assert meta["ceilings"]["cpu"]["matmul_gmadds_per_s"] > 0 and meta["ceilings"]["cpu"]["copy_gb_per_s"] > 0
+    assert meta["targets"] == speed_targets(records)
+    names = " ".join(t["target"] for t in meta["targets"])
+    for part in ("throughput", "batch 1", "training step", "wall-clock saving"):
+        assert part in names
+    assert all(isinstance(t["met"], bool) for t in meta["targets"])
+    assert results.with_name("speed_cpu.png").stat().st_size > 0
+    table = format_speed_table(records)
+    assert "basis specialist" in table and "synthesis floor" in table
+    assert format_speed_targets(meta["targets"]).count("\n") == len(meta["targets"]) - 1
+
+
+def test_instruments():
+    device = torch.device("cpu")
+    calls = []
+    assert median_ms(lambda: calls.append(1), device, warmup=2, repeats=3) >= 0 and len(calls) == 5
+    x = torch.randn(256, 1024)
+    peak = peak_memory_mib(lambda: (x * 2) + 1, device)  # two 1 MiB temporaries at most
+    assert 0.9 <= peak <= 2.5
+    ceiling = measure_ceiling(device, quick=True)
+    assert ceiling.matmul_gmadds_per_s > 0 and ceiling.copy_gb_per_s > 0
+
+
+def test_cli_speed_rejects_options_of_other_benchmarks(capsys):
+    assert main(["bench", "speed", "--epochs", "3"]) == 2
+    assert "trains nothing" in capsys.readouterr().err
+    assert main(["bench", "compare", "--threads", "1"]) == 2
+    assert "belong to 'bench speed'" in capsys.readouterr().err
+
+
+def test_cli_speed_json_lines(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(SpeedPlan, "quick_plan", classmethod(lambda cls: TINY_PLAN))
+    results = tmp_path / "s.json"
+    assert main(["bench", "speed", "--quick", "--json", "--threads", "2", "--results", str(results)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert records == json.loads(results.read_text())
+    assert all(r["threads"] == 2 and r["command"].startswith("basisnet bench speed --quick") for r in records)
