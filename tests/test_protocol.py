@@ -54,6 +54,14 @@ def test_model_keeps_the_multi_exit_contract(name: str) -> None:
     assert len(costs) == model.num_exits and costs == sorted(costs) and costs[0] > 0
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_model_compiles_as_one_graph(name: str) -> None:
+    """torch.compile captures the whole forward: no host sync or data-dependent branch anywhere."""
+    model = _model(name)
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, model.resolution, model.resolution))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 @pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
 def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> None:
     """Staged prediction equals picking from the full forward; later exits see only the undecided images."""
@@ -63,7 +71,6 @@ def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> N
         probs = torch.stack([z.softmax(-1) for z in model(x)])
     conf = probs.max(-1).values
     threshold = float(conf[0].median())
-    predictor = EarlyExitPredictor(model, threshold)
     seen: list[int] = []
     original_step = model.step
 
@@ -73,6 +80,8 @@ def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> N
         return logits, new_state
 
     model.step = counting_step  # type: ignore[method-assign]
+    predictor = EarlyExitPredictor(model, threshold)
+    seen.clear()  # counting its exits' MAdds ran the model once
     pred = predictor.predict(x)
     expected_stage = torch.full((8,), model.num_exits - 1)
     for k in reversed(range(model.num_exits - 1)):
@@ -84,3 +93,12 @@ def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> N
     assert seen[0] == 8
     for k in range(1, len(seen)):
         assert seen[k] == int((expected_stage >= k).sum())
+
+
+def test_compiled_predictor_matches_eager() -> None:
+    model = _model("basisnet")
+    x = torch.randn(6, 3, 32, 32)
+    eager = EarlyExitPredictor(model, 0.2).predict(x)
+    compiled = EarlyExitPredictor(model, 0.2, compile="eager").predict(x)
+    assert torch.equal(compiled.stage, eager.stage) and torch.equal(compiled.classes, eager.classes)
+    torch.testing.assert_close(compiled.confidence, eager.confidence)

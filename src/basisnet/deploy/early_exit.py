@@ -38,13 +38,22 @@ class EarlyExitPredictor:
     The model runs staged (``MultiExitClassifier.start`` / ``step``): after each exit, the images whose
     softmax confidence reaches the threshold leave, and the next exit computes only for the rest. So
     wall-clock follows the multiply-adds charged: each image costs the cumulative MAdds of its exit.
+
+    ``compile``: run the stages through ``torch.compile`` (True = inductor, or a backend name), with
+    dynamic shapes since every stage sees a different number of images.
     """
 
-    def __init__(self, model: MultiExitClassifier, threshold: float, exit_costs: Sequence[int] | None = None) -> None:
+    def __init__(self, model: MultiExitClassifier, threshold: float, exit_costs: Sequence[int] | None = None,
+                 compile: bool | str = False) -> None:
         self.model = model.eval()
         self.threshold = check_threshold(threshold)
         self.exit_costs = torch.tensor(list(exit_costs) if exit_costs is not None else exit_madds(model),
                                        dtype=torch.float64)
+        self._start, self._step = model.start, model.step
+        if compile:
+            backend = "inductor" if compile is True else compile
+            self._start = torch.compile(model.start, backend=backend, dynamic=True)
+            self._step = torch.compile(model.step, backend=backend, dynamic=True)
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> Predictions:
@@ -55,9 +64,9 @@ class EarlyExitPredictor:
         conf = torch.zeros(batch, device=images.device)
         stage = torch.full((batch,), last, dtype=torch.long, device=images.device)
         alive = torch.arange(batch, device=images.device)  # batch positions still undecided
-        state = self.model.start(images)
+        state = self._start(images)
         for k in range(last + 1):
-            logits, state = self.model.step(state, k)
+            logits, state = self._step(state, k)
             conf[alive], classes[alive] = logits.softmax(-1).max(-1)
             if k == last:
                 break
