@@ -101,9 +101,15 @@ def _images(batch: int, resolution: int, device: torch.device) -> Tensor:
 
 
 def _build(config: str, device: torch.device) -> nn.Module:
+    """A bundled config's model, its exit classifiers re-drawn so confidences spread as in a trained
+    model (at initialisation every softmax is near uniform and one threshold would stop all or none)."""
     cfg = load_config(bundled_config(config))
     torch.manual_seed(0)
-    return to_channels_last(create_model(cfg.model.name, **cfg.model.kwargs).to(device).eval())
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == model.num_classes:
+            nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
+    return to_channels_last(model.to(device).eval())
 
 
 def _coeffs(specialist: MobileNet, batch: int, device: torch.device) -> Tensor:

@@ -65,7 +65,7 @@ def run_exits(model: MultiExitClassifier, x: Tensor, max_exits: int | None = Non
 def select_state(state: State, index: Tensor) -> State:
     """The state of the images ``index`` (a long tensor of batch positions) only."""
     if isinstance(state, Tensor):
-        return state.index_select(0, index)
+        return state[index]  # unlike index_select, keeps a channels_last map channels_last
     if isinstance(state, dict):
         return {key: select_state(value, index) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
