@@ -172,9 +172,16 @@ def test_tune_paths_times_every_path_and_keeps_the_fastest():
         assert set(report) == {m.layer_name for m in layers}
         for layer in layers:
             timings = report[layer.layer_name]
-            assert set(timings) == set(layer.per_sample_paths()) and all(t > 0 for t in timings.values())
+            # inference: a backward variant shares its forward, so it is not timed twice
+            assert set(timings) == set(layer.per_sample_paths()) - {"grouped_aten"}
+            assert all(t > 0 for t in timings.values())
             assert layer.tuned_paths[(4, False, False)] == min(timings, key=timings.get)
         torch.testing.assert_close(model(x, coeffs)[0], expected, rtol=1e-4, atol=1e-5)
+    report = tune_paths(model, x, coeffs, repeats=1)  # training: forward + backward, no loop path
+    depthwise = [m for m in layers if m._is_depthwise()]
+    assert depthwise and all(set(report[m.layer_name]) == {"grouped", "grouped_aten"} for m in depthwise)
+    assert all(m.tuned_paths[(4, False, True)] in ("grouped", "grouped_aten") for m in depthwise)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_basis_layers_compile_without_graph_breaks():

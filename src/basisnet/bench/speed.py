@@ -31,7 +31,7 @@ from ..layers import BASIS_LAYERS, BasisConv2d, to_channels_last, tune_paths
 from ..layers.basis import path_key
 from ..models import BasisNet, MobileNet, create_model
 from ..train import load_config
-from .timing import Ceiling, measure_ceiling, median_ms, peak_memory_mib
+from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib
 
 __all__ = ["SpeedPlan", "WORKLOADS", "format_speed_table", "format_speed_targets", "run_speed_benchmark",
            "speed_targets"]
@@ -82,12 +82,18 @@ class Recorder:
              memory: bool = False, **extra: Any) -> dict[str, Any]:
         """``madds``: millions per image of what ``fn`` computes (training: forward x 3)."""
         ms = median_ms(fn, self.device, repeats=self.repeats)
+        peak = peak_memory_mib(fn, self.device) if memory else None
+        return self.add(model, mode, batch, ms, madds, peak, **extra)
+
+    def add(self, model: str, mode: str, batch: int, ms: float, madds: float, peak: float | None = None,
+            **extra: Any) -> dict[str, Any]:
+        """Record a measurement taken elsewhere (e.g. by ``paired_median_ms``)."""
         gmadds_per_s = madds * 1e6 * batch / (ms / 1e3) / 1e9
         rec = {"model": model, "mode": mode, "batch": batch, "ms": round(ms, 3),
                "images_per_s": round(batch / (ms / 1e3), 1), "madds": round(madds, 3),
                "gmadds_per_s": round(gmadds_per_s, 2),
                "ceiling_fraction": round(gmadds_per_s / self.ceiling.matmul_gmadds_per_s, 4),
-               "peak_mib": round(peak_memory_mib(fn, self.device), 1) if memory else None,
+               "peak_mib": None if peak is None else round(peak, 1),
                "device": self.device.type, "threads": torch.get_num_threads(), "workload": self.workload, **extra}
         self.records.append(rec)
         print(f"[speed] {self.workload:<12}{model:<34}{mode:<26}b={batch:<4}{ms:9.2f} ms", flush=True)
@@ -101,15 +107,21 @@ def _images(batch: int, resolution: int, device: torch.device) -> Tensor:
 
 
 def _build(config: str, device: torch.device) -> nn.Module:
-    """A bundled config's model, its exit classifiers re-drawn so confidences spread as in a trained
-    model (at initialisation every softmax is near uniform and one threshold would stop all or none)."""
+    """A bundled config's model whose confidences spread over images as a trained model's do, so that
+    thresholds split a batch: BatchNorm statistics set from a batch of the benchmark's inputs (at
+    initialisation deep features hardly differ between images) and exit classifiers re-drawn (at
+    initialisation every softmax is near uniform and one threshold would stop all or none)."""
     cfg = load_config(bundled_config(config))
     torch.manual_seed(0)
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    model = to_channels_last(create_model(cfg.model.name, **cfg.model.kwargs).to(device))
     for m in model.modules():
         if isinstance(m, nn.Linear) and m.out_features == model.num_classes:
             nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
-    return to_channels_last(model.to(device).eval())
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: one pass sets the statistics
+    with torch.no_grad():
+        model.train()(_images(16, model.resolution, device))
+    return model.eval()
 
 
 def _coeffs(specialist: MobileNet, batch: int, device: torch.device) -> Tensor:
@@ -224,27 +236,28 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
     with torch.inference_mode():
         if isinstance(model, BasisNet):
             tune_paths(model, x, repeats=3)
-        full = rec.time(label, "all exits", batch, lambda: model(x), costs[-1] / 1e6)
-        # What each exit's stage takes at the full batch: the time early exit can save if staging is free.
-        cumulative = [median_ms(lambda k=k: model(x, max_exits=k), rec.device, repeats=rec.repeats)
-                      for k in range(1, model.num_exits)] + [full["ms"]]
-        stage_ms = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
         first = model.step(model.start(x), 0)[0].softmax(-1).max(-1).values
-        for share in plan.exit_shares:
-            threshold = float(torch.quantile(first.float().cpu(), 1 - share))
-            predictor = EarlyExitPredictor(model, threshold, exit_costs=costs)
+        predictors = [EarlyExitPredictor(model, float(torch.quantile(first.float().cpu(), 1 - share)), exit_costs=costs)
+                      for share in plan.exit_shares]
+        # Every exit's cumulative time, the full forward and each threshold, timed in turn (paired).
+        fns = [lambda k=k: model(x, max_exits=k) for k in range(1, model.num_exits + 1)]
+        fns += [lambda p=p: p.predict(x) for p in predictors]
+        times = paired_median_ms(fns, rec.device, repeats=rec.repeats)
+        cumulative, ee_ms = times[:model.num_exits], times[model.num_exits:]
+        full = rec.add(label, "all exits", batch, cumulative[-1], costs[-1] / 1e6)
+        stage_ms = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
+        for share, predictor, ms in zip(plan.exit_shares, predictors, ee_ms):
             pred = predictor.predict(x)
             madds_saving = 1 - pred.average_madds / costs[-1]
-            r = rec.time(label, f"early exit ({share:.0%} at exit 1)", batch, lambda: predictor.predict(x),
-                         pred.average_madds / 1e6, threshold=round(threshold, 4),
-                         exit_fraction=[round(float((pred.stage == k).float().mean()), 4)
-                                        for k in range(model.num_exits)])
-            wall_saving = 1 - r["ms"] / full["ms"]
+            wall_saving = 1 - ms / full["ms"]
             reaching = [float((pred.stage >= k).float().mean()) for k in range(model.num_exits)]
-            stage_saving = 1 - sum(t * share for t, share in zip(stage_ms, reaching)) / full["ms"]
-            r.update(madds_saving=round(madds_saving, 4), wall_saving=round(wall_saving, 4),
-                     saving_ratio=round(wall_saving / madds_saving, 3) if madds_saving > 0 else None,
-                     stage_ms=[round(t, 3) for t in stage_ms], stage_time_saving=round(stage_saving, 4))
+            stage_saving = 1 - sum(t * r for t, r in zip(stage_ms, reaching)) / full["ms"]
+            rec.add(label, f"early exit ({share:.0%} at exit 1)", batch, ms, pred.average_madds / 1e6,
+                    threshold=round(predictor.threshold, 4),
+                    exit_fraction=[round(float((pred.stage == k).float().mean()), 4) for k in range(model.num_exits)],
+                    madds_saving=round(madds_saving, 4), wall_saving=round(wall_saving, 4),
+                    saving_ratio=round(wall_saving / madds_saving, 3) if madds_saving > 0 else None,
+                    stage_ms=[round(t, 3) for t in stage_ms], stage_time_saving=round(stage_saving, 4))
 
 
 def training_steps(rec: Recorder, models: Sequence[tuple[str, nn.Module, float]], plan: SpeedPlan) -> None:

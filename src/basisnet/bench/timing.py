@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["Ceiling", "measure_ceiling", "median_ms", "peak_memory_mib"]
+__all__ = ["Ceiling", "measure_ceiling", "median_ms", "paired_median_ms", "peak_memory_mib"]
 
 
 def _sync(device: torch.device) -> None:
@@ -34,6 +34,24 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, r
         times.append(time.perf_counter() - start)
     times.sort()
     return 1e3 * times[len(times) // 2]
+
+
+def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int = 3,
+                     repeats: int = 10) -> list[float]:
+    """Median milliseconds of each of ``fns``, timed in turn within every repeat, so drifts of a
+    noisy machine (clocks, other load) hit all of them alike and their ratios stay meaningful."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, series in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            series.append(time.perf_counter() - start)
+    return [1e3 * sorted(series)[len(series) // 2] for series in times]
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:

@@ -9,6 +9,8 @@ lightweight model) or from a router (CondConv). Execution paths, all giving the 
 - ``grouped``: per-sample kernels, the batch folded into the channel axis and one grouped conv (the
   CondConv trick; for a depthwise conv, one wider depthwise conv). A channels_last input is folded
   to (H, W, B*C) so the conv keeps its fast channels_last kernel.
+- ``grouped_aten`` (depthwise only): the same forward as ``grouped``, with autograd's own conv
+  backward instead of the layer's (faster for 3x3 kernels on large maps, much slower for 5x5).
 - ``loop``: one conv per sample. The reference the tests compare against; at small batches it can
   also be the fastest, which ``tune_paths`` finds out by timing.
 
@@ -26,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PATHS = ("batched", "synthesized", "matmul", "grouped", "loop")
-PER_SAMPLE_PATHS = ("matmul", "grouped", "loop")
+PATHS = ("batched", "synthesized", "matmul", "grouped", "grouped_aten", "loop")
+# Paths whose forward is another path's: only worth timing where gradients flow.
+BACKWARD_VARIANTS = {"grouped_aten": "grouped"}
 
 
 class NonFiniteCoefficientsError(ValueError):
@@ -196,8 +199,13 @@ class BasisConv2d(_BasisLayer):
             and self.groups == 1
         )
 
+    def _is_depthwise(self) -> bool:
+        return self.groups == self.in_channels == self.out_channels
+
     def per_sample_paths(self) -> tuple[str, ...]:
-        return ("matmul", "grouped", "loop") if self._is_pointwise() else ("grouped", "loop")
+        if self._is_pointwise():
+            return ("matmul", "grouped", "loop")
+        return ("grouped", "grouped_aten", "loop") if self._is_depthwise() else ("grouped", "loop")
 
     def forward(self, x: Tensor, coeffs: Tensor, path: str | None = None) -> Tensor:
         batch = x.shape[0]
@@ -209,7 +217,7 @@ class BasisConv2d(_BasisLayer):
         if path == "loop":
             return torch.cat([self._conv(x[i : i + 1], *self._mix_one(coeffs[i]), self.groups) for i in range(batch)])
         weight, bias = self._mix(coeffs)
-        out = self._matmul(x, weight) if path == "matmul" else self._grouped(x, weight)
+        out = self._matmul(x, weight) if path == "matmul" else self._grouped(x, weight, path == "grouped")
         return out if bias is None else out + bias[:, :, None, None]
 
     def _matmul(self, x: Tensor, weight: Tensor) -> Tensor:
@@ -221,11 +229,12 @@ class BasisConv2d(_BasisLayer):
             return out.view(batch, h, w, self.out_channels).permute(0, 3, 1, 2)
         return torch.bmm(weight, x.flatten(2)).view(batch, self.out_channels, h, w)
 
-    def _grouped(self, x: Tensor, weight: Tensor) -> Tensor:
-        """One conv with ``groups * batch`` groups over the batch folded into channels."""
-        batch, channels, h, w = x.shape
+    def _grouped(self, x: Tensor, weight: Tensor, own_backward: bool = True) -> Tensor:
+        """One conv with ``groups * batch`` groups over the batch folded into channels (a depthwise
+        conv: with its own backward unless ``own_backward`` is off)."""
+        batch = x.shape[0]
         weight = weight.reshape(-1, *weight.shape[2:])
-        if self.groups == self.in_channels == self.out_channels:
+        if own_backward and self._is_depthwise():
             return _FoldedDepthwise.apply(x, weight, self.stride, self.padding, self.dilation)
         out = self._conv(_fold(x), weight, None, self.groups * batch)
         return _unfold(out, batch, like=x)
@@ -285,10 +294,9 @@ class _FoldedDepthwise(torch.autograd.Function):
             grad_x = torch.nn.grad.conv2d_input(folded, weight, g, stride, padding, dilation, groups)
             grad_x = grad_x.view(x.shape).contiguous(memory_format=_layout(x))
         if ctx.needs_input_grad[1]:
-            xp = F.pad(x.contiguous().view(1, groups, *x.shape[2:]),
-                       (padding[1], padding[1], padding[0], padding[0]))
             kernel = g.view(groups, 1, *g.shape[2:])
-            grad_w = F.conv2d(xp, kernel, None, dilation, 0, stride, groups)
+            grad_w = F.conv2d(x.contiguous().view(1, groups, *x.shape[2:]), kernel, None, dilation, padding, stride,
+                              groups)
             grad_w = grad_w[..., : weight.shape[2], : weight.shape[3]].reshape(weight.shape)
         return grad_x, grad_w, None, None, None
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .basis import BASIS_LAYERS, path_key
+from .basis import BASIS_LAYERS, BACKWARD_VARIANTS, path_key
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -56,7 +56,11 @@ def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str,
         # In training the inputs carry gradients too: a path's backward to them is part of its cost.
         x, coeffs = x.requires_grad_(grad), coeffs.requires_grad_(grad)
         timings = {}
-        for path in layer.per_sample_paths():
+        # In training the loop path is no candidate: each sample's slice sends a full-batch zero
+        # gradient back, which costs O(batch^2) across the network, more than a lone layer shows.
+        # In inference a backward variant is its forward's twin: not timed twice.
+        skip = {"loop"} if grad else set(BACKWARD_VARIANTS)
+        for path in [p for p in layer.per_sample_paths() if p not in skip]:
             def run(path: str = path) -> None:
                 out = layer(x, coeffs, path=path)
                 if grad:
