@@ -39,11 +39,11 @@ def test_conv_paths_agree(case, batch):
     assert rel_err(layer(x, coeffs, path="batched"), ref) < 1e-5
     assert rel_err(layer(x, coeffs), ref) < 1e-5  # the automatic choice
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    for path in layer.per_sample_paths():
+    for path in {*layer.per_sample_paths(), layer.dynamic_batch_path()}:
         assert rel_err(layer(x, coeffs, path=path), ref) < 1e-5
         out = layer(x_cl, coeffs, path=path)
         assert rel_err(out, ref) < 1e-5
-        if batch > 1 and path != "loop":  # a channels_last input stays channels_last
+        if batch > 1 and path in ("matmul", "grouped", "grouped_aten"):  # channels_last stays channels_last
             assert out.is_contiguous(memory_format=torch.channels_last)
     shared = coeffs[0]
     ref_shared = layer(x, shared, path="loop")

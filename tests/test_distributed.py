@@ -70,8 +70,11 @@ def free_port() -> int:
 
 
 def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0) -> subprocess.CompletedProcess:
-    """``basisnet train ARGS`` (with ``nonorm_toy``) in 1 plain process, or in ``procs`` under torchrun."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """``basisnet train ARGS`` (with ``nonorm_toy``) in 1 plain process, or in ``procs`` under torchrun.
+
+    Always on the CPU with gloo: hiding GPUs keeps a machine with fewer GPUs than processes (one GPU,
+    two ranks) from failing, and the exactness comparisons from depending on GPU kernels."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
         env.pop(var, None)
     if kill_at:

@@ -181,3 +181,33 @@ def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
     splits = load_splits(cfg)
     assert len(splits.train) == 9
     assert set(splits.train.targets.tolist()) == {0, 1, 2}  # a prefix of the sorted indices would be class 0 only
+
+
+def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_path, capsys):
+    """The specialized file loads as an ordinary MobileNet equal to synthesize() of the mean coefficients."""
+    from basisnet.deploy import mean_coefficients
+    from basisnet.models import MobileNet
+    from basisnet.train import load_run_model
+    from basisnet.models import create_model
+    from basisnet.data import load_image_files
+    from basisnet.workflow import eval_transform
+
+    camera = tmp_path / "camera" / "day1"
+    camera.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(camera / f"{i}.png")
+    out = tmp_path / "camera.safetensors"
+    assert main(["specialize", str(run_dir), "--data", str(tmp_path / "camera"), "--output", str(out)]) == 0
+    assert "5 images" in capsys.readouterr().out
+    static = load_run_model(out, create_model)
+    assert type(static) is MobileNet and static.num_basis_layers == 0
+    model, cfg = load_run(run_dir)
+    x = eval_transform(cfg)(load_image_files(sorted(camera.glob("*.png")), cfg.data.image_size))
+    coeffs, count = mean_coefficients(model, [x[:2], x[2:]])
+    assert count == 5
+    with torch.no_grad():
+        torch.testing.assert_close(static(x)[0], model.specialist(x, coeffs)[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(static(x)[0], model.specialist.synthesize(coeffs)(x)[0], rtol=1e-5, atol=1e-6)
+    assert main(["specialize", str(run_dir), "--data", str(tmp_path / "empty*"), "--output", str(out)]) == 2
+    assert "no image files" in capsys.readouterr().err

@@ -128,6 +128,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _specialize(args: argparse.Namespace) -> int:
+    from .workflow import specialize_run
+
+    out = specialize_run(args.run_dir, args.data, args.output)
+    print(f"{out['output']}: static {out['model']} from the mean coefficients of {out['images']} images, "
+          f"{out['madds'] / 1e6:.2f}M MAdds per image (loads with basisnet.train.load_run_model)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
@@ -254,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--threshold", type=float, default=0.8, help="confidence needed to stop at exit 1 (default 0.8)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("specialize", help="BasisNet: one static specialist for a stream (a camera's images), "
+                       "from its coefficients averaged over them")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="folder (searched recursively) or glob of the stream's images")
+    p.add_argument("--output", required=True, help="safetensors file to write (an ordinary MobileNet)")
+    p.set_defaults(func=_specialize)
 
     p = sub.add_parser("demo", help="train a small BasisNet on the embedded SHAPES data and show the trade-off")
     p.add_argument("--output", default="runs/demo")

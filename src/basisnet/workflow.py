@@ -8,6 +8,7 @@ Each CLI command is one function here. A run directory holds ``config.yaml``, ``
 from __future__ import annotations
 
 import csv
+import glob
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,16 +24,17 @@ from .data import (
     BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, load_image_files,
     train_val_split,
 )
+from .data.folder import IMAGE_EXTENSIONS
 from .data.sources import SHAPES
-from .deploy import EarlyExitPredictor, check_threshold
+from .deploy import EarlyExitPredictor, check_threshold, mean_coefficients
 from .evaluate import (
-    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, exit_accuracy, exit_madds,
+    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, exit_accuracy, exit_madds,
     ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
 from .models import BasisNet, create_model
-from .train import (ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, seed_everything,
-                    warm_start)
+from .train import (ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, save_weights,
+                    seed_everything, warm_start)
 from .train.distributed import DistributedInfo, distributed_session
 
 SPLITS = ("val", "test")
@@ -283,6 +285,42 @@ def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = No
         report = shortcut_report(model, eval_transform(cfg)(data.images[:n]), data.targets[:n])
     (Path(run_dir) / f"shortcut_{split}.json").write_text(json.dumps({"images": n, **report.as_dict()}, indent=2))
     return report
+
+
+def image_files(source: str | Path) -> list[Path]:
+    """The image files of a folder (recursively, sorted) or of a glob pattern."""
+    root = Path(source)
+    found = sorted(root.rglob("*")) if root.is_dir() else sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+    files = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
+    return files
+
+
+def specialize_run(run_dir: str | Path, source: str | Path, output: str | Path, batch_size: int = 256) -> dict[str, Any]:
+    """Average a BasisNet run's coefficients over the images of ``source`` (a camera's folder or glob)
+    and write the synthesized static specialist to ``output`` (safetensors that ``load_run_model``
+    rebuilds as an ordinary MobileNet). Returns what was written."""
+    model, cfg = load_run(run_dir)
+    if not isinstance(model, BasisNet):
+        raise ValueError(f"{run_dir} holds a {type(model).__name__}: only a BasisNet has coefficients to average")
+    files = image_files(source)
+    normalize = eval_transform(cfg)
+    batches = (normalize(load_image_files(files[i:i + batch_size], cfg.data.image_size))
+               for i in range(0, len(files), batch_size))
+    coeffs, count = mean_coefficients(model, batches)
+    static = model.specialist.synthesize(coeffs)
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in static.config.items() if k != "arch"}
+    arch = static.config["arch"]
+    if not isinstance(arch, str):
+        raise ValueError("the specialist is built from an ArchSpec object, not a registered name: it cannot be saved "
+                         "as a rebuildable model")
+    meta = {"model": json.dumps({"name": arch, "kwargs": spec}), "specialized_from": str(run_dir),
+            "images": str(count), "classes": (Path(run_dir) / "classes.json").read_text()}
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(static, output, meta)
+    return {"output": str(output), "images": count, "model": arch, "madds": count_madds(static).madds}
 
 
 def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:

@@ -11,6 +11,9 @@ lightweight model) or from a router (CondConv). Execution paths, all giving the 
   to (H, W, B*C) so the conv keeps its fast channels_last kernel.
 - ``grouped_aten`` (depthwise only): the same forward as ``grouped``, with autograd's own conv
   backward instead of the layer's (faster for 3x3 kernels on large maps, much slower for 5x5).
+- ``mix_outputs``: every basis kernel applied, then the outputs mixed per sample (N times the
+  conv's multiply-adds). Never the fastest; the one formulation whose graph keeps the batch
+  dynamic (ONNX freezes a grouped conv's group count), so exports use it (``export_path``).
 - ``loop``: one conv per sample. The reference the tests compare against; at small batches it can
   also be the fastest, which ``tune_paths`` finds out by timing.
 
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PATHS = ("batched", "synthesized", "matmul", "grouped", "grouped_aten", "loop")
+PATHS = ("batched", "synthesized", "matmul", "grouped", "grouped_aten", "mix_outputs", "loop")
 # Paths whose forward is another path's: only worth timing where gradients flow.
 BACKWARD_VARIANTS = {"grouped_aten": "grouped"}
 
@@ -79,6 +82,8 @@ class _BasisLayer(nn.Module):
         self.layer_name = type(self).__name__
         # Filled by ``tune_paths``: path_key(x) -> the per-sample path measured fastest there.
         self.tuned_paths: dict[tuple[int, bool, bool], str] = {}
+        # Set by exporters: the per-sample path at every batch size (a graph must not depend on it).
+        self.export_path: str | None = None
 
     def per_sample_paths(self) -> tuple[str, ...]:
         """The per-sample paths this layer can run, the default first."""
@@ -111,11 +116,15 @@ class _BasisLayer(nn.Module):
         if path == "synthesized" and not shared and batch > 1:
             raise ValueError(f"{self.layer_name}: the synthesized path needs one coefficient vector for the batch")
         if path == "batched":
-            return self.tuned_paths.get(path_key(x), self.per_sample_paths()[0])
-        if path != "synthesized" and path not in self.per_sample_paths():
+            return self.export_path or self.tuned_paths.get(path_key(x), self.per_sample_paths()[0])
+        if path != "synthesized" and path not in (*self.per_sample_paths(), self.dynamic_batch_path()):
             raise ValueError(f"{self.layer_name}: path {path!r} does not apply; choose one of "
                              f"{('synthesized', *self.per_sample_paths())}")
         return path
+
+    def dynamic_batch_path(self) -> str:
+        """The per-sample path whose traced graph works at any batch size."""
+        return "matmul"
 
     def _mix(self, coeffs: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-row weights (and biases) for coefficients of shape (R, N)."""
@@ -202,6 +211,9 @@ class BasisConv2d(_BasisLayer):
     def _is_depthwise(self) -> bool:
         return self.groups == self.in_channels == self.out_channels
 
+    def dynamic_batch_path(self) -> str:
+        return "matmul" if self._is_pointwise() else "mix_outputs"
+
     def per_sample_paths(self) -> tuple[str, ...]:
         if self._is_pointwise():
             return ("matmul", "grouped", "loop")
@@ -216,6 +228,8 @@ class BasisConv2d(_BasisLayer):
         coeffs = coeffs.reshape(-1, self.num_bases).expand(batch, -1)
         if path == "loop":
             return torch.cat([self._conv(x[i : i + 1], *self._mix_one(coeffs[i]), self.groups) for i in range(batch)])
+        if path == "mix_outputs":
+            return self._mix_outputs(x, coeffs)
         weight, bias = self._mix(coeffs)
         out = self._matmul(x, weight) if path == "matmul" else self._grouped(x, weight, path == "grouped")
         return out if bias is None else out + bias[:, :, None, None]
@@ -228,6 +242,20 @@ class BasisConv2d(_BasisLayer):
             out = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, h * w, self.in_channels), weight.transpose(1, 2))
             return out.view(batch, h, w, self.out_channels).permute(0, 3, 1, 2)
         return torch.bmm(weight, x.flatten(2)).view(batch, self.out_channels, h, w)
+
+    def _mix_outputs(self, x: Tensor, coeffs: Tensor) -> Tensor:
+        """All N kernels as one conv (per group: N stacked outputs), then the outputs mixed per sample."""
+        n, g = self.num_bases, self.groups
+        per_group = self.out_channels // g
+        # (N, out, in/g, k, k) -> (g, N, out/g, ...) -> one conv with N * out channels
+        weight = self.weight.view(n, g, per_group, *self.weight.shape[2:]).transpose(0, 1).reshape(
+            n * self.out_channels, *self.weight.shape[2:])
+        out = self._conv(x, weight, None, g)
+        out = out.view(x.shape[0], g, n, per_group, *out.shape[2:])
+        out = torch.einsum("bgnchw,bn->bgchw", out, coeffs).reshape(x.shape[0], self.out_channels, *out.shape[-2:])
+        if self.bias is not None:
+            out = out + (coeffs @ self.bias)[:, :, None, None]
+        return out
 
     def _grouped(self, x: Tensor, weight: Tensor, own_backward: bool = True) -> Tensor:
         """One conv with ``groups * batch`` groups over the batch folded into channels (a depthwise

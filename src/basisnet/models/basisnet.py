@@ -167,13 +167,17 @@ class BasisNet(nn.Module):
         return x
 
     def step(self, state: State, k: int) -> tuple[Tensor, State]:
-        """Exit 0: the preview (state: the image and its embedding); exit 1: the specialist."""
+        """Exit 0: the preview and the coefficients (state: the image and its (B, L, N) coefficients, what
+        a second processing unit needs); exit 1: the specialist."""
         if k == 0:
             light, embedding = self.preview(state)
-            return light, (state, embedding)
+            coeffs = self.coefficients(embedding)
+            if coeffs.dim() == 2:  # the static phase's one set, per image so a runtime can select images
+                coeffs = coeffs.expand(state.shape[0], -1, -1)
+            return light, (state, coeffs)
         exits_to_run(k + 1, self.num_exits)
-        x, embedding = state
-        return self.specialize(x, embedding)[0], None
+        x, coeffs = state
+        return self.specialist(x, coeffs)[0], None
 
 
 register_model("basisnet", BasisNet)
