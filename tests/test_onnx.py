@@ -38,3 +38,21 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     reference = EarlyExitPredictor(model, threshold).predict(x)
     assert np.array_equal(stage, reference.stage.numpy()) and np.array_equal(classes, reference.classes.numpy())
     assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
+
+
+def test_cli_export_of_a_run(tmp_path, capsys):
+    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
+    from basisnet.cli import main
+    from basisnet.configs import bundled_config
+    from basisnet.train import load_config
+    from basisnet.workflow import train_run
+
+    run = tmp_path / "run"
+    train_run(load_config(bundled_config("shapes_demo"), [
+        "train.epochs=1", "train.warmup_epochs=0", "data.subset=64", "data.val_size=32", "data.batch_size=32",
+        "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2"]), run, progress=False)
+    assert main(["export", str(run), "--output", str(tmp_path / "onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1:" in out and "stage 2:" in out
+    assert (tmp_path / "onnx" / "classes.json").is_file()
+    assert len(OnnxStages(tmp_path / "onnx").sessions) == 2

@@ -137,6 +137,19 @@ def _specialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .workflow import export_run
+
+    try:
+        stages = export_run(args.run_dir, args.output)
+    except ImportError as err:
+        raise RuntimeError(f"ONNX export needs the onnx extra: pip install 'basisnet[onnx]' ({err})") from err
+    for k, stage in enumerate(stages):
+        print(f"stage {k + 1}: {Path(args.output) / stage['path']}  {', '.join(stage['inputs'])} -> "
+              f"{', '.join(stage['outputs'])}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
@@ -263,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--threshold", type=float, default=0.8, help="confidence needed to stop at exit 1 (default 0.8)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="one ONNX graph per stage (dynamic batch) plus stages.json, for ONNX Runtime "
+                       "with early exit (basisnet.deploy.onnx_export.OnnxStages)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--output", required=True, help="folder for stage{k}.onnx, stages.json and classes.json")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("specialize", help="BasisNet: one static specialist for a stream (a camera's images), "
                        "from its coefficients averaged over them")

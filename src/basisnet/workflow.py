@@ -323,6 +323,18 @@ def specialize_run(run_dir: str | Path, source: str | Path, output: str | Path, 
     return {"output": str(output), "images": count, "model": arch, "madds": count_madds(static).madds}
 
 
+def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:
+    """ONNX graphs of a run's model, one per stage (``basisnet.deploy.onnx_export``), with its class names."""
+    from .deploy.onnx_export import export_stages  # needs the onnx extra
+
+    model, _ = load_run(run_dir)
+    stages = export_stages(model, output)
+    classes = Path(run_dir) / "classes.json"
+    if classes.is_file():
+        (Path(output) / "classes.json").write_text(classes.read_text())
+    return [s.__dict__ for s in stages]
+
+
 def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
     """Class, confidence and answering stage for each image file."""
     check_threshold(threshold)
