@@ -415,7 +415,7 @@ def plot_relative_throughput(records: list[dict], device: str, path: Path) -> Pa
 
 def format_speed_table(records: list[dict]) -> str:
     """One line per measurement, grouped as measured."""
-    head = (f"{'device':<6}{'workload':<12}{'model':<40}{'mode':<28}{'batch':>5}{'ms':>10}{'img/s':>10}"
+    head = (f"{'device':<7}{'workload':<12}{'model':<40}{'mode':<28}{'batch':>5}{'ms':>10}{'img/s':>10}"
             f"{'MAdds(M)':>10}{'GMAdds/s':>10}{'ceiling':>8}{'peak MiB':>9}  notes")
     lines = [head, "-" * len(head)]
     for r in records:
@@ -428,8 +428,8 @@ def format_speed_table(records: list[dict]) -> str:
         ips = "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
         gm = "" if r["gmadds_per_s"] is None else f"{r['gmadds_per_s']:.2f}"
         frac = "" if r["ceiling_fraction"] is None else f"{r['ceiling_fraction']:.1%}"
-        peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        lines.append(f"{r['device']:<6}{r['workload']:<12}{r['model']:<40}{r['mode']:<28}{r['batch']:>5}"
+        peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
+        lines.append(f"{r['device']:<7}{r['workload']:<12}{r['model']:<40}{r['mode']:<28}{r['batch']:>5}"
                      f"{r['ms']:>10.2f}{ips:>10}{r['madds']:>10.2f}{gm:>10}{frac:>8}{peak:>9}  {'; '.join(notes)}")
     return "\n".join(lines)
 
