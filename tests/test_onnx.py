@@ -11,15 +11,12 @@ pytest.importorskip("onnxscript")
 from basisnet.deploy import EarlyExitPredictor  # noqa: E402
 from basisnet.deploy.onnx_export import OnnxStages, export_stages  # noqa: E402
 
-from test_protocol import _model  # noqa: E402
+from test_protocol import _model, spread_logits  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
 def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
-    model = _model(name)
-    for m in model.modules():  # logits that differ between images and classes: no argmax ties
-        if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes:
-            torch.nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
+    model = spread_logits(_model(name))
     stages = export_stages(model, tmp_path)
     assert len(stages) == model.num_exits and stages[0].inputs == ["images"]
     runtime = OnnxStages(tmp_path)

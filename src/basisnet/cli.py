@@ -121,10 +121,34 @@ def _shortcut(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .workflow import predict_files
+    from .workflow import predict_files, predict_stream
 
+    if args.stream:
+        if args.images:
+            raise ValueError("give image files or --stream SOURCE, not both")
+        return _predict_stream(args, predict_stream)
+    if not args.images:
+        raise ValueError("give image files to classify (or --stream SOURCE)")
     for row in predict_files(args.run_dir, args.images, args.threshold):
         print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t{row['madds_m']:.2f}M")
+    return 0
+
+
+def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
+    import time
+
+    start, latencies = time.perf_counter(), []
+    for row in predict_stream(args.run_dir, args.stream, args.threshold, parallel=not args.sequential,
+                              stage_threads=args.stage_threads, limit=args.limit):
+        latencies.append(row["latency_ms"])
+        if not args.summary:
+            print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t"
+                  f"{row['latency_ms']:.2f} ms")
+    seconds = time.perf_counter() - start
+    latencies.sort()
+    print(f"{len(latencies)} frames in {seconds:.2f} s: {len(latencies) / seconds:.1f} frames/s, latency mean "
+          f"{sum(latencies) / len(latencies):.2f} ms, p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms "
+          f"({'stages one after the other' if args.sequential else 'stages in parallel'})")
     return 0
 
 
@@ -273,8 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="class, confidence and answering stage for image files")
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*")
     p.add_argument("--threshold", type=float, default=0.8, help="confidence needed to stop at exit 1 (default 0.8)")
+    p.add_argument("--stream", metavar="DIR_OR_GLOB", help="a stream of frames (sorted files): each stage in its own "
+                   "thread, the lightweight model on frame t+1 while the specialist works on frame t")
+    p.add_argument("--sequential", action="store_true", help="stream: the stages one after the other (baseline)")
+    p.add_argument("--stage-threads", type=int, nargs="+", help="stream: torch threads per stage (default 1 each)")
+    p.add_argument("--limit", type=int, help="stream: the first N frames only")
+    p.add_argument("--summary", action="store_true", help="stream: print only frames/s and latency")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="one ONNX graph per stage (dynamic batch) plus stages.json, for ONNX Runtime "
