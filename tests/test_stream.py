@@ -46,8 +46,21 @@ def test_a_failing_stage_stops_the_stream_cleanly():
     model.step = failing_step
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="specialist failed"):
-        list(StreamPredictor(model, threshold=1.0).predict(_frames(20)))
+        list(StreamPredictor(model, threshold=1.0, workers="thread").predict(_frames(20)))
     assert threading.active_count() == before  # no stage thread left behind
+
+
+def test_a_failing_stage_process_stops_the_stream_cleanly():
+    """In a stage process: the error crosses back to the caller and no process is left running."""
+    import multiprocessing
+
+    from basisnet.layers import NonFiniteCoefficientsError
+
+    model = _model("basisnet")
+    torch.nn.init.constant_(model.coeff_head.bias, float("nan"))  # the specialist refuses NaN coefficients
+    with pytest.raises(NonFiniteCoefficientsError, match="NaN"):
+        list(StreamPredictor(model, threshold=1.0).predict(_frames(5)))
+    assert not multiprocessing.active_children()
 
 
 def test_a_failing_frame_source_stops_the_stream_cleanly():
@@ -55,10 +68,12 @@ def test_a_failing_frame_source_stops_the_stream_cleanly():
         yield from _frames(3)
         raise OSError("camera unplugged")
 
-    before = threading.active_count()
+    import multiprocessing
+
     with pytest.raises(OSError, match="camera unplugged"):
         list(StreamPredictor(_model("basisnet"), threshold=0.5).predict(frames()))
-    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("stream")]
+    assert not multiprocessing.active_children()
 
 
 def test_bad_options():
@@ -90,7 +105,7 @@ def test_cli_predict_stream(tmp_path, capsys):
     assert main(["predict", str(run), "--stream", str(frames), "--threshold", "0.5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines[:-1]] == [str(frames / f"{i:03d}.png") for i in range(6)]
-    assert "6 frames" in lines[-1] and "in parallel" in lines[-1]
+    assert "6 frames" in lines[-1] and "in parallel processes" in lines[-1]
     assert main(["predict", str(run), "--stream", str(frames), "--sequential", "--summary"]) == 0
     assert "one after the other" in capsys.readouterr().out
     assert main(["predict", str(run)]) == 2

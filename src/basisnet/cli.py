@@ -137,18 +137,23 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
     import time
 
-    start, latencies = time.perf_counter(), []
+    start, latencies, first = time.perf_counter(), [], None
     for row in predict_stream(args.run_dir, args.stream, args.threshold, parallel=not args.sequential,
-                              stage_threads=args.stage_threads, limit=args.limit):
+                              stage_threads=args.stage_threads, limit=args.limit, workers=args.workers):
+        first = first or time.perf_counter()
         latencies.append(row["latency_ms"])
         if not args.summary:
             print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t"
                   f"{row['latency_ms']:.2f} ms")
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    if not latencies:
+        raise ValueError(f"no frames in {args.stream}")
     latencies.sort()
-    print(f"{len(latencies)} frames in {seconds:.2f} s: {len(latencies) / seconds:.1f} frames/s, latency mean "
-          f"{sum(latencies) / len(latencies):.2f} ms, p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms "
-          f"({'stages one after the other' if args.sequential else 'stages in parallel'})")
+    steady = (len(latencies) - 1) / (end - first) if len(latencies) > 1 and end > first else float("nan")
+    how = "stages one after the other" if args.sequential else f"stages in parallel {args.workers}es"
+    print(f"{len(latencies)} frames in {end - start:.2f} s: {len(latencies) / (end - start):.1f} frames/s "
+          f"({steady:.1f} after the first answer), latency mean {sum(latencies) / len(latencies):.2f} ms, "
+          f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms ({how})")
     return 0
 
 
@@ -302,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", metavar="DIR_OR_GLOB", help="a stream of frames (sorted files): each stage in its own "
                    "thread, the lightweight model on frame t+1 while the specialist works on frame t")
     p.add_argument("--sequential", action="store_true", help="stream: the stages one after the other (baseline)")
+    p.add_argument("--workers", choices=["process", "thread"], default="process",
+                   help="stream: stage workers (default process: threads share the GIL)")
     p.add_argument("--stage-threads", type=int, nargs="+", help="stream: torch threads per stage (default 1 each)")
     p.add_argument("--limit", type=int, help="stream: the first N frames only")
     p.add_argument("--summary", action="store_true", help="stream: print only frames/s and latency")

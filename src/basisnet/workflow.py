@@ -336,7 +336,8 @@ def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:
 
 
 def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
-                   stage_threads: Sequence[int] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+                   stage_threads: Sequence[int] | None = None, limit: int | None = None,
+                   workers: str = "process") -> Iterator[dict[str, Any]]:
     """Per frame of a folder or glob (sorted: a stream), its answer with early exit, the stages running
     in parallel threads (``basisnet.deploy.stream``) or one after the other."""
     from .deploy.stream import StreamPredictor
@@ -347,7 +348,7 @@ def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, pa
     classes = json.loads((Path(run_dir) / "classes.json").read_text())
     normalize = eval_transform(cfg)
     frames = (normalize(load_image_files([f], cfg.data.image_size))[0] for f in files)
-    predictor = StreamPredictor(model, threshold, stage_threads, parallel=parallel)
+    predictor = StreamPredictor(model, threshold, stage_threads, parallel=parallel, workers=workers)
     for result in predictor.predict(frames):
         yield {"file": str(files[result.index]), "class": classes[result.cls], "confidence": result.confidence,
                "stage": result.stage + 1, "latency_ms": 1e3 * result.latency_s}

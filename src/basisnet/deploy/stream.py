@@ -1,21 +1,27 @@
 """Early exit on a stream of frames, its stages in parallel (BasisNet's claim: the two stages can run on
 different processing units).
 
-Each stage of a multi-exit model runs in its own thread with its own intra-op thread budget, linked to
+Each stage of a multi-exit model runs in its own worker with its own intra-op thread budget, linked to
 the next by a bounded queue: while the specialist works on frame t, the lightweight model already
 previews frame t+1. Frames that exit early skip the later stages; results come out in input order. An
 exception in any stage stops every stage and is raised to the consumer; nothing is left running.
+
+Workers are processes by default: at batch 1 an eager model spends much of its time in Python
+dispatch, which threads of one interpreter serialize on the GIL (BENCHMARKS.md measures both).
 """
 
 from __future__ import annotations
 
 import heapq
+import multiprocessing as mp
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,9 +29,6 @@ from ..models.protocol import MultiExitClassifier
 from .early_exit import check_threshold
 
 __all__ = ["FrameResult", "StreamPredictor"]
-
-_DONE = object()  # end of the stream, passed down the pipeline
-
 
 @dataclass
 class FrameResult:
@@ -54,7 +57,7 @@ class StreamPredictor:
     """
 
     def __init__(self, model: MultiExitClassifier, threshold: float, stage_threads: Sequence[int] | None = None,
-                 queue_size: int = 4, parallel: bool = True) -> None:
+                 queue_size: int = 4, parallel: bool = True, workers: str = "process") -> None:
         self.model = model.eval()
         self.threshold = check_threshold(threshold)
         self.stage_threads = list(stage_threads or [1] * model.num_exits)
@@ -62,7 +65,9 @@ class StreamPredictor:
             raise ValueError(f"stage_threads needs {model.num_exits} counts >= 1, got {self.stage_threads}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.queue_size, self.parallel = queue_size, parallel
+        if workers not in ("process", "thread"):
+            raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
+        self.queue_size, self.parallel, self.workers = queue_size, parallel, workers
 
     def _stage(self, k: int, item: tuple) -> tuple[bool, tuple]:
         """Exit ``k`` on one frame: (answered, result or the item for stage k + 1)."""
@@ -76,7 +81,9 @@ class StreamPredictor:
 
     def predict(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
         """The results of ``frames``, in their order, as they become ready."""
-        return self._parallel(frames) if self.parallel else self._sequential(frames)
+        if not self.parallel:
+            return self._sequential(frames)
+        return self._parallel(frames, mp.get_context("spawn") if self.workers == "process" else None)
 
     def _sequential(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
         for index, frame in enumerate(frames):
@@ -87,60 +94,37 @@ class StreamPredictor:
                     yield item
                     break
 
-    def _parallel(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
+    def _parallel(self, frames: Iterable[Tensor], ctx: mp.context.BaseContext | None) -> Iterator[FrameResult]:
+        """Stage workers (processes from ``ctx``, else threads) linked by bounded queues; a feeder thread
+        pushes the frames; this generator puts the answers back in order."""
         stages = self.model.num_exits
-        links = [queue.Queue(self.queue_size) for _ in range(stages)]  # links[k]: into stage k
-        results: queue.Queue = queue.Queue()
-        stop = threading.Event()
-
-        def put(q: queue.Queue, item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+        make_queue = (lambda size=0: ctx.Queue(size)) if ctx else (lambda size=0: queue.Queue(size))
+        links = [make_queue(self.queue_size) for _ in range(stages)]  # links[k]: into stage k
+        results = make_queue()
+        stop = ctx.Event() if ctx else threading.Event()
+        if ctx:
+            workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, True), daemon=True,
+                                   name=f"stream-stage{k}") for k in range(stages)]
+        else:
+            workers = [threading.Thread(target=_stage_worker, args=(self, k, links, results, stop, False), daemon=True,
+                                        name=f"stream-stage{k}") for k in range(stages)]
+        wire = _to_wire if ctx else (lambda state: state)
 
         def feed() -> None:
             try:
                 for index, frame in enumerate(frames):
-                    if not put(links[0], (index, time.perf_counter(), frame.unsqueeze(0))):
+                    if not _put(links[0], (index, time.perf_counter(), wire(frame.unsqueeze(0))), stop):
                         return
-                put(links[0], _DONE)
+                _put(links[0], _END, stop)
             except BaseException as err:  # a bad frame source stops the stream like a failing stage
                 results.put(_Failure(err))
                 stop.set()
 
-        def work(k: int) -> None:
-            torch.set_num_threads(self.stage_threads[k])
-            try:
-                while not stop.is_set():
-                    try:
-                        item = links[k].get(timeout=0.05)
-                    except queue.Empty:
-                        continue
-                    if item is _DONE:
-                        if k + 1 < stages:
-                            put(links[k + 1], _DONE)
-                        else:
-                            results.put(_DONE)
-                        return
-                    answered, out = self._stage(k, item)
-                    if answered:
-                        results.put(out)
-                    elif not put(links[k + 1], out):
-                        return
-            except BaseException as err:
-                results.put(_Failure(err))
-                stop.set()
-
-        threads = [threading.Thread(target=feed, name="stream-feed", daemon=True)]
-        threads += [threading.Thread(target=work, args=(k,), name=f"stream-stage{k}", daemon=True)
-                    for k in range(stages)]
         caller_threads = torch.get_num_threads()
-        for t in threads:
-            t.start()
+        for w in workers:
+            w.start()
+        feeder = threading.Thread(target=feed, name="stream-feed", daemon=True)
+        feeder.start()
         pending: list[tuple[int, FrameResult]] = []
         next_index = 0
         try:
@@ -148,16 +132,100 @@ class StreamPredictor:
                 item = results.get()
                 if isinstance(item, _Failure):
                     raise item.error
-                if item is _DONE:
+                if isinstance(item, str) and item == _END:
                     break
                 heapq.heappush(pending, (item.index, item))
                 while pending and pending[0][0] == next_index:
                     yield heapq.heappop(pending)[1]
                     next_index += 1
-            while pending:  # every frame has answered: the rest in order
+            while pending:
                 yield heapq.heappop(pending)[1]
         finally:
             stop.set()
-            for t in threads:
-                t.join()
+            feeder.join()
+            for w in workers:
+                w.join(timeout=10)
+                if ctx and w.is_alive():
+                    w.terminate()
+            if ctx:  # their feeder threads would outlive the stream otherwise
+                for q in [*links, results]:
+                    q.cancel_join_thread()
+                    q.close()
             torch.set_num_threads(caller_threads)
+
+
+_END = "__end_of_stream__"  # a string, so it survives a process boundary unchanged
+
+
+def _put(q, item: object, stop) -> bool:
+    """Put unless the stream is stopping (a full queue must not block a shutdown)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _to_wire(state: object) -> object:
+    """Tensors as numpy arrays: pickled by value between processes (a frame's state is small), where
+    torch's shared-memory handles would tie each tensor to its sender's lifetime."""
+    if isinstance(state, Tensor):
+        return state.numpy()
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_wire(v) for v in state)
+    if isinstance(state, dict):
+        return {key: _to_wire(v) for key, v in state.items()}
+    return state
+
+
+def _from_wire(state: object) -> object:
+    if isinstance(state, np.ndarray):
+        return torch.from_numpy(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(_from_wire(v) for v in state)
+    if isinstance(state, dict):
+        return {key: _from_wire(v) for key, v in state.items()}
+    return state
+
+
+def _stage_worker(predictor: StreamPredictor, k: int, links: list, results, stop, wire: bool) -> None:
+    """Stage ``k``'s loop: take a frame's state, answer it or pass it on, until the end of the stream."""
+    torch.set_num_threads(predictor.stage_threads[k])
+    last = k == len(links) - 1
+    try:
+        while not stop.is_set():
+            try:
+                item = links[k].get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(item, str) and item == _END:
+                if last:
+                    results.put(_END)
+                else:
+                    _put(links[k + 1], _END, stop)
+                return
+            if wire:
+                item = (item[0], item[1], _from_wire(item[2]))
+            answered, out = predictor._stage(k, item)
+            if wire and not answered:
+                out = (out[0], out[1], _to_wire(out[2]))
+            if answered:
+                results.put(out)
+            elif not _put(links[k + 1], out, stop):
+                return
+    except BaseException as err:
+        results.put(_Failure(_picklable(err)))
+        stop.set()
+
+
+def _picklable(err: BaseException) -> BaseException:
+    """The error itself when it crosses a process boundary intact, else a RuntimeError with its traceback."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError("".join(traceback.format_exception(err)))
