@@ -83,7 +83,7 @@ def test_evaluate_protocols(run_dir):
     assert [r["madds"] for r in any_time] == report["exit_madds"]
     budget = evaluate_run(run_dir, "budgeted", progress=False)["result"]
     assert len(budget) == 39
-    with pytest.raises(ValueError, match="needs --threshold"):
+    with pytest.raises(ValueError, match="needs exactly one of --threshold"):
         evaluate_run(run_dir, "early-exit")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluate_run(run_dir, "early-exit", threshold=1.5)
@@ -211,3 +211,19 @@ def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_
         torch.testing.assert_close(static(x)[0], model.specialist.synthesize(coeffs)(x)[0], rtol=1e-5, atol=1e-6)
     assert main(["specialize", str(run_dir), "--data", str(tmp_path / "empty*"), "--output", str(out)]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_evaluate_for_a_latency_target(run_dir, capsys):
+    """--target-ms: exit latencies measured here, the threshold picked on val within the target."""
+    report = evaluate_run(run_dir, target_ms=1e6)  # no budget at all: the most accurate threshold
+    exit_ms = report["exit_ms"]
+    assert len(exit_ms) == 2 and 0 < exit_ms[0] < exit_ms[1]
+    assert exit_ms[0] <= report["mean_ms_val"] <= exit_ms[1] and report["mean_ms_test"] <= exit_ms[1]
+    tight = evaluate_run(run_dir, target_ms=(exit_ms[0] + exit_ms[1]) / 2)
+    assert tight["mean_ms_val"] <= (tight["exit_ms"][0] + tight["exit_ms"][1]) / 2 * 1.05
+    with pytest.raises(ValueError, match="below the fastest exit"):
+        evaluate_run(run_dir, target_ms=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        evaluate_run(run_dir, target_ms=5.0, threshold=0.5)
+    assert main(["evaluate", str(run_dir), "--target-ms", "1000"]) == 0
+    assert "latency here (batch 1)" in capsys.readouterr().out

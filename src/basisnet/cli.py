@@ -90,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .workflow import evaluate_run
 
     report = evaluate_run(args.run_dir, args.protocol, target_madds=args.target_madds, max_drop=args.max_drop,
-                          threshold=args.threshold, temperature=args.temperature)
+                          threshold=args.threshold, temperature=args.temperature, target_ms=args.target_ms)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -100,6 +100,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.protocol == "early-exit":
         print(f"threshold {result['threshold']:.3f}: top-1 {result['top1']:.2f}%, average {result['madds']:.3f}M "
               f"MAdds, {100 * result['exit_fraction']:.1f}% answered before the last exit")
+        if "target_ms" in report:
+            print(f"latency here (batch 1): exits answer in {', '.join(f'{t:.2f}' for t in report['exit_ms'])} ms; "
+                  f"mean {report['mean_ms_val']:.2f} ms/image on val, {report['mean_ms_test']:.2f} on test "
+                  f"(target {report['target_ms']} ms)")
     else:
         for r in result:
             print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
@@ -150,7 +154,7 @@ def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
         raise ValueError(f"no frames in {args.stream}")
     latencies.sort()
     steady = (len(latencies) - 1) / (end - first) if len(latencies) > 1 and end > first else float("nan")
-    how = "stages one after the other" if args.sequential else f"stages in parallel {args.workers}es"
+    how = "stages one after the other" if args.sequential else f"stages in parallel, {args.workers} workers"
     print(f"{len(latencies)} frames in {end - start:.2f} s: {len(latencies) / (end - start):.1f} frames/s "
           f"({steady:.1f} after the first answer), latency mean {sum(latencies) / len(latencies):.2f} ms, "
           f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms ({how})")
@@ -287,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=["early-exit", "anytime", "budgeted"], default="early-exit")
     p.add_argument("--target-madds", type=float, help="early exit: most accurate threshold within M million MAdds")
     p.add_argument("--max-drop", type=float, help="early exit: cheapest threshold losing at most D points")
+    p.add_argument("--target-ms", type=float, help="early exit: most accurate threshold whose mean latency per image "
+                   "(batch 1, measured on this machine) fits X ms")
     p.add_argument("--threshold", type=float, help="early exit: use this threshold in [0, 1]")
     p.add_argument("--temperature", action="store_true", help="budgeted: per-exit temperature scaling")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

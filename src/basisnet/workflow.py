@@ -27,6 +27,7 @@ from .data import (
 from .data.folder import IMAGE_EXTENSIONS
 from .data.sources import SHAPES
 from .deploy import EarlyExitPredictor, check_threshold, mean_coefficients
+from .deploy.latency import exit_latency_ms
 from .evaluate import (
     ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, exit_accuracy, exit_madds,
     ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
@@ -241,12 +242,14 @@ def evaluate_run(
     threshold: float | None = None,
     temperature: bool = False,
     progress: bool | None = None,
+    target_ms: float | None = None,
 ) -> dict[str, Any]:
     """Test-set report of a run under one protocol; thresholds are always fitted on validation.
 
-    ``early-exit``: one confidence threshold, given or picked on val by ``target_madds`` (millions)
-    or ``max_drop`` (points vs. the last exit). ``anytime``: every exit. ``budgeted``: MSDNet's
-    budgeted-batch curve.
+    ``early-exit``: one confidence threshold, given or picked on val by ``target_madds`` (millions),
+    ``target_ms`` (mean milliseconds per image on this machine, batch 1: each exit's latency measured
+    here, weighted by the exit fractions) or ``max_drop`` (points vs. the last exit). ``anytime``: every
+    exit. ``budgeted``: MSDNet's budgeted-batch curve.
     """
     run_dir = Path(run_dir)
     madds = run_exit_madds(run_dir)
@@ -254,9 +257,23 @@ def evaluate_run(
     report: dict[str, Any] = {"run": str(run_dir), "protocol": protocol, "exit_madds": madds,
                               "exit_top1_test": exit_accuracy(test), "exit_top1_val": exit_accuracy(val)}
     if protocol == "early-exit":
-        if threshold is None:
-            if target_madds is None and max_drop is None:
-                raise ValueError("early-exit evaluation needs --threshold, --target-madds or --max-drop")
+        if sum(x is not None for x in (threshold, target_madds, max_drop, target_ms)) != 1:
+            raise ValueError("early-exit evaluation needs exactly one of --threshold, --target-madds, --target-ms "
+                             "or --max-drop")
+        if target_ms is not None:
+            model, _ = load_run(run_dir)
+            with denormals_flushed():
+                exit_ms = exit_latency_ms(to_channels_last(model))
+            report["exit_ms"] = exit_ms
+            try:
+                threshold = select_threshold(val, exit_ms, target_madds=target_ms)
+            except ValueError:
+                raise ValueError(f"target {target_ms} ms per image is below the fastest exit here "
+                                 f"({exit_ms[0]:.2f} ms at batch 1)") from None
+            report["target_ms"] = target_ms
+            report["mean_ms_val"] = apply_threshold(val, exit_ms, threshold)["madds"]
+            report["mean_ms_test"] = apply_threshold(test, exit_ms, threshold)["madds"]
+        elif threshold is None:
             threshold = select_threshold(val, madds, target_madds=target_madds, max_drop=max_drop)
         check_threshold(threshold)
         report["result"] = apply_threshold(test, madds, threshold)

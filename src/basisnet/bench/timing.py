@@ -13,27 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ..deploy.latency import median_ms, sync
+
 __all__ = ["Ceiling", "measure_ceiling", "median_ms", "paired_median_ms", "peak_memory_mib"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls (device work included)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
 
 
 def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int = 3,
@@ -46,10 +28,10 @@ def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warm
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, series in zip(fns, times):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             series.append(time.perf_counter() - start)
     return [1e3 * sorted(series)[len(series) // 2] for series in times]
 
