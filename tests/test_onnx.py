@@ -37,19 +37,51 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
 
 
-def test_cli_export_of_a_run(tmp_path, capsys):
-    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
-    from basisnet.cli import main
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
     from basisnet.configs import bundled_config
     from basisnet.train import load_config
     from basisnet.workflow import train_run
 
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("runs") / "shapes"
     train_run(load_config(bundled_config("shapes_demo"), [
         "train.epochs=1", "train.warmup_epochs=0", "data.subset=64", "data.val_size=32", "data.batch_size=32",
         "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2"]), run, progress=False)
-    assert main(["export", str(run), "--output", str(tmp_path / "onnx")]) == 0
+    return run
+
+
+def test_cli_export_of_a_run(shapes_run, tmp_path, capsys):
+    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
+    from basisnet.cli import main
+
+    assert main(["export", str(shapes_run), "--output", str(tmp_path / "onnx")]) == 0
     out = capsys.readouterr().out
     assert "stage 1:" in out and "stage 2:" in out
     assert (tmp_path / "onnx" / "classes.json").is_file()
     assert len(OnnxStages(tmp_path / "onnx").sessions) == 2
+
+
+def test_deploy_benchmark_tables(shapes_run, tmp_path):
+    """bench deploy: a latency row per stage and batch; per camera, the three models scored on its stream."""
+    import json
+
+    from PIL import Image
+
+    from basisnet.bench.deploy import camera_specialization, format_deploy_tables, onnx_latency
+    from basisnet.workflow import load_run
+
+    classes = json.loads((shapes_run / "classes.json").read_text())
+    rng = np.random.default_rng(0)
+    for name in classes[:2]:
+        folder = tmp_path / "data" / "test" / name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    model, _ = load_run(shapes_run)
+    latency = onnx_latency(model, tmp_path / "onnx", batches=(1, 3), repeats=1)
+    assert [(r["stage"], r["batch"]) for r in latency] == [(1, 1), (2, 1), (1, 3), (2, 3)]
+    assert all(r["pytorch_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in latency)
+    cameras = camera_specialization(shapes_run, tmp_path / "data", static_run=None, cameras={"cam": tuple(classes[:2])})
+    assert cameras[0]["seen"] == 4 and cameras[0]["scored"] == 4
+    assert cameras[0]["specialized_madds"] < cameras[0]["basisnet_madds"]
+    assert "cam" in format_deploy_tables({"onnx": latency, "cameras": cameras})

@@ -203,9 +203,13 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError("--models belongs to 'bench compare'")
     if args.which != "speed" and (args.json or args.threads or args.device):
         raise ValueError("--json, --threads and --device belong to 'bench speed'")
+    if args.which != "deploy" and (args.run or args.static_run):
+        raise ValueError("--run and --static-run belong to 'bench deploy'")
     command = " ".join(["basisnet", *args.argv])
     if args.which == "speed":
         return _bench_speed(args, command)
+    if args.which == "deploy":
+        return _bench_deploy(args, command)
     if args.which == "ablation":
         if args.quick:
             raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
@@ -254,6 +258,17 @@ def _bench_speed(args: argparse.Namespace, command: str) -> int:
     print(format_speed_table(records))
     print(f"ceilings: {meta['ceilings']}")
     print(format_speed_targets(meta["targets"]))
+    return 0
+
+
+def _bench_deploy(args: argparse.Namespace, command: str) -> int:
+    from .bench.deploy import format_deploy_tables, run_deploy_benchmark
+
+    if not args.run:
+        raise ValueError("bench deploy needs --run RUN_DIR (a trained BasisNet run)")
+    out = run_deploy_benchmark(args.run, args.data, args.results or "benchmarks/results/deploy.json",
+                               static_run=args.static_run, command=command)
+    print(format_deploy_tables(out))
     return 0
 
 
@@ -342,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family) or speed "
                        "(milliseconds side by side with multiply-adds)")
-    p.add_argument("which", choices=["compare", "ablation", "accuracy", "speed"])
+    p.add_argument("which", choices=["compare", "ablation", "accuracy", "speed", "deploy"])
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
@@ -362,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="speed: devices (default: cpu, and cuda "
                    "when present)")
     p.add_argument("--json", action="store_true", help="speed: print the records as JSON lines")
+    p.add_argument("--run", help="deploy: a trained BasisNet run directory")
+    p.add_argument("--static-run", help="deploy: a trained static backbone run, for the camera table")
     p.set_defaults(func=_bench)
     return parser
 
