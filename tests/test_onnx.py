@@ -14,7 +14,7 @@ from basisnet.deploy.onnx_export import OnnxStages, export_stages  # noqa: E402
 from test_protocol import _model, spread_logits  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
+@pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small", "condconv_mobilenetv3_small"])
 def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     model = spread_logits(_model(name))
     stages = export_stages(model, tmp_path)

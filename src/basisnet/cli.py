@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
-                       "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family) or speed "
-                       "(milliseconds side by side with multiply-adds)")
+                       "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
+                       "(milliseconds side by side with multiply-adds) or deploy (a trained run: ONNX Runtime, cameras)")
     p.add_argument("which", choices=["compare", "ablation", "accuracy", "speed", "deploy"])
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "

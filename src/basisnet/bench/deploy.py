@@ -106,7 +106,7 @@ def run_deploy_benchmark(run_dir: str | Path, data: str | Path, results: str | P
     run_dir = Path(run_dir)
     model, _ = load_run(run_dir)
     out = {"run": str(run_dir), "command": command, "threads": torch.get_num_threads(),
-           "onnx": onnx_latency(model, Path(results).with_suffix("") / "onnx"),
+           "onnx": onnx_latency(model, run_dir / "onnx"),  # the graphs stay with the run
            "cameras": camera_specialization(run_dir, Path(data), Path(static_run) if static_run else None)}
     out["seconds"] = round(time.time() - start)
     Path(results).parent.mkdir(parents=True, exist_ok=True)

@@ -149,10 +149,6 @@ def _force_paths(model: nn.Module, args: tuple[Tensor, ...], path: str | None) -
             layer.tuned_paths[path_key(inputs[0])] = path
 
 
-def _compiled(model: nn.Module) -> Callable:
-    return torch.compile(model)
-
-
 # ------------------------------------------------------------------------------------------ sections
 
 
@@ -167,8 +163,8 @@ def static_and_basis_specialist(rec: Recorder, net: BasisNet, plan: SpeedPlan) -
     static_madds = count_madds(static).madds / 1e6
     basis_madds = count_madds(specialist, coeffs=_coeffs(specialist, 1, device)).madds / 1e6
     shared_madds = count_madds(specialist, coeffs=_coeffs(specialist, 1, device)[0]).madds / 1e6
-    static_fast = _compiled(static) if plan.compile else None
-    basis_fast = _compiled(specialist) if plan.compile else None
+    static_fast = torch.compile(static) if plan.compile else None
+    basis_fast = torch.compile(specialist) if plan.compile else None
     label_s, label_b = "static twin", "basis specialist"
     for batch in plan.batches:
         x = _images(batch, res, device)
