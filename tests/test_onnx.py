@@ -33,7 +33,12 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     threshold = float(conf[0].median())
     classes, confidence, stage = OnnxStages(tmp_path, threshold).predict(x.numpy())
     reference = EarlyExitPredictor(model, threshold).predict(x)
-    assert np.array_equal(stage, reference.stage.numpy()) and np.array_equal(classes, reference.classes.numpy())
+    assert np.array_equal(stage, reference.stage.numpy())
+    with torch.no_grad():  # classes must agree wherever the top two probabilities are not a numerical tie
+        probs = torch.stack([z.softmax(-1) for z in model(x)])[reference.stage, torch.arange(8)]
+    top2 = probs.topk(2, dim=-1).values
+    decisive = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
+    assert np.array_equal(classes[decisive], reference.classes.numpy()[decisive])
     assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
 
 

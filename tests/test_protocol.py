@@ -28,7 +28,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def spread_logits(model: torch.nn.Module) -> torch.nn.Module:
-    """Exit classifiers re-drawn so logits differ between images and classes (no argmax or threshold ties)."""
+    """Exit classifiers re-drawn so logits differ between images (thresholds split a batch)."""
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes:
             torch.nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
