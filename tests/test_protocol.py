@@ -106,7 +106,12 @@ def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> N
 def test_compiled_predictor_matches_eager() -> None:
     model = _model("basisnet")
     x = torch.randn(6, 3, 32, 32)
+    from torch._dynamo.utils import counters
+
     eager = EarlyExitPredictor(model, 0.2).predict(x)
+    torch._dynamo.reset()
+    counters.clear()
     compiled = EarlyExitPredictor(model, 0.2, compile="eager").predict(x)
+    assert counters["stats"]["unique_graphs"] > 0  # the stages really went through dynamo
     assert torch.equal(compiled.stage, eager.stage) and torch.equal(compiled.classes, eager.classes)
     torch.testing.assert_close(compiled.confidence, eager.confidence)

@@ -332,6 +332,10 @@ def test_compiled_training_forward_matches_eager(tmp_path) -> None:
 
     data = ImageTensorDataset(torch.randint(0, 255, (16, 3, 16, 16), dtype=torch.uint8), torch.arange(16) % 2,
                               ["a", "b"])
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     weights = []
     for backend in ("false", "aot_eager"):
         torch.manual_seed(0)
@@ -342,5 +346,7 @@ def test_compiled_training_forward_matches_eager(tmp_path) -> None:
         fit(model, BatchLoader(data, 8, shuffle=True), BatchLoader(data, 8, shuffle=False), cfg, tmp_path / backend,
             TrainAugment(16, 0), EvalTransform(), progress=False)
         weights.append(model.state_dict())
+        graphs = counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == (backend != "false"), (backend, graphs)  # compiled exactly when asked
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from ..configs import bundled_config
 from ..deploy import EarlyExitPredictor
 from ..evaluate import count_madds, exit_madds, plot_bars
-from ..layers import BASIS_LAYERS, BasisConv2d, to_channels_last, tune_paths
+from ..layers import BASIS_LAYERS, to_channels_last, tune_paths
 from ..layers.basis import path_key
+from ..layers.path_tuning import basis_layer_inputs
 from ..models import BasisNet, MobileNet, create_model
 from ..train import load_config
 from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib
@@ -137,16 +138,9 @@ def _force_paths(model: nn.Module, args: tuple[Tensor, ...], path: str | None) -
             layer.tuned_paths.clear()
     if path is None:
         return
-    captured: list[tuple[BasisConv2d, tuple]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, inputs: captured.append((m, inputs)))
-             for m in model.modules() if isinstance(m, BasisConv2d)]
-    with torch.no_grad():
-        model(*args)
-    for hook in hooks:
-        hook.remove()
-    for layer, inputs in captured:
+    for layer, (x, _) in basis_layer_inputs(model, *args).items():
         if path in layer.per_sample_paths():
-            layer.tuned_paths[path_key(inputs[0])] = path
+            layer.tuned_paths[path_key(x)] = path
 
 
 # ------------------------------------------------------------------------------------------ sections

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.protocol import MultiExitClassifier
+from ..models.protocol import MultiExitClassifier, map_state
 from .early_exit import check_threshold
 
 __all__ = ["FrameResult", "StreamPredictor"]
@@ -171,23 +171,11 @@ def _put(q, item: object, stop) -> bool:
 def _to_wire(state: object) -> object:
     """Tensors as numpy arrays: pickled by value between processes (a frame's state is small), where
     torch's shared-memory handles would tie each tensor to its sender's lifetime."""
-    if isinstance(state, Tensor):
-        return state.numpy()
-    if isinstance(state, (list, tuple)):
-        return type(state)(_to_wire(v) for v in state)
-    if isinstance(state, dict):
-        return {key: _to_wire(v) for key, v in state.items()}
-    return state
+    return map_state(state, Tensor.numpy)
 
 
 def _from_wire(state: object) -> object:
-    if isinstance(state, np.ndarray):
-        return torch.from_numpy(state)
-    if isinstance(state, (list, tuple)):
-        return type(state)(_from_wire(v) for v in state)
-    if isinstance(state, dict):
-        return {key: _from_wire(v) for key, v in state.items()}
-    return state
+    return map_state(state, torch.from_numpy, leaf=np.ndarray)
 
 
 def _stage_worker(predictor: StreamPredictor, k: int, links: list, results, stop, wire: bool) -> None:

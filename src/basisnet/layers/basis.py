@@ -298,7 +298,7 @@ def _unfold(out: Tensor, batch: int, like: Tensor) -> Tensor:
 class _FoldedDepthwise(torch.autograd.Function):
     """Depthwise conv with a kernel per (sample, channel), as one wide depthwise conv.
 
-    Autograd's own backward of that conv is slow on CPU (oneDNN: 20-40x the forward for 5x5 kernels
+    Autograd's own backward of that conv is slow on CPU (oneDNN: many times the forward for 5x5 kernels
     in channels_last), so the backward is written out as two more depthwise convs on the NCHW fold:
     the input gradient is the transposed conv, the kernel gradient a correlation of the padded input
     with the output gradient (dilated by the stride)."""

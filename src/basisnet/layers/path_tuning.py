@@ -28,6 +28,26 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return times[len(times) // 2] * 1e3
 
 
+def basis_layer_inputs(model: nn.Module, *args, **kwargs) -> dict[nn.Module, tuple[Tensor, Tensor]]:
+    """Each basis layer's (input, coefficients) at its first call with per-sample coefficients in
+    ``model(*args, **kwargs)`` (layers given shared coefficients synthesize: nothing to choose)."""
+    captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def capture(module: nn.Module, inputs: tuple) -> None:
+        x, coeffs = inputs[0], inputs[1]
+        if coeffs.dim() == 2 and coeffs.shape[0] > 1:
+            captured.setdefault(module, (x.detach(), coeffs.detach()))
+
+    hooks = [m.register_forward_pre_hook(capture) for m in model.modules() if isinstance(m, BASIS_LAYERS)]
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
 def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str, dict[str, float]]:
     """Time every per-sample path of every basis layer on the inputs of ``model(*args, **kwargs)``.
 
@@ -35,21 +55,7 @@ def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str,
     such layer keeps its fastest path for this batch, layout and grad mode. Timing follows the
     current grad mode: call it under ``no_grad``/``inference_mode`` for inference, plainly for training.
     """
-    captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-
-    def capture(module: nn.Module, inputs: tuple) -> None:
-        x, coeffs = inputs[0], inputs[1]
-        if coeffs.dim() == 2 and coeffs.shape[0] > 1:  # per-sample coefficients (shared ones synthesize)
-            captured.setdefault(module, (x.detach(), coeffs.detach()))
-
-    layers = [m for m in model.modules() if isinstance(m, BASIS_LAYERS)]
-    hooks = [m.register_forward_pre_hook(capture) for m in layers]
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    captured = basis_layer_inputs(model, *args, **kwargs)
     report: dict[str, dict[str, float]] = {}
     grad = torch.is_grad_enabled()
     for layer, (x, coeffs) in captured.items():

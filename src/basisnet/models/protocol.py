@@ -13,6 +13,7 @@ dimension; other values (ints, None) are cursors and pass through ``select_state
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -62,12 +63,17 @@ def run_exits(model: MultiExitClassifier, x: Tensor, max_exits: int | None = Non
     return logits
 
 
+def map_state(state: State, fn: Callable[[Any], Any], leaf: type | tuple[type, ...] = Tensor) -> State:
+    """``state`` with ``fn`` applied to every value of type ``leaf``; the nesting and other values kept."""
+    if isinstance(state, leaf):
+        return fn(state)
+    if isinstance(state, dict):
+        return {key: map_state(value, fn, leaf) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(value, fn, leaf) for value in state)
+    return state
+
+
 def select_state(state: State, index: Tensor) -> State:
     """The state of the images ``index`` (a long tensor of batch positions) only."""
-    if isinstance(state, Tensor):
-        return state[index]  # unlike index_select, keeps a channels_last map channels_last
-    if isinstance(state, dict):
-        return {key: select_state(value, index) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(select_state(value, index) for value in state)
-    return state
+    return map_state(state, lambda t: t[index])  # unlike index_select, keeps channels_last maps so
