@@ -170,7 +170,7 @@ def test_train_refuses_to_overwrite_a_run(run_dir):
 
 
 def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
-    from basisnet.workflow import load_splits
+    from basisnet.inputs import load_splits
 
     for cls in ("a", "b", "c"):
         folder = tmp_path / "train" / cls
@@ -190,7 +190,7 @@ def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_
     from basisnet.train import load_run_model
     from basisnet.models import create_model
     from basisnet.data import load_image_files
-    from basisnet.workflow import eval_transform
+    from basisnet.inputs import eval_transform
 
     camera = tmp_path / "camera" / "day1"
     camera.mkdir(parents=True)

@@ -46,7 +46,7 @@ def _madds(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
-    from .train import config_help, config_to_dict, load_config
+    from .train import RunDir, config_help, config_to_dict, load_config
     from .train.distributed import launch_env
     from .workflow import train_run
 
@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{key:<32}{default!s:<28}{text}")
         return 0
     if args.resume:
-        cfg = load_config(Path(args.resume) / "config.yaml", args.overrides)
+        cfg = load_config(RunDir(args.resume).require_config("cannot resume: "), args.overrides)
         result = train_run(cfg, args.resume, resume=True)
     else:
         if not args.output:

@@ -1,8 +1,6 @@
 """Workflows on a run directory: train from a config, cache exit logits, sweep, evaluate, predict.
 
-Each CLI command is one function here. A run directory holds ``config.yaml``, ``summary.csv``, the
-``last``/``best`` checkpoints, and what evaluation adds: ``logits_val.pt`` / ``logits_test.pt``
-(every exit's logits, computed once), ``exit_madds.json``, ``sweep_<split>.csv``, ``sweep_<split>.png`` and ``evaluation_<protocol>.json``.
+Each CLI command is one function here; the directory's files are named by :class:`basisnet.train.RunDir`.
 """
 
 from __future__ import annotations
@@ -10,22 +8,17 @@ from __future__ import annotations
 import csv
 import glob
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .data import (
-    BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, load_image_files,
-    train_val_split,
-)
+from .data import load_image_files
 from .data.folder import IMAGE_EXTENSIONS
-from .data.sources import SHAPES
 from .deploy import EarlyExitPredictor, check_threshold, mean_coefficients
 from .deploy.latency import exit_latency_ms
 from .evaluate import (
@@ -34,11 +27,10 @@ from .evaluate import (
 )
 from .layers import to_channels_last
 from .models import BasisNet, create_model
-from .train import (ConfigError, RunConfig, fit, load_config, load_run_model, resolve_weights, save_weights,
+from .inputs import SPLITS, eval_transform, open_inputs, per_rank
+from .train import (ConfigError, RunConfig, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
                     seed_everything, warm_start)
-from .train.distributed import DistributedInfo, distributed_session
-
-SPLITS = ("val", "test")
+from .train.distributed import distributed_session
 
 
 @contextmanager
@@ -57,39 +49,6 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(was_on)
 
 
-@dataclass
-class Splits:
-    train: ImageTensorDataset
-    val: ImageTensorDataset
-    test: ImageTensorDataset | None
-
-
-def _reader_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    source = cfg.data.source
-    if source == SHAPES:
-        return {"image_size": cfg.data.image_size}
-    if find_cifar_dir(Path(source).expanduser()) is not None:
-        return {}
-    return {"image_size": cfg.data.image_size, "skip_bad": cfg.data.skip_bad}
-
-
-def load_splits(cfg: RunConfig, with_test: bool = False) -> Splits:
-    """Train / held-out validation (carved deterministically from train) / test of a config's source."""
-    full = load_dataset(cfg.data.source, "train", **_reader_kwargs(cfg))
-    if not cfg.data.val_size:
-        raise ValueError("data.val_size is 0: a held-out validation split is needed for model selection and "
-                         "threshold calibration")
-    train_idx, val_idx = train_val_split(full.targets, cfg.data.val_size, seed=cfg.data.seed)
-    test = load_dataset(cfg.data.source, "test", **_reader_kwargs(cfg)) if with_test else None
-    if test is not None and test.classes != full.classes:
-        raise ValueError(f"test classes {test.classes} differ from train classes {full.classes} in {cfg.data.source}")
-    if cfg.data.subset:
-        # A seeded random sample: folder trees list images class by class, so a prefix would hold one class.
-        pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.data.seed))
-        train_idx = train_idx[pick[: cfg.data.subset].sort().values]
-    return Splits(full.subset(train_idx), full.subset(val_idx), test)
-
-
 def _model_kwargs(cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
     kwargs = dict(cfg.model.kwargs)
     given = kwargs.setdefault("num_classes", len(classes))
@@ -97,28 +56,6 @@ def _model_kwargs(cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"model.kwargs.num_classes is {given} but {cfg.data.source} has {len(classes)} classes")
     kwargs.setdefault("resolution", cfg.data.image_size)
     return kwargs
-
-
-def eval_transform(cfg: RunConfig) -> EvalTransform:
-    return EvalTransform(cfg.data.mean, cfg.data.std, size=cfg.data.image_size)
-
-
-def _per_rank(global_batch: int, world: int, key: str) -> int:
-    """Batch sizes in the config are global (summed over processes), so a run means the same at any scale."""
-    if global_batch % world:
-        raise ConfigError(f"{key}={global_batch} is the global batch size and must be divisible by the "
-                          f"{world} processes")
-    return global_batch // world
-
-
-def _shard(data: ImageTensorDataset, info: DistributedInfo) -> ImageTensorDataset:
-    """Every ``world_size``-th image from ``rank`` on: disjoint shards without padding, so accuracies
-    summed over ranks count each validation image exactly once."""
-    if not info.distributed:
-        return data
-    if len(data) < info.world_size:
-        raise ValueError(f"the validation split has {len(data)} images, fewer than the {info.world_size} processes")
-    return data.subset(range(info.rank, len(data), info.world_size))
 
 
 def train_run(
@@ -130,54 +67,51 @@ def train_run(
     joins the process group (gloo on CPU, NCCL on GPU), trains a DistributedDataParallel model on its
     shard of each global batch (``data.batch_size`` / world size images) and only rank 0 writes files.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist")
-    elif (run_dir / "last.state.pt").exists():
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
-    with denormals_flushed(), distributed_session() as info:
+        run.require_config("cannot resume: ")
+    elif run.holds_run():
+        raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    device = None if cfg.train.device == "auto" else cfg.train.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible (train.device=auto falls back to CPU)")
+    with denormals_flushed(), distributed_session(device) as info:
         d = cfg.data
-        batch_size = _per_rank(d.batch_size, info.world_size, "data.batch_size")
+        batch_size = per_rank(d.batch_size, info.world_size, "data.batch_size")
         eval_batch_size = -(-d.eval_batch_size // info.world_size)
         seed_everything(cfg.train.seed)  # the same initial weights in every process
-        splits = load_splits(cfg)
-        cfg.model.kwargs = _model_kwargs(cfg, splits.train.classes)
+        inputs = open_inputs(cfg)
+        cfg.model.kwargs = _model_kwargs(cfg, inputs.classes)
         model = create_model(cfg.model.name, **cfg.model.kwargs).to(info.device)
         if cfg.train.init_from and not resume:
             started = warm_start(model, cfg.train.init_from, cfg.train.init_noise, seed=cfg.train.seed)
             if info.rank == 0:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "init.json").write_text(json.dumps(
+                run.path.mkdir(parents=True, exist_ok=True)
+                run.init.write_text(json.dumps(
                     {part: {"source": str(cfg.train.init_from[part]), "epochs": e} for part, e in started.items()},
                     indent=2))
         teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
         if teacher is not None:
-            if getattr(teacher, "num_classes", None) not in (None, len(splits.train.classes)):
+            if getattr(teacher, "num_classes", None) not in (None, len(inputs.classes)):
                 raise ValueError(f"teacher {cfg.train.kd_teacher} predicts {teacher.num_classes} classes, "
-                                 f"the data has {len(splits.train.classes)}")
+                                 f"the data has {len(inputs.classes)}")
             teacher.to(info.device)
         if info.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "classes.json").write_text(json.dumps(splits.train.classes))
-        train_loader = BatchLoader(splits.train, batch_size, shuffle=True, drop_last=True, seed=d.seed,
-                                   rank=info.rank, world_size=info.world_size, num_workers=d.num_workers)
-        val_loader = BatchLoader(_shard(splits.val, info), eval_batch_size, shuffle=False)
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.classes.write_text(json.dumps(inputs.classes))
+        train_loader = inputs.train_loader(info, batch_size, info.device)
+        val_loader = inputs.eval_loader("val", eval_batch_size, info)
         if info.distributed:
             if cfg.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
                 to_channels_last(model)
             model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
-        augment = TrainAugment(d.image_size, d.crop_padding, d.flip, d.mean, d.std)
-        return fit(model, train_loader, val_loader, cfg, run_dir, augment, eval_transform(cfg), teacher=teacher,
-                   resume=resume, progress=progress)
+        return fit(model, train_loader, val_loader, cfg, run, inputs.train_transform(), inputs.eval_transform(),
+                   teacher=teacher, resume=resume, progress=progress)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
     """The trained model (best weights) and resolved config of a run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).require_config())
     return load_run_model(run_dir, create_model), cfg
 
 
@@ -185,17 +119,15 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
     """Every exit's logits on ``split`` (val or test), cached in the run directory after one pass."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    run_dir = Path(run_dir)
-    cache = run_dir / f"logits_{split}.pt"
+    cache = RunDir(run_dir).logits(split)
     weights = resolve_weights(run_dir)
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return ExitLogits.load(cache)
     model, cfg = load_run(run_dir)
-    splits = load_splits(cfg, with_test=split == "test")
-    data = splits.val if split == "val" else splits.test
-    batches = BatchLoader(data, cfg.data.eval_batch_size, shuffle=False)
+    inputs = open_inputs(cfg, with_test=split == "test")
+    batches = inputs.eval_loader(split, cfg.data.eval_batch_size)
     with denormals_flushed():
-        logits = collect_exit_logits(model, batches, eval_transform(cfg), progress=progress is not False)
+        logits = collect_exit_logits(model, batches, inputs.eval_transform(), progress=progress is not False)
     logits.save(cache)
     return logits
 
@@ -206,7 +138,7 @@ def run_exit_madds(run_dir: str | Path) -> list[float]:
     They depend on the architecture only, so they are counted once and kept in ``exit_madds.json``
     (every sweep and evaluation would otherwise rebuild the model just to count).
     """
-    cache = Path(run_dir) / "exit_madds.json"
+    cache = RunDir(run_dir).exit_madds
     if cache.is_file():
         return json.loads(cache.read_text())
     model, _ = load_run(run_dir)
@@ -218,11 +150,11 @@ def run_exit_madds(run_dir: str | Path) -> list[float]:
 def sweep_run(run_dir: str | Path, split: str = "val", thresholds: Sequence[float] | None = None,
               progress: bool | None = None) -> list[dict]:
     """Accuracy and average MAdds for every threshold from one cached pass; writes CSV and PNG."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     logits = exit_logits(run_dir, split, progress)
     madds = run_exit_madds(run_dir)
     rows = threshold_sweep(logits, madds, thresholds)
-    with open(run_dir / f"sweep_{split}.csv", "w", newline="") as f:
+    with open(run.sweep(split, ".csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["threshold", "top1", "madds_m", "exit_fraction"])
         for r in rows:
@@ -230,7 +162,7 @@ def sweep_run(run_dir: str | Path, split: str = "val", thresholds: Sequence[floa
                              f"{r['exit_fraction']:.4f}"])
     stage_points = {f"exit {i + 1} alone": [(m, acc)] for i, (m, acc) in enumerate(zip(madds, exit_accuracy(logits)))}
     plot_tradeoff({"early exit (threshold sweep)": [(r["madds"], r["top1"]) for r in rows]}, stage_points,
-                  run_dir / f"sweep_{split}.png", title=f"{run_dir.name}: accuracy vs average MAdds ({split})")
+                  run.sweep(split, ".png"), title=f"{run.path.name}: accuracy vs average MAdds ({split})")
     return rows
 
 
@@ -283,7 +215,7 @@ def evaluate_run(
         report["result"] = budgeted_batch(val, test, madds, temperature=temperature)
     else:
         raise ValueError(f"protocol must be early-exit, anytime or budgeted, got {protocol!r}")
-    (run_dir / f"evaluation_{protocol}.json").write_text(json.dumps(report, indent=2))
+    RunDir(run_dir).evaluation(protocol).write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -295,13 +227,25 @@ def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = No
     model, cfg = load_run(run_dir)
     if not isinstance(model, BasisNet):
         raise ValueError(f"{run_dir} holds a {type(model).__name__}: the shortcut diagnostic is for BasisNet")
-    splits = load_splits(cfg, with_test=split == "test")
-    data = splits.val if split == "val" else splits.test
-    n = len(data) if limit is None else min(limit, len(data))
+    inputs = open_inputs(cfg, with_test=split == "test")
+    images, labels = _first_images(inputs.eval_loader(split, cfg.data.eval_batch_size), limit)
     with denormals_flushed():
-        report = shortcut_report(model, eval_transform(cfg)(data.images[:n]), data.targets[:n])
-    (Path(run_dir) / f"shortcut_{split}.json").write_text(json.dumps({"images": n, **report.as_dict()}, indent=2))
+        report = shortcut_report(model, inputs.eval_transform()(images), labels)
+    n = len(labels)
+    RunDir(run_dir).shortcut(split).write_text(json.dumps({"images": n, **report.as_dict()}, indent=2))
     return report
+
+
+def _first_images(batches: Iterable[tuple[Tensor, Tensor]], limit: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``limit`` images (all when None) of an evaluation loader, as one uint8 batch."""
+    images, labels, count = [], [], 0
+    for x, y in batches:
+        images.append(x)
+        labels.append(y)
+        count += len(y)
+        if limit is not None and count >= limit:
+            break
+    return torch.cat(images)[:limit], torch.cat(labels)[:limit]
 
 
 def image_files(source: str | Path) -> list[Path]:
@@ -333,7 +277,7 @@ def specialize_run(run_dir: str | Path, source: str | Path, output: str | Path, 
         raise ValueError("the specialist is built from an ArchSpec object, not a registered name: it cannot be saved "
                          "as a rebuildable model")
     meta = {"model": json.dumps({"name": arch, "kwargs": spec}), "specialized_from": str(run_dir),
-            "images": str(count), "classes": (Path(run_dir) / "classes.json").read_text()}
+            "images": str(count), "classes": RunDir(run_dir).classes.read_text()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_weights(static, output, meta)
@@ -346,9 +290,9 @@ def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:
 
     model, _ = load_run(run_dir)
     stages = export_stages(model, output)
-    classes = Path(run_dir) / "classes.json"
+    classes = RunDir(run_dir).classes
     if classes.is_file():
-        (Path(output) / "classes.json").write_text(classes.read_text())
+        (Path(output) / classes.name).write_text(classes.read_text())
     return [s.__dict__ for s in stages]
 
 
@@ -362,7 +306,7 @@ def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, pa
     check_threshold(threshold)
     model, cfg = load_run(run_dir)
     files = image_files(source)[:limit]
-    classes = json.loads((Path(run_dir) / "classes.json").read_text())
+    classes = json.loads(RunDir(run_dir).classes.read_text())
     normalize = eval_transform(cfg)
     frames = (normalize(load_image_files([f], cfg.data.image_size))[0] for f in files)
     predictor = StreamPredictor(model, threshold, stage_threads, parallel=parallel, workers=workers)
@@ -376,7 +320,7 @@ def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: f
     check_threshold(threshold)
     model, cfg = load_run(run_dir)
     images = load_image_files(paths, cfg.data.image_size)
-    classes = json.loads((Path(run_dir) / "classes.json").read_text())
+    classes = json.loads(RunDir(run_dir).classes.read_text())
     predictor = EarlyExitPredictor(model, threshold)
     out = predictor.predict(eval_transform(cfg)(images))
     return [

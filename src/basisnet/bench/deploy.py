@@ -22,7 +22,9 @@ from ..deploy import mean_coefficients
 from ..deploy.latency import median_ms
 from ..evaluate import count_madds, exit_madds
 from ..layers import to_channels_last
-from ..workflow import eval_transform, image_files, load_run
+from ..inputs import eval_transform
+from ..train import RunDir
+from ..workflow import image_files, load_run
 
 __all__ = ["CAMERAS", "format_deploy_tables", "run_deploy_benchmark"]
 
@@ -68,7 +70,7 @@ def camera_specialization(run_dir: Path, data: Path, static_run: Path | None = N
     """Per camera: top-1 on its own held-out stream for the generic BasisNet, its specialized static
     network and (if given) the static backbone, with their MAdds per image."""
     model, cfg = load_run(run_dir)
-    classes = json.loads((run_dir / "classes.json").read_text())
+    classes = json.loads(RunDir(run_dir).classes.read_text())
     normalize = eval_transform(cfg)
     static = load_run(static_run)[0] if static_run else None
     rows = []

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..configs import bundled_config
-from ..train import config_diff, config_to_dict, load_config
+from ..train import RunDir, config_diff, config_to_dict, load_config
 from ..workflow import train_run
 
 __all__ = ["MAX_DROP", "Plan", "format_train_minutes", "plan", "record", "train_or_reuse", "train_minutes", "write_meta"]
@@ -50,7 +50,7 @@ def train_or_reuse(config: str, run_dir: Path, overrides: Sequence[str]) -> floa
     Returns the minutes its epochs took (from its epoch log, so a reused run reports its own time).
     """
     cfg = load_config(bundled_config(config), overrides)
-    saved = run_dir / "config.yaml"
+    saved = RunDir(run_dir).config
     if saved.is_file():
         old = config_to_dict(load_config(saved))
         new = config_to_dict(cfg)
@@ -65,13 +65,13 @@ def train_or_reuse(config: str, run_dir: Path, overrides: Sequence[str]) -> floa
         print(f"[bench] {run_dir.name}: already trained, reusing", flush=True)
     else:
         print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
-        train_run(cfg, run_dir, resume=(run_dir / "last.state.pt").is_file())
+        train_run(cfg, run_dir, resume=RunDir(run_dir).holds_run())
     return train_minutes(run_dir)
 
 
 def _epoch_log(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's ``summary.csv`` (one per finished epoch); none before the first epoch ends."""
-    path = run_dir / "summary.csv"
+    path = RunDir(run_dir).summary
     if not path.is_file():
         return []
     with open(path, newline="") as f:

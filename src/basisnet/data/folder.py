@@ -66,7 +66,7 @@ def load_image_folder(
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive int or None, got {image_size}")
-    classes, files, labels = _scan(root)
+    classes, files, labels = scan_image_folder(root)
 
     cache_file = None
     if cache_dir is not False:
@@ -86,7 +86,7 @@ def load_image_folder(
     return dataset
 
 
-def _scan(root: Path) -> tuple[list[str], list[str], list[int]]:
+def scan_image_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
     """Sorted class folders and, per class, its image files' paths (relative to root, sorted).
 
     Plain strings, not Path objects: pathlib costs seconds on 50k files, which would dominate
@@ -169,7 +169,7 @@ def _try_decode(path: str, image_size: int | None) -> np.ndarray | str:
             if image_size is not None and img.format == "JPEG":
                 img.draft("RGB", (image_size, image_size))  # DCT-domain downscale: big JPEGs decode ~10x faster
             img.load()
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
     # Pillow's plugins raise a zoo of types (OSError, SyntaxError, struct.error, EOFError, ...) on
     # malformed input; whatever the type, it means this one file is unreadable.
     except Exception as exc:  # noqa: BLE001
@@ -179,7 +179,7 @@ def _try_decode(path: str, image_size: int | None) -> np.ndarray | str:
     return np.asarray(rgb)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """RGB view of any Pillow mode; 16/32-bit grey is scaled 0..65535 -> 0..255, not clipped."""
     if img.mode == "RGB":
         return img

@@ -31,11 +31,18 @@ def load_dataset(source: str | Path, split: str = "train", **kwargs: Any) -> Ima
         raise FileNotFoundError(f"data source {str(source)!r} is neither {SHAPES!r} nor an existing directory")
     if find_cifar_dir(path) is not None:
         return load_cifar(path, split, **kwargs)
+    return load_image_folder(split_dir(path, split), **kwargs)
+
+
+def split_dir(source: str | Path, split: str) -> Path:
+    """The folder holding ``split`` of a file-based source: ``source/<split>``, or ``source`` itself when its
+    name is ``split`` (so asking for ``test`` can never silently return a train folder)."""
+    path = Path(source).expanduser()
     if (path / split).is_dir():
-        return load_image_folder(path / split, **kwargs)
-    if path.name == split:
-        return load_image_folder(path, **kwargs)
+        return path / split
+    if path.name == split and path.is_dir():
+        return path
     raise ValueError(
         f"cannot tell what {path} holds for split {split!r}: expected a CIFAR python folder, "
-        f"{path / split}/<class>/<images>, or the split folder itself named {split!r}"
+        f"{path / split}/<class>/<images> (or *.tar shards), or the split folder itself named {split!r}"
     )

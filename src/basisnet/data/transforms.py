@@ -27,8 +27,17 @@ class _Normalize:
         self._shift = torch.tensor([m / s for m, s in zip(mean, std)]).view(3, 1, 1)
 
     def _normalize(self, images: Tensor) -> Tensor:
-        scale, shift = self._scale.to(images.device), self._shift.to(images.device)
-        return images.float().mul_(scale).sub_(shift)
+        if self._scale.device != images.device:  # moved once, not copied to the device every batch
+            self._scale, self._shift = self._scale.to(images.device), self._shift.to(images.device)
+        return images.float().mul_(self._scale).sub_(self._shift)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """CPU-drawn augmentation parameters to the batch's device; to a GPU through pinned memory, so the
+    copy does not make the host wait for the work already queued."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _check_batch(images: Tensor) -> None:
@@ -80,10 +89,10 @@ class TrainAugment(_Normalize):
             cols = torch.where(flipped, cols.flip(1), cols)
         rows, row_ok = self._source_index(rows, h)
         cols, col_ok = self._source_index(cols, w)
-        index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, crop * crop).to(images.device)
+        index = _to_device((rows[:, :, None] * w + cols[:, None, :]).view(b, 1, crop * crop), images.device)
         out = images.reshape(b, c, h * w).gather(2, index.expand(b, c, -1)).view(b, c, crop, crop)
         if self.padding_mode == "zeros" and pad:
-            inside = (row_ok[:, :, None] & col_ok[:, None, :]).to(images.device)
+            inside = _to_device(row_ok[:, :, None] & col_ok[:, None, :], images.device)
             out = out * inside[:, None]
         return self._normalize(out)
 
@@ -100,6 +109,19 @@ class TrainAugment(_Normalize):
             f"TrainAugment(crop_size={self.crop_size}, padding={self.padding}, flip={self.flip}, "
             f"padding_mode={self.padding_mode!r}, mean={self.mean}, std={self.std})"
         )
+
+
+class Normalize(_Normalize):
+    """Only normalise: the train transform of the streaming path, whose workers augment already.
+
+    Takes (and ignores) the ``generator`` a train transform is called with."""
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_batch(images)
+        return self._normalize(images)
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
 
 
 class EvalTransform(_Normalize):

@@ -10,7 +10,8 @@ from .config import (
 from .distributed import DistributedInfo, init_distributed_device, is_distributed, rank, world_size
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
-from .loop import NonFiniteLossError, config_diff, evaluate, fit, seed_everything
+from .loop import NonFiniteLossError, TrainLoader, TrainParts, build_parts, config_diff, fit, seed_everything, train_one_epoch, validate
+from .run_dir import RunDir
 from .optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
 from .warm_start import warm_start
 
@@ -21,6 +22,7 @@ __all__ = [
     "config_to_dict", "load_config", "save_config", "validate_config",
     "DistributedInfo", "init_distributed_device", "is_distributed", "rank", "world_size",
     "ModelEma", "MultiExitLoss", "final_logits", "kd_loss",
-    "NonFiniteLossError", "config_diff", "evaluate", "fit", "seed_everything",
+    "NonFiniteLossError", "TrainLoader", "TrainParts", "build_parts", "config_diff", "fit", "seed_everything",
+    "train_one_epoch", "validate", "RunDir",
     "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups", "warm_start",
 ]

@@ -18,6 +18,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .run_dir import RunDir
+
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "save_weights", "load_weights",
     "read_weights", "read_weights_metadata",
@@ -150,10 +152,11 @@ def resolve_weights(path: str | Path) -> Path:
     """A weights file, or a run directory's ``best.safetensors`` (falling back to ``last.safetensors``)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"run directory {path} has neither best.safetensors nor last.safetensors")
+        run = RunDir(path)
+        for weights in (run.best_weights, run.last_weights):
+            if weights.is_file():
+                return weights
+        raise CheckpointError(f"run directory {path} has neither {run.best_weights.name} nor {run.last_weights.name}")
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     return path

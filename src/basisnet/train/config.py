@@ -59,6 +59,22 @@ class DataConfig:
     std: tuple[float, ...] = _opt((0.2470, 0.2435, 0.2616), "Per-channel normalisation std (RGB, 0..1 scale).")
     skip_bad: bool = _opt(False, "Skip unreadable image files (with a warning) instead of failing.")
     num_workers: int = _opt(0, "Background workers decoding data; 0 loads in the main process.")
+    loader: Literal["auto", "memory", "stream"] = _opt(
+        "auto", "memory: decode the whole set once into RAM (CIFAR-size sets); stream: decode per batch in "
+        "num_workers DataLoader workers (ImageNet-size sets, tar shards, random-resized crops); auto: stream when "
+        "data.train_crop is 'resized' or the decoded training set would exceed data.memory_limit_gb.")
+    memory_limit_gb: float = _opt(16.0, "With data.loader=auto: largest decoded training set (GB) kept in memory.")
+    train_crop: Literal["pad", "resized"] = _opt(
+        "pad", "pad: pad + random crop + flip on the device (CIFAR recipe); resized: RandomResizedCrop + flip per "
+        "image in the workers (ImageNet recipe; needs the stream loader).")
+    crop_scale: tuple[float, ...] = _opt((0.08, 1.0), "train_crop=resized: range of the crop's area fraction.")
+    crop_ratio: tuple[float, ...] = _opt((0.75, 4 / 3), "train_crop=resized: range of the crop's aspect ratio.")
+    augment: Literal["none", "randaugment", "trivialaugment"] = _opt(
+        "none", "train_crop=resized: extra per-image policy after crop and flip.")
+    augment_ops: int = _opt(2, "augment=randaugment: operations per image.")
+    augment_magnitude: int = _opt(9, "augment=randaugment: magnitude bin, 0..30.")
+    eval_crop: float = _opt(1.0, "Stream loader: evaluation resizes the shorter side to image_size / eval_crop and "
+                            "takes the central image_size square (ImageNet: 0.875, i.e. 256 -> 224).")
     seed: int = _opt(0, "Seed of the train/val split and of the batch order.")
     subset: int = _opt(0, "Train on a seeded random sample of N images of the training split (smoke runs); 0 = all.")
 
@@ -99,6 +115,10 @@ class TrainConfig:
         False, "torch.compile the training forward: true (= 'inductor', torch.compile's default) or a backend name "
         "('aot_eager' checks capture without code generation); false runs eagerly.")
     seed: int = _opt(0, "Seed of initialisation-independent randomness (augmentation, dropout).")
+    device: Literal["auto", "cpu", "cuda"] = _opt("auto", "Where to train: auto = CUDA when a GPU is visible, else CPU.")
+    amp: Literal["off", "bf16", "fp16"] = _opt(
+        "off", "Mixed precision of forward and loss (autocast): bf16, or fp16 with a gradient scaler; off = float32.")
+    tensorboard: bool = _opt(False, "Also log scalars to RUN_DIR/tensorboard (needs the tensorboard package).")
     log_interval: int = _opt(50, "Update the progress bar statistics every this many steps.")
     eval_every: int = _opt(1, "Validate every this many epochs (the last epoch is always validated).")
     checkpoint_every_steps: int = _opt(0, "Also save a resumable mid-epoch checkpoint every this many steps; 0 = only at epoch ends.")
@@ -253,6 +273,19 @@ def validate_config(cfg: RunConfig) -> None:
         _check(getattr(d, key) >= 1, f"data.{key}", ">= 1", getattr(d, key))
     for key in ("crop_padding", "num_workers", "subset"):
         _check(getattr(d, key) >= 0, f"data.{key}", ">= 0", getattr(d, key))
+    _check(d.memory_limit_gb > 0, "data.memory_limit_gb", "> 0", d.memory_limit_gb)
+    _check(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale",
+           "[min, max] with 0 < min <= max <= 1", list(d.crop_scale))
+    _check(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
+           "[min, max] with 0 < min <= max", list(d.crop_ratio))
+    _check(d.augment_ops >= 1, "data.augment_ops", ">= 1", d.augment_ops)
+    _check(0 <= d.augment_magnitude <= 30, "data.augment_magnitude", "in [0, 30]", d.augment_magnitude)
+    _check(0 < d.eval_crop <= 1, "data.eval_crop", "in (0, 1]", d.eval_crop)
+    _check(not (d.train_crop == "resized" and d.loader == "memory"), "data.train_crop",
+           "'pad' with data.loader=memory (random-resized crops need the full-size files: data.loader=stream)",
+           d.train_crop)
+    _check(d.augment == "none" or d.train_crop == "resized", "data.augment",
+           "'none' unless data.train_crop=resized (policies run per image in the stream workers)", d.augment)
     _check(len(d.mean) == 3, "data.mean", "a list of 3 floats (RGB)", list(d.mean))
     _check(len(d.std) == 3 and all(s > 0 for s in d.std), "data.std", "a list of 3 positive floats (RGB)", list(d.std))
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
@@ -270,6 +303,8 @@ def validate_config(cfg: RunConfig) -> None:
     _check(t.kd_temperature > 0, "train.kd_temperature", "> 0", t.kd_temperature)
     for key in ("weight_decay", "aux_weight", "grad_clip", "checkpoint_every_steps"):
         _check(getattr(t, key) >= 0, f"train.{key}", ">= 0", getattr(t, key))
+    _check(t.amp == "off" or t.device != "cpu" or t.amp == "bf16", "train.amp",
+           "off or bf16 on the CPU (fp16 autocast is a GPU feature)", t.amp)
     for key in ("log_interval", "eval_every"):
         _check(getattr(t, key) >= 1, f"train.{key}", ">= 1", getattr(t, key))
 

@@ -14,6 +14,7 @@ from torch import nn
 from ..models.upcycle import UpcycleError, spread_into_bases
 from .checkpoint import CheckpointMismatchError, read_weights, resolve_weights
 from .config import load_config
+from .run_dir import RunDir
 
 __all__ = ["warm_start"]
 
@@ -49,6 +50,7 @@ def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float
 
 def _trained_epochs(path: Path, metadata: Mapping[str, str]) -> int | None:
     """A run directory's full training length (its best weights may come from an earlier epoch)."""
-    if (path / "config.yaml").is_file():
-        return load_config(path / "config.yaml").train.epochs
+    config = RunDir(path).config
+    if config.is_file():
+        return load_config(config).train.epochs
     return int(metadata["epoch"]) if "epoch" in metadata else None

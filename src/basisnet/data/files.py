@@ -1,0 +1,118 @@
+"""An index of image files (an ImageFolder tree or tar shards): what the streaming path reads from.
+
+Paths live in one fixed-width numpy byte array, not a list of Python strings: DataLoader workers fork
+the index, and touching millions of Python objects' reference counts would copy every page of it into
+every worker (the well-known "memory grows with workers" effect).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .folder import IMAGE_EXTENSIONS, scan_image_folder
+
+__all__ = ["FileIndex", "TAR_SUFFIX"]
+
+TAR_SUFFIX = ".tar"
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """``len(index)`` images: where each one's bytes are and its class.
+
+    Folder: ``paths`` are relative to ``root``. Tar shards (uncompressed ``*.tar`` in ``root`` holding
+    ``.../<class>/<image>`` members): ``paths`` name the shard and ``offsets``/``sizes`` locate the
+    member's bytes, read with ``os.pread`` so forked workers never share a file position.
+    """
+
+    root: str
+    classes: tuple[str, ...]
+    paths: np.ndarray  # bytes, fixed width
+    labels: np.ndarray  # int64
+    offsets: np.ndarray | None = None  # int64, tar shards only
+    sizes: np.ndarray | None = None
+
+    @classmethod
+    def from_folder(cls, root: str | Path) -> FileIndex:
+        """``root/<class>/**/<image>``, classes and files sorted as in :func:`load_image_folder`."""
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        classes, files, labels = scan_image_folder(root)
+        return cls(str(root), tuple(classes), np.array([os.fsencode(f) for f in files]),
+                   np.asarray(labels, dtype=np.int64))
+
+    @classmethod
+    def from_tars(cls, root: str | Path) -> FileIndex:
+        """Every image member of ``root/*.tar`` (sorted by shard, then member order); a member's class is
+        the name of the folder that holds it."""
+        root = Path(root).expanduser()
+        shards = sorted(p for p in root.glob(f"*{TAR_SUFFIX}") if p.is_file())
+        if not shards:
+            raise ValueError(f"no {TAR_SUFFIX} shards in {root}")
+        entries: list[tuple[bytes, str, int, int]] = []
+        for shard in shards:
+            try:
+                with tarfile.open(shard, "r:") as tar:
+                    for m in tar:
+                        parts = m.name.split("/")
+                        if m.isfile() and len(parts) >= 2 and m.name.lower().endswith(IMAGE_EXTENSIONS):
+                            entries.append((os.fsencode(shard.name), parts[-2], m.offset_data, m.size))
+            except tarfile.TarError as exc:
+                raise ValueError(f"cannot read tar shard {shard} (uncompressed tar needed): {exc}") from exc
+        if not entries:
+            raise ValueError(f"the shards in {root} hold no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                             "inside <class>/ folders")
+        classes = sorted({e[1] for e in entries})
+        label_of = {name: i for i, name in enumerate(classes)}
+        return cls(str(root), tuple(classes), np.array([e[0] for e in entries]),
+                   np.array([label_of[e[1]] for e in entries], dtype=np.int64),
+                   np.array([e[2] for e in entries], dtype=np.int64), np.array([e[3] for e in entries], dtype=np.int64))
+
+    @classmethod
+    def from_split(cls, root: str | Path) -> FileIndex:
+        """Tar shards if ``root`` holds ``*.tar`` files, else an ImageFolder tree."""
+        root = Path(root).expanduser()
+        return cls.from_tars(root) if any(root.glob(f"*{TAR_SUFFIX}")) else cls.from_folder(root)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def targets(self) -> Tensor:
+        return torch.from_numpy(self.labels)
+
+    def name(self, i: int) -> str:
+        """Where image ``i`` comes from, for error messages."""
+        path = os.path.join(self.root, os.fsdecode(self.paths[i]))
+        return path if self.offsets is None else f"{path} (member at byte {int(self.offsets[i])})"
+
+    def open(self, i: int) -> BinaryIO | str:
+        """Image ``i`` as something ``PIL.Image.open`` reads: its path, or its tar member's bytes."""
+        path = os.path.join(self.root, os.fsdecode(self.paths[i]))
+        if self.offsets is None or self.sizes is None:
+            return path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return io.BytesIO(os.pread(fd, int(self.sizes[i]), int(self.offsets[i])))
+        finally:
+            os.close(fd)
+
+    def subset(self, indices: Tensor | np.ndarray) -> FileIndex:
+        pick = np.asarray(indices, dtype=np.int64)
+        part = (lambda a: None if a is None else a[pick])
+        return FileIndex(self.root, self.classes, self.paths[pick], self.labels[pick], part(self.offsets),
+                         part(self.sizes))
+
+    def __repr__(self) -> str:
+        kind = "tar shards" if self.offsets is not None else "folder"
+        return f"FileIndex({len(self)} images, {len(self.classes)} classes, {kind} {self.root})"

@@ -1,0 +1,131 @@
+"""The streaming path: images decoded and augmented per sample in DataLoader workers, batched as uint8.
+
+For sets too large to hold decoded in memory (ImageNet: ~190 GB at 224 px per process). Only the file
+index stays resident; normalisation happens on the training device (``Normalize``).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .files import FileIndex
+from .sample_transforms import SampleTransform
+from .sampler import ShardSampler
+
+__all__ = ["StreamDataset", "StreamLoader", "sample_seed"]
+
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 64-bit seed for one image in one epoch: augmentation then depends on nothing else
+    (not the worker that decodes it, not the batch it lands in, not a resume)."""
+    return _splitmix64(_splitmix64(_splitmix64(seed & _MASK) ^ epoch) ^ index)
+
+
+class StreamDataset(Dataset[tuple[Tensor, int]]):
+    """Map-style dataset over a :class:`FileIndex`: item ``(epoch, i)`` is image ``i`` decoded and
+    transformed with randomness seeded by ``(seed, epoch, i)``, as a uint8 ``[3, S, S]`` tensor.
+
+    A plain integer key means epoch 0. An unreadable file raises ``ValueError`` naming it; with
+    ``skip_bad`` the next readable image in the index stands in for it (warned once per process).
+    """
+
+    def __init__(self, index: FileIndex, transform: SampleTransform, seed: int = 0, skip_bad: bool = False) -> None:
+        if len(index) == 0:
+            raise ValueError("the file index is empty")
+        self.index, self.transform, self.seed, self.skip_bad = index, transform, seed, skip_bad
+        self.classes = list(index.classes)
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def targets(self) -> Tensor:
+        return self.index.targets
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        for attempt in range(len(self.index) if self.skip_bad else 1):
+            j = (i + attempt) % len(self.index)
+            try:
+                pixels = self._load(j, random.Random(sample_seed(self.seed, epoch, i)))
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for one meaning: unreadable
+                if not self.skip_bad:
+                    raise ValueError(f"cannot read image {self.index.name(j)}: {type(exc).__name__}: {exc} "
+                                     "(data.skip_bad=true replaces unreadable images)") from exc
+                if not self._warned:
+                    warnings.warn(f"skipping unreadable image {self.index.name(j)}: {exc}", stacklevel=2)
+                    self._warned = True
+                continue
+            return torch.from_numpy(pixels).permute(2, 0, 1), int(self.index.labels[j])
+        raise ValueError(f"none of the {len(self.index)} images under {self.index.root} can be read")
+
+    def _load(self, j: int, rng: random.Random) -> np.ndarray:
+        with Image.open(self.index.open(j)) as img:
+            return np.asarray(self.transform(img, rng))
+
+
+def _collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    images, labels = zip(*samples)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+class StreamLoader:
+    """Batches ``(uint8 [B, 3, S, S], int64 [B])`` of a :class:`StreamDataset`, sharded and ordered by a
+    :class:`ShardSampler`; ``iterate(k)`` resumes an epoch after ``k`` finished batches.
+
+    ``num_workers`` processes decode in the background (0: in this process); ``pin_memory`` when the
+    batches go to a GPU, so the host-to-device copy can be asynchronous.
+    """
+
+    def __init__(self, dataset: StreamDataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
+        self.sampler = ShardSampler(len(dataset), batch_size, rank, world_size, shuffle, drop_last, seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iterate()
+
+    def iterate(self, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must lie in [0, {len(self)}], got {start_batch}")
+        epoch = self.epoch
+        keys: list[list[Any]] = [[(epoch, int(i)) for i in batch] for batch in self.sampler.batches()[start_batch:]]
+        if not keys:
+            return iter(())
+        loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=_collate,
+                            pin_memory=self.pin_memory,
+                            # worker seeds come from here, not from torch's global RNG (which stays untouched)
+                            generator=torch.Generator().manual_seed(self.sampler.seed + epoch))
+        return iter(loader)

@@ -1,0 +1,95 @@
+"""One object that knows the files of a run directory, so no other module spells their names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RunDir"]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and its files::
+
+        config.yaml          resolved config, written at the start
+        classes.json         class names in label order
+        init.json            where train.init_from started each part (only with init_from)
+        summary.csv          one row per finished epoch
+        last.state.pt        everything needed to resume exactly
+        last.safetensors     evaluated weights (EMA if enabled) after the last save
+        best.safetensors     same, at the best final-exit validation top-1
+        tensorboard/         event files (train.tensorboard)
+        logits_<split>.pt, exit_madds.json, sweep_<split>.csv/.png, evaluation_<protocol>.json,
+        shortcut_<split>.json: what evaluation adds
+    """
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def classes(self) -> Path:
+        return self.path / "classes.json"
+
+    @property
+    def init(self) -> Path:
+        return self.path / "init.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.csv"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "last.state.pt"
+
+    @property
+    def last_weights(self) -> Path:
+        return self.path / "last.safetensors"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def exit_madds(self) -> Path:
+        return self.path / "exit_madds.json"
+
+    def logits(self, split: str) -> Path:
+        return self.path / f"logits_{split}.pt"
+
+    def sweep(self, split: str, suffix: str) -> Path:
+        return self.path / f"sweep_{split}{suffix}"
+
+    def evaluation(self, protocol: str) -> Path:
+        return self.path / f"evaluation_{protocol}.json"
+
+    def shortcut(self, split: str) -> Path:
+        return self.path / f"shortcut_{split}.json"
+
+    def holds_run(self) -> bool:
+        """A training run has saved its resumable state here."""
+        return self.state.exists()
+
+    def require_config(self, purpose: str = "") -> Path:
+        """``config.yaml``, or a ``FileNotFoundError`` saying this is not a run directory."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{purpose}{self.path} is not a run directory (no {self.config.name})")
+        return self.config
