@@ -80,7 +80,7 @@ class StreamDataset(Dataset[tuple[Tensor, int]]):
 
     def _load(self, j: int, rng: random.Random) -> np.ndarray:
         with Image.open(self.index.open(j)) as img:
-            return np.asarray(self.transform(img, rng))
+            return np.array(self.transform(img, rng))  # a writable copy: torch refuses read-only buffers
 
 
 def _collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,334 @@
+"""The streaming data path on generated JPEG trees: sharding, resume, worker independence, crops, tar shards,
+memory, and an ImageNet bundled config trained end to end through it."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from basisnet.configs import bundled_config
+from basisnet.data import (
+    CenterCrop, FileIndex, Normalize, RandomResizedCrop, ShardSampler, StreamDataset, StreamLoader, rrc_box,
+)
+from basisnet.data.autoaugment import create_policy
+from basisnet.inputs import choose_loader, open_inputs
+from basisnet.train import ConfigError, RunDir, fit, load_config, load_state
+from basisnet.train.loop import _DeviceStats, _LoopState
+from basisnet.workflow import train_run
+
+SIZES = [(500, 375), (375, 500), (64, 48), (33, 77), (120, 120)]
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+
+
+def make_tree(root: Path, per_class: int, classes: tuple[str, ...] = ("ant", "bee", "cat"), seed: int = 0) -> Path:
+    """``root/<class>/<i>.jpg`` of varied sizes; each class has its own mean colour (a learnable signal)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = SIZES[(i + c) % len(SIZES)]
+            pixels = rng.integers(0, 96, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] += 128
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.jpg", quality=85)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("tree") / "train", per_class=6)
+
+
+def rrc(size: int = 32, policy: str = "trivialaugment") -> RandomResizedCrop:
+    return RandomResizedCrop(size, policy=create_policy(policy))
+
+
+def all_batches(loader: StreamLoader, epoch: int = 0, start: int = 0) -> list[tuple[Tensor, Tensor]]:
+    loader.set_epoch(epoch)
+    return list(loader.iterate(start))
+
+
+# ------------------------------------------------------------------ sharding
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_eval_sharding_reads_every_image_exactly_once(world: int, batch: int) -> None:
+    for n in range(1, 51):
+        for shuffle in (False, True):
+            seen = [i for r in range(world)
+                    for b in ShardSampler(n, batch, r, world, shuffle=shuffle, seed=n).batches() for i in b.tolist()]
+            assert sorted(seen) == list(range(n)), (n, world, batch)
+            lengths = [len(ShardSampler(n, batch, r, world)) for r in range(world)]
+            assert lengths == [len(ShardSampler(n, batch, r, world).batches()) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_train_sharding_equal_batches_each_image_at_most_once(world: int, batch: int) -> None:
+    for n in range(1, 51):
+        if n < batch * world:
+            with pytest.raises(ValueError, match="fewer than one global batch"):
+                ShardSampler(n, batch, 0, world, drop_last=True)
+            continue
+        for epoch in (0, 1):
+            per_rank = []
+            for r in range(world):
+                s = ShardSampler(n, batch, r, world, shuffle=True, drop_last=True, seed=7)
+                s.set_epoch(epoch)
+                per_rank.append(s.batches())
+                assert len(per_rank[-1]) == len(s) == n // (batch * world)
+                assert all(len(b) == batch for b in per_rank[-1])
+            seen = [i for batches in per_rank for b in batches for i in b.tolist()]
+            assert len(seen) == len(set(seen)) == n - n % (batch * world)
+            # the union of the ranks' k-th batches is the single-process k-th global batch
+            single = ShardSampler(n, batch * world, 0, 1, shuffle=True, drop_last=True, seed=7)
+            single.set_epoch(epoch)
+            for k, b in enumerate(single.batches()):
+                assert sorted(b.tolist()) == sorted(i for batches in per_rank for i in batches[k].tolist())
+
+
+def test_loader_shards_a_jpeg_tree_exactly_once(tree: Path) -> None:
+    index = FileIndex.from_folder(tree)
+    dataset = StreamDataset(index, CenterCrop(16))
+    for world in (1, 2, 3, 4):
+        labels = torch.cat([y for r in range(world)
+                            for _, y in StreamLoader(dataset, 4, shuffle=False, rank=r, world_size=world)])
+        assert sorted(labels.tolist()) == sorted(index.labels.tolist())
+
+
+# ------------------------------------------------------------------ determinism and resume
+
+
+def test_worker_count_does_not_change_batches(tree: Path) -> None:
+    dataset = StreamDataset(FileIndex.from_folder(tree), rrc(24), seed=3)
+    reference = all_batches(StreamLoader(dataset, 4, shuffle=True, drop_last=True, seed=1, num_workers=0), epoch=1)
+    two = all_batches(StreamLoader(dataset, 4, shuffle=True, drop_last=True, seed=1, num_workers=2), epoch=1)
+    assert len(reference) == len(two) == 4
+    for (xa, ya), (xb, yb) in zip(reference, two):
+        assert xa.dtype == torch.uint8 and xa.shape == (4, 3, 24, 24)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other_epoch = all_batches(StreamLoader(dataset, 4, shuffle=True, drop_last=True, seed=1), epoch=2)
+    assert not torch.equal(reference[0][0], other_epoch[0][0])  # augmentation and order change per epoch
+    resumed = all_batches(StreamLoader(dataset, 4, shuffle=True, drop_last=True, seed=1), epoch=1, start=2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reference[2:], resumed))
+
+
+class TinyNet(nn.Module):
+    """Two exits, BatchNorm and dropout; ``crash_at``: the n-th training forward raises (a killed run)."""
+
+    num_exits = 2
+
+    def __init__(self, crash_at: int = 0) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.head0 = nn.Linear(6, 3)
+        self.head1 = nn.Sequential(nn.Dropout(0.2), nn.Linear(6, 3))
+        self.crash_at, self.calls = crash_at, 0
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise KeyboardInterrupt("simulated kill")
+        h = self.stem(x).mean((2, 3))
+        return [self.head0(h), self.head1(h)]
+
+
+def stream_fit(tree: Path, run_dir: Path, crash_at: int = 0, resume: bool = False, workers: int = 0) -> dict:
+    cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
+                             "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
+    torch.manual_seed(0)
+    index = FileIndex.from_folder(tree)
+    train = StreamLoader(StreamDataset(index.subset(np.arange(0, 18, 1)), rrc(16, "randaugment"), seed=5), 4,
+                         shuffle=True, drop_last=True, seed=2, num_workers=workers)
+    val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
+    return fit(TinyNet(crash_at), train, val, cfg, run_dir, Normalize(MEAN, STD), Normalize(MEAN, STD),
+               resume=resume, progress=False)
+
+
+def test_stopped_and_resumed_run_is_bitwise_equal(tree: Path, tmp_path: Path) -> None:
+    reference = stream_fit(tree, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        stream_fit(tree, tmp_path / "b", crash_at=7)  # 4 steps per epoch: killed at epoch 2, step 3
+    assert load_state(tmp_path / "b" / "last.state.pt")["loop"]["batch"] == 2  # the checkpoint after step 6
+    resumed = stream_fit(tree, tmp_path / "b", resume=True, workers=2)  # worker count is free to change
+    a, b = (load_state(tmp_path / d / "last.state.pt") for d in "ab")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    wa, wb = (safetensors.torch.load_file(tmp_path / d / "last.safetensors") for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    keep = ("epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1")
+    assert [{k: r[k] for k in keep} for r in resumed["history"]] == [{k: r[k] for k in keep} for r in reference["history"]]
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def test_random_resized_crop_boxes_stay_in_range() -> None:
+    rng = random.Random(0)
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    for _ in range(3000):
+        width, height = rng.randint(1, 700), rng.randint(1, 700)
+        left, top, w, h = rrc_box(width, height, scale, ratio, rng)
+        assert 0 <= left and 0 <= top and 1 <= w and 1 <= h and left + w <= width and top + h <= height
+        if min(width, height) >= 50:  # large enough that rounding cannot push the box out of its bounds
+            area, aspect = w * h / (width * height), w / h
+            fallback = (left, top) == ((width - w) // 2, (height - h) // 2) and max(w / width, h / height) == 1
+            assert fallback or (0.07 <= area <= 1.0 and 0.72 <= aspect <= 1.39), (width, height, w, h)
+
+
+@pytest.mark.parametrize("size", [(500, 375), (33, 77)])
+def test_sample_transforms_give_the_input_size(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = tmp_path / "x.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    for transform in (rrc(224), RandomResizedCrop(64), CenterCrop(224, 0.875), CenterCrop(32)):
+        with Image.open(path) as img:
+            out = transform(img, random.Random(1))
+        assert out.mode == "RGB" and out.size == (transform.size, transform.size)
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_tar_shards_read_the_same_images_as_the_folder(tree: Path, tmp_path: Path) -> None:
+    folder = FileIndex.from_folder(tree)
+    shards = tmp_path / "train"
+    shards.mkdir()
+    files = [Path(p.decode()) for p in folder.paths]
+    for k, part in enumerate((files[:7], files[7:])):
+        with tarfile.open(shards / f"shard-{k:02d}.tar", "w") as tar:
+            for rel in part:
+                tar.add(tree / rel, arcname=f"imgs/{rel}")
+    tars = FileIndex.from_split(shards)
+    assert tars.classes == folder.classes and tars.labels.tolist() == folder.labels.tolist()
+    a = all_batches(StreamLoader(StreamDataset(folder, rrc(16), seed=1), 5, shuffle=True, seed=3))
+    b = all_batches(StreamLoader(StreamDataset(tars, rrc(16), seed=1), 5, shuffle=True, seed=3))
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_unreadable_file_is_named_or_replaced(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "train", per_class=2)
+    (root / "bee" / "000.jpg").write_bytes(b"not a jpeg")
+    dataset = StreamDataset(FileIndex.from_folder(root), CenterCrop(16))
+    with pytest.raises(ValueError, match=r"bee/000\.jpg.*data\.skip_bad"):
+        list(StreamLoader(dataset, 6, shuffle=False))
+    tolerant = StreamDataset(FileIndex.from_folder(root), CenterCrop(16), skip_bad=True)
+    with pytest.warns(UserWarning, match="000.jpg"):
+        images, labels = next(iter(StreamLoader(tolerant, 6, shuffle=False)))
+    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_auto_picks_the_loader(tree: Path) -> None:
+    source = str(tree.parent)
+    assert choose_loader(load_config(None, [f"data.source={source}"])) == "memory"
+    assert choose_loader(load_config(None, [f"data.source={source}", "data.memory_limit_gb=1e-6"])) == "stream"
+    assert choose_loader(load_config(None, [f"data.source={source}", "data.train_crop=resized"])) == "stream"
+    assert choose_loader(load_config(None, ["data.source=shapes"])) == "memory"
+    with pytest.raises(ConfigError, match="reads image files"):
+        open_inputs(load_config(None, ["data.source=shapes", "data.loader=stream"]))
+    with pytest.raises(ConfigError, match="data.train_crop"):
+        load_config(None, ["data.loader=memory", "data.train_crop=resized"])
+    with pytest.raises(ConfigError, match="data.augment"):
+        load_config(None, ["data.augment=randaugment"])
+
+
+# ------------------------------------------------------------------ end to end, memory
+
+
+def test_imagenet_config_trains_two_steps_through_the_stream(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_tree(root / "train", per_class=4)
+    make_tree(root / "test", per_class=1)
+    cfg = load_config(bundled_config("imagenet_mobilenetv3_large"), [
+        f"data.source={root}", "model.kwargs.num_classes=3", "data.val_size=4", "data.batch_size=4",
+        "data.eval_batch_size=4", "data.num_workers=2", "train.epochs=1", "train.warmup_epochs=0"])
+    assert cfg.data.loader == "stream" and cfg.data.train_crop == "resized" and cfg.data.augment == "trivialaugment"
+    result = train_run(cfg, tmp_path / "run", progress=False)
+    assert result["global_step"] == 2 and math.isfinite(result["history"][0]["train_loss"])
+    run = RunDir(tmp_path / "run")
+    assert run.best_weights.is_file() and json.loads(run.classes.read_text()) == ["ant", "bee", "cat"]
+
+
+PEAK_SCRIPT = """
+import sys
+import torch
+from basisnet.train import load_config
+from basisnet.inputs import open_inputs
+from basisnet.train.distributed import DistributedInfo
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+kind, source = sys.argv[1], sys.argv[2]
+cfg = load_config(None, [f"data.source={source}", f"data.loader={kind}", "data.image_size=448", "data.val_size=2",
+                         "data.batch_size=8"])
+inputs = open_inputs(cfg)
+peak = rss_mib()
+loader = inputs.train_loader(DistributedInfo(0, 1, 0, torch.device("cpu"), False), 8, torch.device("cpu"))
+for images, labels in loader.iterate():
+    peak = max(peak, rss_mib())
+print(peak)
+"""
+
+
+def peak_mib(kind: str, source: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind, str(source)], capture_output=True, text=True,
+                         # a fixed malloc threshold: freed decode buffers go back to the OS at once, so RSS shows
+                         # what is alive, not glibc's warm-up of its dynamic threshold (a plateau of ~15 MB)
+                         env={"OMP_NUM_THREADS": "1", "BASISNET_CACHE": str(source / "cache"), "PATH": "",
+                              "MALLOC_MMAP_THRESHOLD_": "131072"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[-1])
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> None:
+    """A tree of 4N images streams within the peak memory of N; decoded into memory it would not."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    make_tree(small / "train", per_class=20)  # 60 images of up to 500x375
+    make_tree(large / "train", per_class=80)  # 240
+    memory = peak_mib("memory", small), peak_mib("memory", large)
+    stream = peak_mib("stream", small), peak_mib("stream", large)
+    assert stream[1] - stream[0] < 8, (stream, memory)
+    assert memory[1] - memory[0] > 50, memory  # 180 more images x 600 KB at 448 px: the test can see growth
+
+
+# ------------------------------------------------------------------ the loop's device-side statistics
+
+
+def test_device_stats_report_the_first_non_finite_step() -> None:
+    stats = _DeviceStats(torch.device("cpu"), check_grads=True)
+    loop = _LoopState()
+    for step, (loss, grad) in enumerate([(1.0, 1.0), (2.0, float("inf")), (float("nan"), 1.0)], start=1):
+        stats.record(torch.tensor(loss), torch.tensor(grad), 4, step)
+    assert stats.settle(loop) == ("gradient norm", float("inf"), 2)
+    fine = _DeviceStats(torch.device("cpu"), check_grads=False)  # fp16: inf gradients are the scaler's business
+    fine.record(torch.tensor(1.5), torch.tensor(float("inf")), 2, 1)
+    fine.record(torch.tensor(0.5), torch.tensor(1.0), 2, 2)
+    assert fine.settle(loop) is None and (loop.loss_sum, loop.samples) == (4.0, 4)
+
+
+def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "train.amp=bf16", "train.tensorboard=true",
+                             "data.batch_size=4", "train.log_interval=2"])
+    index = FileIndex.from_folder(tree)
+    train = StreamLoader(StreamDataset(index, rrc(16)), 4, shuffle=True, drop_last=True)
+    val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
+    result = fit(TinyNet(), train, val, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    assert math.isfinite(result["history"][0]["train_loss"])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    with pytest.raises(ConfigError, match="fp16"):
+        fit(TinyNet(), train, val, load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x",
+            Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
