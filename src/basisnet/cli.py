@@ -190,55 +190,76 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options that belong to one benchmark only: given to another, they are an error rather than ignored.
+_BENCH_OPTIONS = {
+    "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation", "subset": "ablation",
+    "models": "compare", "json": "speed", "threads": "speed", "device": "speed", "run": "deploy",
+    "static_run": "deploy",
+}
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (ABLATIONS, format_ablation_table, format_compare_table, format_compare_targets, format_table,
-                        format_targets, format_train_minutes, format_verdicts, run_ablation, run_accuracy_benchmark,
+    for option, owner in _BENCH_OPTIONS.items():
+        if getattr(args, option) and args.which != owner:
+            raise ValueError(f"--{option.replace('_', '-')} belongs to 'bench {owner}'")
+    return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))
+
+
+def _bench_ablation(args: argparse.Namespace, command: str) -> int:
+    from .bench import ABLATIONS, format_ablation_table, format_train_minutes, run_ablation
+
+    if args.quick:
+        raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
+    tag = f"_s{args.subset}" if args.subset else ""
+    results = Path(args.results or f"benchmarks/results/ablation{tag}.json")
+    records = run_ablation(args.candidates or list(ABLATIONS), args.data, args.output or f"runs/bench_ablation{tag}",
+                           results, subset=args.subset or 0, epochs=args.epochs, command=command)
+    print(format_ablation_table(records))
+    print(format_train_minutes(json.loads(results.with_name(results.stem + "_meta.json").read_text())["train_minutes"]))
+    return 0
+
+
+def _bench_accuracy(args: argparse.Namespace, command: str) -> int:
+    from .bench import format_table, format_targets, format_train_minutes, run_accuracy_benchmark
+
+    suffix = "_quick" if args.quick else ""
+    results = Path(args.results or f"benchmarks/results/cifar10{suffix}.json")
+    records = run_accuracy_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results, quick=args.quick,
+                                     epochs=args.epochs, command=command, widths=args.widths,
+                                     warm_epochs=args.warm_epochs)
+    print(format_table(records))
+    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    print(format_targets(meta))
+    print(format_train_minutes(meta["train_minutes"]))
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace, command: str) -> int:
+    from .bench import (format_compare_table, format_compare_targets, format_train_minutes, format_verdicts,
                         run_compare_benchmark)
 
-    if args.which != "accuracy" and (args.widths or args.warm_epochs):
-        raise ValueError("--widths and --warm-epochs belong to 'bench accuracy'")
-    if args.which != "ablation" and (args.candidates or args.subset):
-        raise ValueError("--candidates and --subset belong to 'bench ablation'")
-    if args.which != "compare" and args.models:
-        raise ValueError("--models belongs to 'bench compare'")
-    if args.which != "speed" and (args.json or args.threads or args.device):
-        raise ValueError("--json, --threads and --device belong to 'bench speed'")
-    if args.which != "deploy" and (args.run or args.static_run):
-        raise ValueError("--run and --static-run belong to 'bench deploy'")
-    command = " ".join(["basisnet", *args.argv])
-    if args.which == "speed":
-        return _bench_speed(args, command)
-    if args.which == "deploy":
-        return _bench_deploy(args, command)
-    if args.which == "ablation":
-        if args.quick:
-            raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
-        tag = f"_s{args.subset}" if args.subset else ""
-        results = Path(args.results or f"benchmarks/results/ablation{tag}.json")
-        records = run_ablation(args.candidates or list(ABLATIONS), args.data, args.output or f"runs/bench_ablation{tag}",
-                               results, subset=args.subset or 0, epochs=args.epochs, command=command)
-        print(format_ablation_table(records))
-        print(format_train_minutes(json.loads(results.with_name(results.stem + "_meta.json").read_text())["train_minutes"]))
-        return 0
     suffix = "_quick" if args.quick else ""
-    output = args.output or f"runs/bench_cifar10{suffix}"
-    name = "cifar10" if args.which == "accuracy" else "compare"
-    results = Path(args.results or f"benchmarks/results/{name}{suffix}.json")
-    if args.which == "accuracy":
-        records = run_accuracy_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
-                                         command=command, widths=args.widths, warm_epochs=args.warm_epochs)
-        print(format_table(records))
-    else:
-        records, _ = run_compare_benchmark(args.data, output, results, quick=args.quick, epochs=args.epochs,
-                                           command=command, models=args.models)
-        print(format_compare_table(records))
+    results = Path(args.results or f"benchmarks/results/compare{suffix}.json")
+    records, _ = run_compare_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
+                                       quick=args.quick, epochs=args.epochs, command=command, models=args.models)
+    print(format_compare_table(records))
     meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
-    if args.which == "accuracy":
-        print(format_targets(meta))
-    else:
-        print(format_verdicts(meta["verdicts"]))
-        print(format_compare_targets(meta))
+    print(format_verdicts(meta["verdicts"]))
+    print(format_compare_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
+    return 0
+
+
+def _bench_loader(args: argparse.Namespace, command: str) -> int:
+    from .bench.loader import LoaderPlan, format_loader_table, run_loader_benchmark
+
+    if args.epochs:
+        raise ValueError("bench loader trains nothing: --epochs does not apply")
+    plan = LoaderPlan.quick_plan() if args.quick else LoaderPlan()
+    results = args.results or f"benchmarks/results/loader{'_quick' if args.quick else ''}.json"
+    records = run_loader_benchmark(args.data, results, plan, scratch=args.output or "runs/bench_loader",
+                                   command=command)
+    print(format_loader_table(records))
     return 0
 
 
@@ -270,6 +291,21 @@ def _bench_deploy(args: argparse.Namespace, command: str) -> int:
                                static_run=args.static_run, command=command)
     print(format_deploy_tables(out))
     return 0
+
+
+def _bench_train(args: argparse.Namespace, command: str) -> int:
+    from .bench.train_speed import TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
+
+    plan = TrainSpeedPlan.quick_plan() if args.quick else TrainSpeedPlan()
+    results = args.results or f"benchmarks/results/train_speed{'_quick' if args.quick else ''}.json"
+    print(format_train_speed_table(run_train_speed_benchmark(args.data, results, plan,
+                                                             scratch=args.output or "runs/bench_train",
+                                                             command=command)))
+    return 0
+
+
+_BENCHES = {"compare": _bench_compare, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
+            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,15 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
-                       "(milliseconds side by side with multiply-adds) or deploy (a trained run: ONNX Runtime, cameras)")
-    p.add_argument("which", choices=["compare", "ablation", "accuracy", "speed", "deploy"])
+                       "(milliseconds side by side with multiply-adds), deploy (a trained run: ONNX Runtime, cameras), loader "
+                       "(streaming images/s against bare JPEG decoding) or train (basisnet train against a bare "
+                       "loop, images/s)")
+    p.add_argument("which", choices=list(_BENCHES))
     p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
     p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
     p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min); "
-                   "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min)")
+                   "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min); "
+                   "loader: 5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers")
     p.add_argument("--widths", type=float, nargs="+", help="accuracy: static MobileNetV3-Small widths "
                    "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
     p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
