@@ -22,6 +22,7 @@ from basisnet.data import (
     CenterCrop, FileIndex, Normalize, RandomResizedCrop, ShardSampler, StreamDataset, StreamLoader, rrc_box,
 )
 from basisnet.data.autoaugment import create_policy
+from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
 from basisnet.inputs import choose_loader, open_inputs
 from basisnet.train import ConfigError, RunDir, fit, load_config, load_state
 from basisnet.train.loop import _DeviceStats, _LoopState
@@ -188,14 +189,33 @@ def test_random_resized_crop_boxes_stay_in_range() -> None:
             assert fallback or (0.07 <= area <= 1.0 and 0.72 <= aspect <= 1.39), (width, height, w, h)
 
 
+@pytest.mark.parametrize("decoder", available_decoders())
 @pytest.mark.parametrize("size", [(500, 375), (33, 77)])
-def test_sample_transforms_give_the_input_size(tmp_path: Path, size: tuple[int, int]) -> None:
+def test_sample_transforms_give_the_input_size(tmp_path: Path, size: tuple[int, int], decoder: str) -> None:
     path = tmp_path / "x.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    for transform in (rrc(224), RandomResizedCrop(64), CenterCrop(224, 0.875), CenterCrop(32)):
-        with Image.open(path) as img:
-            out = transform(img, random.Random(1))
+    for transform in (rrc(224), RandomResizedCrop(64), CenterCrop(224, 0.875), CenterCrop(32), CenterCrop(16)):
+        out = transform(DECODERS[decoder](path.read_bytes()), random.Random(1))
         assert out.mode == "RGB" and out.size == (transform.size, transform.size)
+
+
+def test_decoders_agree_and_a_missing_one_is_named(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """simplejpeg (the optional extra) and Pillow decode to nearly the same pixels, DCT downscaling included."""
+    if "simplejpeg" not in available_decoders():
+        pytest.skip("simplejpeg is not installed")
+    for path in sorted(tree.rglob("*.jpg"))[:6]:
+        data = path.read_bytes()
+        for reduce in (1, 2, 4):
+            a, b = (np.asarray(DECODERS[d](data).decode(reduce), dtype=np.float32) for d in ("pillow", "simplejpeg"))
+            assert a.shape == b.shape and np.abs(a - b).mean() < 2.0, (path, reduce)
+    png = tree / "x.png"
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(png)
+    assert DECODERS["simplejpeg"](png.read_bytes()).decode().getpixel((0, 0)) == (1, 2, 3)  # non-JPEG: Pillow
+    png.unlink()
+    monkeypatch.setattr("basisnet.data.decode.available_decoders", lambda: ["pillow"])
+    assert resolve_decoder("auto") == "pillow"
+    with pytest.raises(ValueError, match="fast-jpeg"):
+        resolve_decoder("simplejpeg")
 
 
 # ------------------------------------------------------------------ sources

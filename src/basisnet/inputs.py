@@ -160,7 +160,8 @@ class StreamInputs:
     def _dataset(self, split: str, transform: Callable[..., Any]) -> StreamDataset:
         if split not in self.index:
             raise ValueError(f"the {split} split was not indexed (with_test=False)")
-        return StreamDataset(self.index[split], transform, seed=self.cfg.train.seed, skip_bad=self.cfg.data.skip_bad)
+        return StreamDataset(self.index[split], transform, seed=self.cfg.train.seed, skip_bad=self.cfg.data.skip_bad,
+                             decoder=self.cfg.data.decoder)
 
     def train_loader(self, info: DistributedInfo, batch_size: int, device: torch.device) -> TrainLoader:
         d = self.cfg.data

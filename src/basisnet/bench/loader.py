@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..data import CenterCrop, FileIndex, RandomResizedCrop, StreamDataset, StreamLoader
 from ..data.autoaugment import create_policy
+from ..data.decode import available_decoders
 from ..data.sources import split_dir
 
 __all__ = ["LoaderPlan", "format_loader_table", "generate_jpegs", "run_loader_benchmark"]
@@ -44,7 +45,7 @@ class LoaderPlan:
         return cls(workers=(0, 2), cifar_images=5_000, large_images=120)
 
 
-Recipe = tuple[str, Callable[[], Any], int]  # name, transform factory, batch size
+Recipe = tuple[str, Callable[[], Any], int, str]  # name, transform factory, batch size, decoder
 
 
 def generate_jpegs(folder: Path, count: int, size: tuple[int, int], classes: int = 4, seed: int = 0) -> Path:
@@ -78,9 +79,10 @@ def bare_decode_rate(files: Sequence[str]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def loader_rate(index: FileIndex, transform: Any, batch_size: int, workers: int) -> float:
+def loader_rate(index: FileIndex, transform: Any, batch_size: int, workers: int, decoder: str) -> float:
     """Images/s of one full pass of ``StreamLoader`` (uint8 batches in this process)."""
-    loader = StreamLoader(StreamDataset(index, transform, seed=0), batch_size, shuffle=True, num_workers=workers)
+    loader = StreamLoader(StreamDataset(index, transform, seed=0, decoder=decoder), batch_size, shuffle=True,
+                          num_workers=workers)
     start = time.perf_counter()
     images = sum(len(labels) for _, labels in loader)
     return images / (time.perf_counter() - start)
@@ -91,13 +93,13 @@ def _measure(name: str, index: FileIndex, recipes: Sequence[Recipe], plan: Loade
     for path in files:  # into the page cache: every figure then measures decoding, not the disk
         Path(path).read_bytes()
     before = bare_decode_rate(files)
-    rates = [(recipe, workers, loader_rate(index, make(), batch, workers))
-             for recipe, make, batch in recipes for workers in plan.workers]
+    rates = [(recipe, decoder, workers, loader_rate(index, make(), batch, workers, decoder))
+             for recipe, make, batch, decoder in recipes for workers in plan.workers]
     bare = max(before, bare_decode_rate(files))
     print(f"[bench loader] {name}: {len(files)} files, bare decode {bare:.0f} images/s", flush=True)
-    return [{"set": name, "images": len(files), "recipe": recipe, "workers": workers,
+    return [{"set": name, "images": len(files), "recipe": recipe, "decoder": decoder, "workers": workers,
              "images_per_s": round(rate, 1), "bare_decode_per_s": round(bare, 1), "ratio": round(rate / bare, 3)}
-            for recipe, workers, rate in rates]
+            for recipe, decoder, workers, rate in rates]
 
 
 def run_loader_benchmark(cifar: str | Path, results: str | Path, plan: LoaderPlan = LoaderPlan(),
@@ -111,12 +113,15 @@ def run_loader_benchmark(cifar: str | Path, results: str | Path, plan: LoaderPla
         cifar_index = cifar_index.subset(np.sort(pick))
     w, h = plan.large_size
     large = FileIndex.from_folder(generate_jpegs(Path(scratch) / f"jpeg{w}x{h}", plan.large_images, plan.large_size))
+    decoders = available_decoders()
+    fast = decoders[-1]
     records = _measure("cifar10 train (32x32 JPEG)", cifar_index,
-                       [("cifar: decode -> uint8 batch", lambda: CenterCrop(32), 256)], plan)
+                       [("cifar: decode -> uint8 batch", lambda: CenterCrop(32), 256, d) for d in decoders], plan)
     records += _measure(f"generated {w}x{h} JPEG", large, [
-        ("imagenet train: RandomResizedCrop 224 + flip", lambda: RandomResizedCrop(224), 64),
-        ("imagenet train + TrivialAugment", lambda: RandomResizedCrop(224, policy=create_policy("trivialaugment")), 64),
-        ("imagenet eval: resize 256 + center crop 224", lambda: CenterCrop(224, 0.875), 64),
+        *[("imagenet train: RandomResizedCrop 224 + flip", lambda: RandomResizedCrop(224), 64, d) for d in decoders],
+        ("imagenet train + TrivialAugment", lambda: RandomResizedCrop(224, policy=create_policy("trivialaugment")), 64,
+         fast),
+        ("imagenet eval: resize 256 + center crop 224", lambda: CenterCrop(224, 0.875), 64, fast),
     ], plan)
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -130,10 +135,10 @@ def run_loader_benchmark(cifar: str | Path, results: str | Path, plan: LoaderPla
 
 def format_loader_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (set, recipe, workers), the ratio to the bare decode rate and the verdict."""
-    lines = ["| files | recipe | workers | images/s | bare decode images/s | ratio | >= 0.8x |",
-             "|---|---|---:|---:|---:|---:|:---:|"]
+    lines = ["| files | recipe | decoder | workers | images/s | bare Pillow decode images/s | ratio | >= 0.8x |",
+             "|---|---|---|---:|---:|---:|---:|:---:|"]
     for r in records:
         ok = "yes" if r["ratio"] >= TARGET else "no"
-        lines.append(f"| {r['set']} | {r['recipe']} | {r['workers']} | {r['images_per_s']:.0f} | "
+        lines.append(f"| {r['set']} | {r['recipe']} | {r['decoder']} | {r['workers']} | {r['images_per_s']:.0f} | "
                      f"{r['bare_decode_per_s']:.0f} | {r['ratio']:.2f} | {ok} |")
     return "\n".join(lines)

@@ -7,12 +7,10 @@ every worker (the well-known "memory grows with workers" effect).
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -96,14 +94,15 @@ class FileIndex:
         path = os.path.join(self.root, os.fsdecode(self.paths[i]))
         return path if self.offsets is None else f"{path} (member at byte {int(self.offsets[i])})"
 
-    def open(self, i: int) -> BinaryIO | str:
-        """Image ``i`` as something ``PIL.Image.open`` reads: its path, or its tar member's bytes."""
+    def read(self, i: int) -> bytes:
+        """The encoded bytes of image ``i`` (a file, or a tar member read at its offset)."""
         path = os.path.join(self.root, os.fsdecode(self.paths[i]))
         if self.offsets is None or self.sizes is None:
-            return path
+            with open(path, "rb") as f:
+                return f.read()
         fd = os.open(path, os.O_RDONLY)
         try:
-            return io.BytesIO(os.pread(fd, int(self.sizes[i]), int(self.offsets[i])))
+            return os.pread(fd, int(self.sizes[i]), int(self.offsets[i]))
         finally:
             os.close(fd)
 

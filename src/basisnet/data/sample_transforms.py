@@ -1,8 +1,8 @@
 """Per-image transforms of the streaming path, run in DataLoader workers on Pillow images.
 
-Each takes a lazily opened image and a ``random.Random`` seeded for that image and epoch, and returns an
-RGB image of the network's input size. JPEGs are decoded at reduced scale (``Image.draft``) whenever the
-crop still keeps at least its output resolution: ImageNet-size files then decode 2-8x faster.
+Each takes an encoded image (:mod:`basisnet.data.decode`: header read, pixels not yet) and a
+``random.Random`` seeded for that image and epoch, and returns an RGB image of the network's input size.
+JPEGs are decoded at reduced DCT scale whenever the crop still keeps at least its output resolution.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from .folder import to_rgb
+from .decode import EncodedImage
 
 __all__ = ["CenterCrop", "RandomResizedCrop", "SampleTransform", "rrc_box"]
 
@@ -22,7 +22,7 @@ Box = tuple[float, float, float, float]  # left, top, width, height in source pi
 
 
 class SampleTransform(Protocol):
-    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image: ...
+    def __call__(self, img: EncodedImage, rng: random.Random) -> Image.Image: ...
 
 
 def rrc_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -47,16 +47,13 @@ def rrc_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[fl
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _crop_resize(img: Image.Image, box: Box, size: int) -> Image.Image:
-    """``box`` of the source resized to ``size`` x ``size`` in one resampling pass, decoding a JPEG at the
-    smallest DCT scale that still leaves the box at least ``size`` pixels on its shorter side."""
+def _crop_resize(img: EncodedImage, box: Box, size: int) -> Image.Image:
+    """``box`` of the source resized to ``size`` x ``size`` in one resampling pass, decoded at the smallest
+    DCT scale that still leaves the box at least ``size`` pixels on its shorter side."""
     width, height = img.size
     left, top, w, h = box
-    reduce = min(w, h) / size
-    if img.format == "JPEG" and reduce >= 2:
-        img.draft("RGB", (math.ceil(width / reduce), math.ceil(height / reduce)))
-    sx, sy = img.size[0] / width, img.size[1] / height
-    rgb = to_rgb(img)
+    rgb = img.decode(reduce=min(w, h) / size)
+    sx, sy = rgb.size[0] / width, rgb.size[1] / height
     return rgb.resize((size, size), Image.Resampling.BILINEAR,
                       box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
 
@@ -76,7 +73,7 @@ class RandomResizedCrop:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
         self.size, self.scale, self.ratio, self.flip, self.policy = size, tuple(scale), tuple(ratio), flip, policy
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
+    def __call__(self, img: EncodedImage, rng: random.Random) -> Image.Image:
         out = _crop_resize(img, rrc_box(*img.size, self.scale, self.ratio, rng), self.size)
         if self.flip and rng.random() < 0.5:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -96,13 +93,12 @@ class CenterCrop:
             raise ValueError(f"need size >= 1 and 0 < crop_pct <= 1, got size={size} crop_pct={crop_pct}")
         self.size, self.crop_pct = size, crop_pct
 
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image:
+    def __call__(self, img: EncodedImage, rng: random.Random | None = None) -> Image.Image:
         width, height = img.size
-        side = min(width, height) * self.crop_pct
-        box = ((width - side) / 2, (height - side) / 2, side, side)
         if (width, height) == (self.size, self.size):
-            return to_rgb(img)
-        return _crop_resize(img, box, self.size)
+            return img.decode()
+        side = min(width, height) * self.crop_pct
+        return _crop_resize(img, ((width - side) / 2, (height - side) / 2, side, side), self.size)
 
     def __repr__(self) -> str:
         return f"CenterCrop(size={self.size}, crop_pct={self.crop_pct})"

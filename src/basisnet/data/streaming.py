@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .decode import DECODERS, resolve_decoder
 from .files import FileIndex
 from .sample_transforms import SampleTransform
 from .sampler import ShardSampler
@@ -39,18 +39,24 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return _splitmix64(_splitmix64(_splitmix64(seed & _MASK) ^ epoch) ^ index)
 
 
-class StreamDataset(Dataset[tuple[Tensor, int]]):
+class StreamDataset(Dataset[tuple[np.ndarray, int]]):
     """Map-style dataset over a :class:`FileIndex`: item ``(epoch, i)`` is image ``i`` decoded and
-    transformed with randomness seeded by ``(seed, epoch, i)``, as a uint8 ``[3, S, S]`` tensor.
+    transformed with randomness seeded by ``(seed, epoch, i)``, as uint8 pixels ``[S, S, 3]`` (HWC, as
+    Pillow gives them: the collate step makes one copy into the batch, not two).
 
     A plain integer key means epoch 0. An unreadable file raises ``ValueError`` naming it; with
     ``skip_bad`` the next readable image in the index stands in for it (warned once per process).
+    ``decoder``: ``pillow``, ``simplejpeg`` (optional extra) or ``auto`` (simplejpeg when installed); the
+    two decoders' pixels differ slightly, so a run keeps the one it started with.
     """
 
-    def __init__(self, index: FileIndex, transform: SampleTransform, seed: int = 0, skip_bad: bool = False) -> None:
+    def __init__(self, index: FileIndex, transform: SampleTransform, seed: int = 0, skip_bad: bool = False,
+                 decoder: str = "pillow") -> None:
         if len(index) == 0:
             raise ValueError("the file index is empty")
         self.index, self.transform, self.seed, self.skip_bad = index, transform, seed, skip_bad
+        self.decoder = resolve_decoder(decoder)
+        self._open = DECODERS[self.decoder]
         self.classes = list(index.classes)
         self._warned = False
 
@@ -61,7 +67,7 @@ class StreamDataset(Dataset[tuple[Tensor, int]]):
     def targets(self) -> Tensor:
         return self.index.targets
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         for attempt in range(len(self.index) if self.skip_bad else 1):
             j = (i + attempt) % len(self.index)
@@ -75,17 +81,19 @@ class StreamDataset(Dataset[tuple[Tensor, int]]):
                     warnings.warn(f"skipping unreadable image {self.index.name(j)}: {exc}", stacklevel=2)
                     self._warned = True
                 continue
-            return torch.from_numpy(pixels).permute(2, 0, 1), int(self.index.labels[j])
+            return pixels, int(self.index.labels[j])
         raise ValueError(f"none of the {len(self.index)} images under {self.index.root} can be read")
 
     def _load(self, j: int, rng: random.Random) -> np.ndarray:
-        with Image.open(self.index.open(j)) as img:
-            return np.array(self.transform(img, rng))  # a writable copy: torch refuses read-only buffers
+        return np.asarray(self.transform(self._open(self.index.read(j)), rng))
 
 
-def _collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-    images, labels = zip(*samples)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:
+    """One copy of the HWC pixels into a batch, returned as ``[B, 3, S, S]`` in channels_last layout (the
+    layout the networks run in; ``.contiguous()`` gives NCHW memory where wanted)."""
+    pixels, labels = zip(*samples)
+    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
+    return batch, torch.tensor(labels, dtype=torch.int64)
 
 
 class StreamLoader:

@@ -1,0 +1,100 @@
+"""Encoded images and the decoders that open them: Pillow always, simplejpeg when installed (faster JPEGs).
+
+A transform first sees only the header (its size), picks its crop, then asks for pixels at the smallest
+DCT scale that keeps the crop at its output resolution: JPEGs then decode 2-8x faster when they are much
+larger than the network input.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from .folder import to_rgb
+
+__all__ = ["DECODERS", "EncodedImage", "available_decoders", "resolve_decoder"]
+
+
+class EncodedImage(Protocol):
+    """An image whose header is read and whose pixels are not decoded yet."""
+
+    size: tuple[int, int]  # width, height at full scale
+
+    def decode(self, reduce: float = 1.0) -> Image.Image:
+        """RGB pixels, downscaled by a power of two no larger than ``reduce`` where the format allows."""
+        ...
+
+
+def _scale(reduce: float) -> int:
+    """The largest JPEG DCT scale (1, 2, 4 or 8) not above ``reduce``."""
+    return next(k for k in (8, 4, 2, 1) if k <= max(reduce, 1.0))
+
+
+class PillowImage:
+    """Any format Pillow reads; JPEGs downscale in the DCT domain through ``Image.draft``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.image = Image.open(io.BytesIO(data))
+        self.size = self.image.size
+
+    def decode(self, reduce: float = 1.0) -> Image.Image:
+        width, height, k = *self.size, _scale(reduce)
+        if self.image.format == "JPEG" and k > 1:  # Pillow picks the scale from integer ratios: ask for w // k
+            self.image.draft("RGB", (max(1, width // k), max(1, height // k)))
+        rgb = to_rgb(self.image)
+        rgb.load()
+        return rgb
+
+
+class SimpleJpegImage:
+    """JPEGs through simplejpeg (libjpeg-turbo without Pillow's per-image overhead); other files through Pillow."""
+
+    def __init__(self, data: bytes) -> None:
+        import simplejpeg
+
+        self._decode = simplejpeg.decode_jpeg
+        self.data = data
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        self.size = (width, height)
+
+    def decode(self, reduce: float = 1.0) -> Image.Image:
+        width, height, k = *self.size, _scale(reduce)
+        if k > 1:  # the smallest libjpeg-turbo scale that is at least 1/k: exactly 1/k
+            pixels = self._decode(self.data, colorspace="RGB", min_height=math.ceil(height / k),
+                                  min_width=math.ceil(width / k))
+        else:
+            pixels = self._decode(self.data, colorspace="RGB")
+        return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def _simplejpeg(data: bytes) -> EncodedImage:
+    return SimpleJpegImage(data) if data[:2] == b"\xff\xd8" else PillowImage(data)
+
+
+DECODERS: dict[str, Callable[[bytes], EncodedImage]] = {"pillow": PillowImage, "simplejpeg": _simplejpeg}
+
+
+def available_decoders() -> list[str]:
+    """The decoders usable here (simplejpeg is the optional extra ``basisnet[fast-jpeg]``)."""
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return ["pillow"]
+    return ["pillow", "simplejpeg"]
+
+
+def resolve_decoder(name: str) -> str:
+    """``auto``: simplejpeg when installed, else Pillow; a named decoder must be installed."""
+    available = available_decoders()
+    if name == "auto":
+        return available[-1]
+    if name not in DECODERS:
+        raise ValueError(f"unknown JPEG decoder {name!r}; choose from auto, {', '.join(DECODERS)}")
+    if name not in available:
+        raise ValueError(f"decoder {name!r} is not installed: pip install 'basisnet[fast-jpeg]'")
+    return name
