@@ -193,7 +193,9 @@ def _coerce(value: Any, hint: Any) -> Any:
                 pass
         raise TypeError
     if origin is Literal:
-        if value in typing.get_args(hint):
+        if value is False and "off" in typing.get_args(hint):  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if value in typing.get_args(hint) and not isinstance(value, bool):
             return value
         raise TypeError
     if hint is type(None):
