@@ -69,6 +69,9 @@ class BatchLoader:
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch must lie in [0, {len(self)}], got {start_batch}")
         order, size = self.indices(), self.batch_size
+        if isinstance(self.dataset, ImageTensorDataset):
+            # a set held in GPU memory is indexed there: the epoch's order goes over once, not once per batch
+            order = order.to(self.dataset.images.device)
         batches = [order[i * size : (i + 1) * size] for i in range(start_batch, len(self))]
         if isinstance(self.dataset, ImageTensorDataset):
             return ((self.dataset.images[idx], self.dataset.targets[idx]) for idx in batches)

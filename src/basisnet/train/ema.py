@@ -27,10 +27,12 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the current weights of ``model`` (same architecture) into the average."""
-        for ema_p, p in zip(self.module.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - self.decay)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
+        # one fused call per group instead of a kernel launch per tensor (hundreds per step on a GPU)
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()],
+                             1.0 - self.decay)
+        buffers = list(self.module.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
     def state_dict(self) -> dict[str, Any]:
         return self.module.state_dict()

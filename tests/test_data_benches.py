@@ -1,0 +1,38 @@
+"""The loader and training-loop benchmarks run end to end on tiny inputs and write their records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from basisnet.bench.loader import LoaderPlan, format_loader_table, generate_jpegs, run_loader_benchmark
+from basisnet.bench.train_speed import TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
+
+
+def test_loader_benchmark_records_every_recipe_and_worker_count(tmp_path: Path) -> None:
+    cifar = tmp_path / "cifar" / "train"
+    for c in range(2):
+        (cifar / f"k{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)).save(cifar / f"k{c}" / f"{i}.jpg")
+    plan = LoaderPlan(workers=(0, 1), cifar_images=20, large_images=6, large_size=(50, 40))
+    records = run_loader_benchmark(cifar.parent, tmp_path / "loader.json", plan, scratch=tmp_path / "scratch")
+    assert {r["workers"] for r in records} == {0, 1}
+    assert {r["images"] for r in records} == {20, 6}
+    assert all(r["images_per_s"] > 0 and r["ratio"] == round(r["images_per_s"] / r["bare_decode_per_s"], 3)
+               for r in records)
+    assert json.loads((tmp_path / "loader.json").read_text()) == records
+    assert json.loads((tmp_path / "loader_meta.json").read_text())["target_ratio"] == 0.8
+    assert "| 6 |" not in format_loader_table(records) and format_loader_table(records).count("\n") == len(records) + 1
+    assert len(list(generate_jpegs(tmp_path / "scratch" / "jpeg50x40", 6, (50, 40)).rglob("*.jpg"))) == 6
+
+
+def test_train_benchmark_compares_the_loop_with_a_bare_loop(tmp_path: Path) -> None:
+    plan = TrainSpeedPlan(configs=("cifar10_static",), steps=2, batch=8)
+    records = run_train_speed_benchmark("shapes", tmp_path / "train.json", plan, scratch=tmp_path / "runs")
+    (r,) = records
+    assert (r["config"], r["batch"], r["steps"], r["device"]) == ("cifar10_static", 8, 2, "cpu")
+    assert r["train_images_per_s"] > 0 and r["bare_images_per_s"] > 0 and r["ratio"] > 0
+    assert "cifar10_static" in format_train_speed_table(records)
