@@ -34,7 +34,7 @@ TRAIN_ARGS = [
     "model.name=nonorm_toy", "data.source=shapes", "data.image_size=8", "data.subset=64", "data.val_size=30",
     "data.batch_size=16", "data.eval_batch_size=32", "data.crop_padding=0", "data.flip=false",
     "train.epochs=2", "train.lr=0.2", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
-    "train.checkpoint_every_steps=3",
+    "train.checkpoint_every_steps=3", "train.device=cpu",
 ]
 # float32 sums of the same numbers in another order (per-rank means averaged by DDP instead of one
 # mean over 16 images) differ in the last bits; after 8 steps the weights agree to this tolerance.

@@ -38,6 +38,7 @@ TINY = [
     "data.subset=256", "data.val_size=64", "data.batch_size=16", "data.eval_batch_size=64", "data.image_size=16",
     "model.kwargs.resolution=16", "model.kwargs.lightweight_resolution=8", "model.kwargs.specialist_width=0.35",
     "model.kwargs.num_bases=2", "model.kwargs.basis_dropout=0.1",
+    "train.device=cpu",  # bitwise comparisons: CPU kernels even where a GPU is visible
 ]
 STEPS = 2 * 256 // 16
 

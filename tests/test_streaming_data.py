@@ -19,12 +19,12 @@ from torch import Tensor, nn
 
 from basisnet.configs import bundled_config
 from basisnet.data import (
-    CenterCrop, FileIndex, Normalize, RandomResizedCrop, ShardSampler, StreamDataset, StreamLoader, rrc_box,
+    BatchLoader, CenterCrop, ImageTensorDataset, FileIndex, Normalize, RandomResizedCrop, ShardSampler, StreamDataset, StreamLoader, rrc_box,
 )
 from basisnet.data.autoaugment import create_policy
 from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
 from basisnet.inputs import choose_loader, open_inputs
-from basisnet.train import ConfigError, RunDir, fit, load_config, load_state
+from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state
 from basisnet.train.loop import _DeviceStats, _LoopState
 from basisnet.workflow import train_run
 
@@ -337,6 +337,36 @@ def test_device_stats_report_the_first_non_finite_step() -> None:
     fine.record(torch.tensor(1.5), torch.tensor(float("inf")), 2, 1)
     fine.record(torch.tensor(0.5), torch.tensor(1.0), 2, 2)
     assert fine.settle(loop) is None and (loop.loss_sum, loop.samples) == (4.0, 4)
+
+
+class NanAt(nn.Module):
+    """One exit; its ``step``-th training forward returns NaN."""
+
+    num_exits = 1
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.conv, self.head, self.step, self.calls = nn.Conv2d(3, 4, 3), nn.Linear(4, 3), step, 0
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if self.training:
+            self.calls += 1
+        out = self.head(self.conv(x).mean((2, 3)))
+        return [out * float("nan") if self.calls == self.step else out]
+
+
+def test_deferred_check_names_the_step_that_went_non_finite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read every log_interval steps (as on a GPU), the flag still names the first bad step (here 5 of 8), and
+    nothing is saved."""
+    monkeypatch.setattr("basisnet.train.loop.settle_interval", lambda device, tc: tc.log_interval)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    data = ImageTensorDataset(images, torch.arange(64) % 3, ["a", "b", "c"])
+    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.batch_size=8", "train.log_interval=4"])
+    model = NanAt(step=5)
+    with pytest.raises(NonFiniteLossError, match=r"loss \(nan\) at epoch 1, step 5 \(global step 5\)"):
+        fit(model, BatchLoader(data, 8, shuffle=True, drop_last=True), BatchLoader(data, 32, shuffle=False), cfg,
+            tmp_path, Normalize((0.5,) * 3, (0.25,) * 3), Normalize((0.5,) * 3, (0.25,) * 3), progress=False)
+    assert not (tmp_path / "last.state.pt").exists()
 
 
 def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ def test_a_run_stopped_at_the_end_of_the_static_phase_resumes_exactly(tmp_path, 
     from basisnet.workflow import train_run
 
     tiny = ["train.epochs=2", "train.warmup_epochs=0", "data.subset=128", "data.val_size=64", "data.batch_size=32",
-            "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", "train.static_phase=0.5"]
+            "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", "train.static_phase=0.5",
+            "train.device=cpu"]  # bitwise comparison: CPU kernels even where a GPU is visible
     cfg = lambda: load_config(bundled_config("shapes_demo"), tiny)  # noqa: E731
     train_run(cfg(), tmp_path / "reference", progress=False)
     upcycle_step = BasisNet.end_static_phase

@@ -10,7 +10,6 @@ crop) on generated 500x375 JPEGs.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -27,6 +26,7 @@ from ..data import CenterCrop, FileIndex, RandomResizedCrop, StreamDataset, Stre
 from ..data.autoaugment import create_policy
 from ..data.decode import available_decoders
 from ..data.sources import split_dir
+from .records import save_records
 
 __all__ = ["LoaderPlan", "format_loader_table", "generate_jpegs", "run_loader_benchmark"]
 
@@ -123,13 +123,10 @@ def run_loader_benchmark(cifar: str | Path, results: str | Path, plan: LoaderPla
          fast),
         ("imagenet eval: resize 256 + center crop 224", lambda: CenterCrop(224, 0.875), 64, fast),
     ], plan)
-    results = Path(results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
-    meta = {"command": command, "seconds": round(time.time() - start), "target_ratio": TARGET,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
-            "pillow": Image.__version__}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_records(results, records, {
+        "command": command, "seconds": round(time.time() - start), "target_ratio": TARGET,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+        "pillow": Image.__version__, "decoders": decoders})
     return records
 
 

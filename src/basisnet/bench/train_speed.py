@@ -10,7 +10,6 @@ steps only (validation excluded). On a GPU the target is >= 0.8x.
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from ..layers import to_channels_last
 from ..models import create_model
 from ..train import load_config
 from ..workflow import train_run
+from .records import save_records
 
 __all__ = ["TrainSpeedPlan", "format_train_speed_table", "run_train_speed_benchmark"]
 
@@ -88,13 +88,10 @@ def run_train_speed_benchmark(data: str | Path, results: str | Path, plan: Train
                         "train_images_per_s": round(loop_rate, 1), "bare_images_per_s": round(bare, 1),
                         "ratio": round(loop_rate / bare, 3)})
         print(f"[bench train] {name}: basisnet train {loop_rate:.0f} images/s, bare loop {bare:.0f}", flush=True)
-    results = Path(results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
-    meta = {"command": command, "target_ratio": TARGET, "torch": torch.__version__,
-            "machine": platform.machine() + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else
-                                             f", {torch.get_num_threads()} threads")}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_records(results, records, {
+        "command": command, "target_ratio": TARGET, "torch": torch.__version__,
+        "machine": platform.machine() + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else
+                                         f", {torch.get_num_threads()} threads")})
     return records
 
 

@@ -314,7 +314,7 @@ class _FoldedDepthwise(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conf
-        batch, groups = x.shape[0], weight.shape[0]
+        groups = weight.shape[0]
         g = grad.contiguous().view(1, groups, *grad.shape[2:])
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:

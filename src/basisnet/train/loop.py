@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -49,7 +48,7 @@ _UPCYCLE_SEED_OFFSET = 0xB1A5  # the noise that separates the bases after the st
 # Keys that only change bookkeeping or speed, so a resumed run may change them without losing exactness.
 _RESUME_FREE_KEYS = frozenset({
     "train.log_interval", "train.checkpoint_every_steps", "train.tensorboard", "data.num_workers",
-    "data.eval_batch_size", "data.loader", "data.memory_limit_gb",
+    "data.eval_batch_size", "data.loader", "data.memory_limit_gb", "train.device",
 })
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -257,7 +256,7 @@ def train_one_epoch(
     and always before a mid-epoch checkpoint: a non-finite value raises before anything is written.
     """
     tc, device = parts.cfg, parts.device
-    settle_every = 1 if device.type == "cpu" else tc.log_interval
+    settle_every = settle_interval(device, tc)
     stats = _DeviceStats(device, check_grads=not parts.scaler.is_enabled())
     params = [p for p in parts.net.parameters() if p.requires_grad]
     start = time.perf_counter() - loop.train_seconds
@@ -292,6 +291,12 @@ def train_one_epoch(
             log(loop)
         if _checkpoint_due(tc, loop, steps_per_epoch, after_step=True):
             save_last()
+
+
+def settle_interval(device: torch.device, tc: TrainConfig) -> int:
+    """Steps between host reads of the loss and the non-finite flag: every step on the CPU (reading is free),
+    every ``log_interval`` steps on an accelerator (a read waits for all queued work)."""
+    return 1 if device.type == "cpu" else tc.log_interval
 
 
 def _checkpoint_due(tc: TrainConfig, loop: _LoopState, steps_per_epoch: int, after_step: bool = False) -> bool:

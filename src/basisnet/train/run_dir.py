@@ -9,6 +9,10 @@ from pathlib import Path
 __all__ = ["RunDir"]
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"``{name}`` in the run directory")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory and its files::
@@ -36,41 +40,15 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def classes(self) -> Path:
-        return self.path / "classes.json"
-
-    @property
-    def init(self) -> Path:
-        return self.path / "init.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.csv"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "last.state.pt"
-
-    @property
-    def last_weights(self) -> Path:
-        return self.path / "last.safetensors"
-
-    @property
-    def best_weights(self) -> Path:
-        return self.path / "best.safetensors"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def exit_madds(self) -> Path:
-        return self.path / "exit_madds.json"
+    config = _file("config.yaml")
+    classes = _file("classes.json")
+    init = _file("init.json")
+    summary = _file("summary.csv")
+    state = _file("last.state.pt")
+    last_weights = _file("last.safetensors")
+    best_weights = _file("best.safetensors")
+    tensorboard = _file("tensorboard")
+    exit_madds = _file("exit_madds.json")
 
     def logits(self, split: str) -> Path:
         return self.path / f"logits_{split}.pt"
