@@ -23,7 +23,8 @@ from basisnet.data import (
 )
 from basisnet.data.autoaugment import create_policy
 from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
-from basisnet.inputs import choose_loader, open_inputs
+from basisnet.inputs import INPUT_KINDS, choose_loader, open_inputs
+from basisnet.train.distributed import DistributedInfo
 from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state
 from basisnet.train.loop import _DeviceStats, _LoopState
 from basisnet.workflow import train_run
@@ -221,7 +222,9 @@ def test_decoders_agree_and_a_missing_one_is_named(tree: Path, monkeypatch: pyte
 # ------------------------------------------------------------------ sources
 
 
-def test_tar_shards_read_the_same_images_as_the_folder(tree: Path, tmp_path: Path) -> None:
+def test_tar_shards_read_the_same_images_as_the_folder(tree: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASISNET_CACHE", str(tmp_path / "cache"))
     folder = FileIndex.from_folder(tree)
     shards = tmp_path / "train"
     shards.mkdir()
@@ -232,6 +235,10 @@ def test_tar_shards_read_the_same_images_as_the_folder(tree: Path, tmp_path: Pat
                 tar.add(tree / rel, arcname=f"imgs/{rel}")
     tars = FileIndex.from_split(shards)
     assert tars.classes == folder.classes and tars.labels.tolist() == folder.labels.tolist()
+    (cached,) = (tmp_path / "cache").glob("tarindex-*.npz")  # the headers are read once, then cached
+    again = FileIndex.from_split(shards)
+    assert again.classes == tars.classes and all(
+        np.array_equal(getattr(again, k), getattr(tars, k)) for k in ("paths", "labels", "offsets", "sizes"))
     a = all_batches(StreamLoader(StreamDataset(folder, rrc(16), seed=1), 5, shuffle=True, seed=3))
     b = all_batches(StreamLoader(StreamDataset(tars, rrc(16), seed=1), 5, shuffle=True, seed=3))
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
@@ -247,6 +254,28 @@ def test_unreadable_file_is_named_or_replaced(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="000.jpg"):
         images, labels = next(iter(StreamLoader(tolerant, 6, shuffle=False)))
     assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
+def test_every_input_kind_gives_the_same_splits_and_uint8_batches(tree: Path, kind: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract `basisnet.inputs.Inputs` that training and evaluation rely on, over every registered kind."""
+    monkeypatch.setenv("BASISNET_CACHE", str(tmp_path))
+    cfg = load_config(None, [f"data.source={tree.parent}", f"data.loader={kind}", "data.image_size=24",
+                             "data.val_size=3", "data.batch_size=4"])
+    inputs = INPUT_KINDS[kind](cfg)
+    assert inputs.classes == ["ant", "bee", "cat"]
+    loader = inputs.train_loader(DistributedInfo(0, 1, 0, torch.device("cpu"), False), 4, torch.device("cpu"))
+    loader.set_epoch(1)
+    batches = list(loader.iterate())
+    assert len(batches) == len(loader) == (18 - 3) // 4
+    x, y = batches[0]
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 24, 24) and y.dtype == torch.int64
+    augmented = inputs.train_transform()(x, generator=torch.Generator().manual_seed(0))
+    assert augmented.dtype == torch.float32 and augmented.shape == (4, 3, 24, 24)
+    val = torch.cat([labels for _, labels in inputs.eval_loader("val", 2)])
+    assert sorted(val.tolist()) == [0, 1, 2]  # stratified: one of each class, the same carve for every kind
+    assert inputs.eval_transform()(next(iter(inputs.eval_loader("val", 2)))[0]).dtype == torch.float32
 
 
 def test_auto_picks_the_loader(tree: Path) -> None:

@@ -7,16 +7,20 @@ every worker (the well-known "memory grows with workers" effect).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .folder import IMAGE_EXTENSIONS, scan_image_folder
+from .folder import IMAGE_EXTENSIONS, default_cache_dir, scan_image_folder
 
 __all__ = ["FileIndex", "TAR_SUFFIX"]
 
@@ -50,15 +54,29 @@ class FileIndex:
                    np.asarray(labels, dtype=np.int64))
 
     @classmethod
-    def from_tars(cls, root: str | Path) -> FileIndex:
+    def from_tars(cls, root: str | Path, cache_dir: str | Path | None = None, progress: bool = True) -> FileIndex:
         """Every image member of ``root/*.tar`` (sorted by shard, then member order); a member's class is
-        the name of the folder that holds it."""
+        the name of the folder that holds it.
+
+        Reading the headers of a million members takes minutes, so the index is cached in ``cache_dir``
+        (default :func:`default_cache_dir`), keyed by the shards' names, sizes and modification times.
+        """
         root = Path(root).expanduser()
         shards = sorted(p for p in root.glob(f"*{TAR_SUFFIX}") if p.is_file())
         if not shards:
             raise ValueError(f"no {TAR_SUFFIX} shards in {root}")
+        cache = _tar_cache_file(root, shards, cache_dir)
+        cached = _read_tar_cache(cache, root)
+        if cached is not None:
+            return cached
+        index = cls._scan_tars(root, shards, progress)
+        _write_tar_cache(cache, index)
+        return index
+
+    @classmethod
+    def _scan_tars(cls, root: Path, shards: list[Path], progress: bool) -> FileIndex:
         entries: list[tuple[bytes, str, int, int]] = []
-        for shard in shards:
+        for shard in tqdm(shards, desc=f"indexing {root.name} shards", unit="shard", disable=not progress):
             try:
                 with tarfile.open(shard, "r:") as tar:
                     for m in tar:
@@ -115,3 +133,37 @@ class FileIndex:
     def __repr__(self) -> str:
         kind = "tar shards" if self.offsets is not None else "folder"
         return f"FileIndex({len(self)} images, {len(self.classes)} classes, {kind} {self.root})"
+
+
+_TAR_CACHE_VERSION = 1
+
+
+def _tar_cache_file(root: Path, shards: list[Path], cache_dir: str | Path | None) -> Path:
+    stamps = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
+    key = hashlib.sha256(json.dumps([_TAR_CACHE_VERSION, str(root.resolve()), stamps]).encode()).hexdigest()[:24]
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return directory / f"tarindex-{key}.npz"
+
+
+def _read_tar_cache(path: Path, root: Path) -> FileIndex | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return FileIndex(str(root), tuple(str(c) for c in z["classes"]), z["paths"], z["labels"], z["offsets"],
+                             z["sizes"])
+    except Exception as exc:  # noqa: BLE001 - a damaged cache only means "index again"
+        warnings.warn(f"ignoring unreadable tar index cache {path}: {exc}", stacklevel=3)
+        return None
+
+
+def _write_tar_cache(path: Path, index: FileIndex) -> None:
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, classes=np.array(index.classes), paths=index.paths, labels=index.labels,
+                 offsets=index.offsets, sizes=index.sizes)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write tar index cache {path}: {exc}", stacklevel=3)
