@@ -209,6 +209,9 @@ def test_decoders_agree_and_a_missing_one_is_named(tree: Path, monkeypatch: pyte
         for reduce in (1, 2, 4):
             a, b = (np.asarray(DECODERS[d](data).decode(reduce), dtype=np.float32) for d in ("pillow", "simplejpeg"))
             assert a.shape == b.shape and np.abs(a - b).mean() < 2.0, (path, reduce)
+    truncated = sorted(tree.rglob("*.jpg"))[0].read_bytes()
+    cut = truncated[: len(truncated) // 2] + b"\xff\xd9"  # half the scan, then an end marker
+    assert DECODERS["simplejpeg"](cut).decode().size == DECODERS["pillow"](truncated).size  # read as Pillow does
     png = tree / "x.png"
     Image.new("RGB", (10, 10), (1, 2, 3)).save(png)
     assert DECODERS["simplejpeg"](png.read_bytes()).decode().getpixel((0, 0)) == (1, 2, 3)  # non-JPEG: Pillow
@@ -278,13 +281,48 @@ def test_every_input_kind_gives_the_same_splits_and_uint8_batches(tree: Path, ki
     assert inputs.eval_transform()(next(iter(inputs.eval_loader("val", 2)))[0]).dtype == torch.float32
 
 
+def test_settings_of_the_other_loader_kind_are_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no image files to stream"):
+        choose_loader(load_config(None, ["data.source=shapes", "data.train_crop=resized"]))
+    with pytest.raises(ConfigError, match="data.eval_crop"):
+        choose_loader(load_config(None, [f"data.source={tree.parent}", "data.eval_crop=0.875"]))
+    shards = tmp_path / "train"
+    shards.mkdir()
+    with tarfile.open(shards / "a.tar", "w") as tar:
+        tar.add(next(tree.rglob("*.jpg")), arcname="ant/0.jpg")
+    assert choose_loader(load_config(None, [f"data.source={tmp_path}"])) == "stream"
+    with pytest.raises(ConfigError, match="tar shards"):
+        choose_loader(load_config(None, [f"data.source={tmp_path}", "data.loader=memory"]))
+
+
+def test_a_transform_bug_is_not_taken_for_bad_data(tree: Path) -> None:
+    def broken(img: object, rng: random.Random) -> None:
+        raise RuntimeError("bug in a transform")
+
+    with pytest.raises(RuntimeError, match="bug in a transform"):
+        StreamDataset(FileIndex.from_folder(tree), broken, skip_bad=True)[0]
+
+
+def test_resume_refuses_another_loader_kind(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        stream_fit(tree, tmp_path, crash_at=7)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    memory = BatchLoader(ImageTensorDataset(images, torch.arange(16) % 3, ["a", "b", "c"]), 4, shuffle=True,
+                         drop_last=True)
+    cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
+                             "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
+    with pytest.raises(ValueError, match="trained from a StreamLoader, this resume reads a BatchLoader"):
+        fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+            progress=False)
+
+
 def test_auto_picks_the_loader(tree: Path) -> None:
     source = str(tree.parent)
     assert choose_loader(load_config(None, [f"data.source={source}"])) == "memory"
     assert choose_loader(load_config(None, [f"data.source={source}", "data.memory_limit_gb=1e-6"])) == "stream"
     assert choose_loader(load_config(None, [f"data.source={source}", "data.train_crop=resized"])) == "stream"
     assert choose_loader(load_config(None, ["data.source=shapes"])) == "memory"
-    with pytest.raises(ConfigError, match="reads image files"):
+    with pytest.raises(ConfigError, match="no image files to stream"):
         open_inputs(load_config(None, ["data.source=shapes", "data.loader=stream"]))
     with pytest.raises(ConfigError, match="data.train_crop"):
         load_config(None, ["data.loader=memory", "data.train_crop=resized"])

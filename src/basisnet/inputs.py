@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, train_val_split
 from .data.autoaugment import create_policy
-from .data.files import FileIndex
+from .data.decode import resolve_decoder
+from .data.files import TAR_SUFFIX, FileIndex
 from .data.sample_transforms import CenterCrop, RandomResizedCrop
 from .data.sources import SHAPES, split_dir
 from .data.streaming import StreamDataset, StreamLoader
@@ -118,10 +119,12 @@ class MemoryInputs:
 
     def train_loader(self, info: DistributedInfo, batch_size: int, device: torch.device) -> TrainLoader:
         data = self.splits.train
-        if device.type == "cuda" and data.images.numel() < torch.cuda.mem_get_info(device)[0] // 4:
+        on_gpu = device.type == "cuda" and data.images.numel() < torch.cuda.mem_get_info(device)[0] // 4
+        if on_gpu:
             data = ImageTensorDataset(data.images.to(device), data.targets.to(device), data.classes)
         return BatchLoader(data, batch_size, shuffle=True, drop_last=True, seed=self.cfg.data.seed, rank=info.rank,
-                           world_size=info.world_size, num_workers=self.cfg.data.num_workers)
+                           world_size=info.world_size, num_workers=self.cfg.data.num_workers,
+                           pin_memory=device.type == "cuda" and not on_gpu)
 
     def eval_loader(self, split: str, batch_size: int, info: DistributedInfo | None = None) -> Batches:
         data = self.splits.val if split == "val" else self.splits.test
@@ -141,11 +144,15 @@ class MemoryInputs:
 
 
 class StreamInputs:
-    """File indexes only; images decoded per sample in ``data.num_workers`` DataLoader workers."""
+    """File indexes only; images decoded per sample in ``data.num_workers`` DataLoader workers.
+
+    ``data.decoder=auto`` is resolved here and written back into ``cfg``, so a run's ``config.yaml`` records
+    the decoder it trained with (decoders differ slightly in pixels)."""
 
     def __init__(self, cfg: RunConfig, with_test: bool = False) -> None:
         self.cfg = cfg
         d = cfg.data
+        d.decoder = resolve_decoder(d.decoder)
         if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
             raise ConfigError(f"data.loader=stream reads image files (an ImageFolder tree or tar shards); "
                               f"{d.source!r} is not one: use data.loader=memory")
@@ -195,20 +202,37 @@ INPUT_KINDS: dict[str, Callable[..., Inputs]] = {"memory": MemoryInputs, "stream
 
 
 def choose_loader(cfg: RunConfig) -> str:
-    """``data.loader``, with ``auto`` resolved: memory for the built-in and CIFAR python sets, stream for
-    random-resized crops or a training set whose decoded size exceeds ``data.memory_limit_gb``."""
+    """``data.loader``, with ``auto`` resolved: memory for the built-in and CIFAR python sets, stream for tar
+    shards, random-resized crops or a training set whose decoded size exceeds ``data.memory_limit_gb``.
+
+    Settings that only the other kind honours are errors, not silently ignored."""
     d = cfg.data
-    if d.loader != "auto":
-        return d.loader
     if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
-        return "memory"
-    if d.train_crop == "resized":
+        if d.loader == "stream" or d.train_crop == "resized":
+            raise ConfigError(f"{d.source!r} is decoded into memory as a whole (no image files to stream), so "
+                              "data.loader=stream and data.train_crop=resized do not apply: use a folder tree")
+        return _memory_only_settings(cfg)
+    train_dir = split_dir(d.source, "train")
+    shards = any(train_dir.glob(f"*{TAR_SUFFIX}"))
+    if d.loader == "memory":
+        if shards:
+            raise ConfigError(f"{train_dir} holds tar shards, which only data.loader=stream (or auto) reads")
+        return _memory_only_settings(cfg)
+    if d.loader == "stream" or shards or d.train_crop == "resized":
         return "stream"
-    images = len(FileIndex.from_split(split_dir(d.source, "train")))
+    images = len(FileIndex.from_folder(train_dir))
     decoded_gb = images * 3 * d.image_size**2 / 1e9
     kind = "stream" if decoded_gb > d.memory_limit_gb else "memory"
     _logger.info("data.loader=auto: %d training images, %.1f GB decoded -> %s", images, decoded_gb, kind)
-    return kind
+    return kind if kind == "stream" else _memory_only_settings(cfg)
+
+
+def _memory_only_settings(cfg: RunConfig) -> str:
+    """"memory", once no stream-only setting is asked for."""
+    if cfg.data.eval_crop != 1.0:
+        raise ConfigError(f"data.eval_crop={cfg.data.eval_crop} applies to the stream loader; the memory loader "
+                          "evaluates on the whole shorter side (set data.loader=stream, or eval_crop=1)")
+    return "memory"
 
 
 def open_inputs(cfg: RunConfig, with_test: bool = False) -> Inputs:

@@ -37,7 +37,7 @@ __all__ = [
 FILL: tuple[int, int, int] = (128, 128, 128)
 """Constant grey for pixels that geometric ops move in from outside the image."""
 
-_RESAMPLE = Image.Resampling.BILINEAR
+_RESAMPLE = Image.Resampling.NEAREST  # torchvision's default for these policies, and 3-4x faster than bilinear
 
 AugmentOp = Callable[[Image.Image, float, random.Random], Image.Image]
 """``op(img, magnitude, rng) -> img``; magnitude is in the op's own unit (factor, px, degrees, bits, level)."""
@@ -86,16 +86,16 @@ def _shear_y(img: Image.Image, magnitude: float, rng: random.Random) -> Image.Im
 
 
 def _translate_x(img: Image.Image, magnitude: float, rng: random.Random) -> Image.Image:
-    """Shift right (or left) by ``magnitude`` pixels; fractional shifts interpolate bilinearly."""
-    t = _signed(magnitude, rng)
+    """Shift right (or left) by ``magnitude`` pixels, truncated to whole pixels as torchvision does."""
+    t = float(int(_signed(magnitude, rng)))
     if t == 0:
         return img.copy()
     return _affine(img, (1.0, 0.0, -t, 0.0, 1.0, 0.0))
 
 
 def _translate_y(img: Image.Image, magnitude: float, rng: random.Random) -> Image.Image:
-    """Shift down (or up) by ``magnitude`` pixels."""
-    t = _signed(magnitude, rng)
+    """Shift down (or up) by ``magnitude`` pixels (whole pixels)."""
+    t = float(int(_signed(magnitude, rng)))
     if t == 0:
         return img.copy()
     return _affine(img, (1.0, 0.0, 0.0, 0.0, 1.0, -t))

@@ -17,7 +17,13 @@ from PIL import Image
 
 from .folder import to_rgb
 
-__all__ = ["DECODERS", "EncodedImage", "available_decoders", "resolve_decoder"]
+__all__ = ["DECODERS", "EncodedImage", "UnreadableImageError", "available_decoders", "open_image", "resolve_decoder"]
+
+
+class UnreadableImageError(ValueError):
+    """The bytes are not an image the decoder can read (corrupt, truncated, unknown format).
+
+    Only this counts as bad data: an error anywhere else (a transform, a missing package) stays itself."""
 
 
 class EncodedImage(Protocol):
@@ -39,7 +45,7 @@ class PillowImage:
     """Any format Pillow reads; JPEGs downscale in the DCT domain through ``Image.draft``."""
 
     def __init__(self, data: bytes) -> None:
-        self.image = Image.open(io.BytesIO(data))
+        self.image = Image.open(io.BytesIO(data))  # reads the header only
         self.size = self.image.size
 
     def decode(self, reduce: float = 1.0) -> Image.Image:
@@ -66,9 +72,9 @@ class SimpleJpegImage:
         width, height, k = *self.size, _scale(reduce)
         if k > 1:  # the smallest libjpeg-turbo scale that is at least 1/k: exactly 1/k
             pixels = self._decode(self.data, colorspace="RGB", min_height=math.ceil(height / k),
-                                  min_width=math.ceil(width / k))
-        else:
-            pixels = self._decode(self.data, colorspace="RGB")
+                                  min_width=math.ceil(width / k), strict=False)
+        else:  # strict=False: a truncated file decodes with its missing rows filled, as Pillow does
+            pixels = self._decode(self.data, colorspace="RGB", strict=False)
         return Image.fromarray(np.ascontiguousarray(pixels))
 
 
@@ -79,10 +85,32 @@ def _simplejpeg(data: bytes) -> EncodedImage:
 DECODERS: dict[str, Callable[[bytes], EncodedImage]] = {"pillow": PillowImage, "simplejpeg": _simplejpeg}
 
 
+class _Checked:
+    """An encoded image whose header and pixel errors surface as :class:`UnreadableImageError`."""
+
+    def __init__(self, image: EncodedImage) -> None:
+        self.image, self.size = image, image.size
+
+    def decode(self, reduce: float = 1.0) -> Image.Image:
+        try:
+            return self.image.decode(reduce)
+        except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ... for bad data
+            raise UnreadableImageError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def open_image(data: bytes, decoder: str) -> EncodedImage:
+    """Read the header of ``data`` with ``decoder`` (a key of :data:`DECODERS`)."""
+    try:
+        image = DECODERS[decoder](data)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise UnreadableImageError(f"{type(exc).__name__}: {exc}") from exc
+    return _Checked(image)
+
+
 def available_decoders() -> list[str]:
     """The decoders usable here (simplejpeg is the optional extra ``basisnet[fast-jpeg]``)."""
     try:
-        import simplejpeg  # noqa: F401
+        import simplejpeg  # noqa: F401  (only whether it imports)
     except ImportError:
         return ["pillow"]
     return ["pillow", "simplejpeg"]

@@ -34,6 +34,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -43,6 +44,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.num_workers = num_workers
+        self.pin_memory = pin_memory  # page-locked batches: a non-blocking copy to a GPU then does not wait
         self.epoch = 0
         self._sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
@@ -74,12 +76,15 @@ class BatchLoader:
             order = order.to(self.dataset.images.device)
         batches = [order[i * size : (i + 1) * size] for i in range(start_batch, len(self))]
         if isinstance(self.dataset, ImageTensorDataset):
-            return ((self.dataset.images[idx], self.dataset.targets[idx]) for idx in batches)
+            pin = self.pin_memory and self.dataset.images.device.type == "cpu"
+            return ((self.dataset.images[idx].pin_memory() if pin else self.dataset.images[idx],
+                     self.dataset.targets[idx]) for idx in batches)
         loader = DataLoader(
             self.dataset,
             batch_sampler=[idx.tolist() for idx in batches],
             num_workers=self.num_workers,
             collate_fn=_collate,
+            pin_memory=self.pin_memory,
             # DataLoader draws its worker base seed from this, not from (and so not disturbing) torch's global RNG
             generator=torch.Generator().manual_seed(self._sampler.seed + self.epoch),
         )

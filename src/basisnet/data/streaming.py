@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import DECODERS, resolve_decoder
+from .decode import UnreadableImageError, open_image, resolve_decoder
 from .files import FileIndex
 from .sample_transforms import SampleTransform
 from .sampler import ShardSampler
@@ -24,6 +24,7 @@ from .sampler import ShardSampler
 __all__ = ["StreamDataset", "StreamLoader", "sample_seed"]
 
 _MASK = (1 << 64) - 1
+_MAX_REPLACEMENT_TRIES = 100  # skip_bad: beyond this many unreadable images in a row the data set itself is wrong
 
 
 def _splitmix64(x: int) -> int:
@@ -56,7 +57,6 @@ class StreamDataset(Dataset[tuple[np.ndarray, int]]):
             raise ValueError("the file index is empty")
         self.index, self.transform, self.seed, self.skip_bad = index, transform, seed, skip_bad
         self.decoder = resolve_decoder(decoder)
-        self._open = DECODERS[self.decoder]
         self.classes = list(index.classes)
         self._warned = False
 
@@ -69,23 +69,27 @@ class StreamDataset(Dataset[tuple[np.ndarray, int]]):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        for attempt in range(len(self.index) if self.skip_bad else 1):
-            j = (i + attempt) % len(self.index)
-            try:
-                pixels = self._load(j, random.Random(sample_seed(self.seed, epoch, i)))
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for one meaning: unreadable
-                if not self.skip_bad:
-                    raise ValueError(f"cannot read image {self.index.name(j)}: {type(exc).__name__}: {exc} "
-                                     "(data.skip_bad=true replaces unreadable images)") from exc
-                if not self._warned:
-                    warnings.warn(f"skipping unreadable image {self.index.name(j)}: {exc}", stacklevel=2)
-                    self._warned = True
-                continue
-            return pixels, int(self.index.labels[j])
-        raise ValueError(f"none of the {len(self.index)} images under {self.index.root} can be read")
+        rng_seed = sample_seed(self.seed, epoch, i)
+        try:
+            return self._load(i, random.Random(rng_seed)), int(self.index.labels[i])
+        except UnreadableImageError as exc:
+            if not self.skip_bad:
+                raise UnreadableImageError(f"cannot read image {self.index.name(i)}: {exc} (data.skip_bad=true "
+                                           "replaces unreadable images)") from exc
+            error = exc
+        if not self._warned:
+            warnings.warn(f"skipping unreadable image {self.index.name(i)}: {error}", stacklevel=2)
+            self._warned = True
+        for j in (np.arange(1, min(_MAX_REPLACEMENT_TRIES, len(self.index))) + i) % len(self.index):
+            try:  # the next readable image stands in, with its own label
+                return self._load(int(j), random.Random(rng_seed)), int(self.index.labels[j])
+            except UnreadableImageError as exc:
+                error = exc
+        raise UnreadableImageError(f"image {self.index.name(i)} and the {_MAX_REPLACEMENT_TRIES - 1} after it cannot be "
+                                   f"read (last: {error}): is {self.index.root} readable?") from error
 
     def _load(self, j: int, rng: random.Random) -> np.ndarray:
-        return np.asarray(self.transform(self._open(self.index.read(j)), rng))
+        return np.asarray(self.transform(open_image(self.index.read(j), self.decoder), rng))
 
 
 def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:

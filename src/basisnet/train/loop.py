@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import io
 import json
 import logging
@@ -48,8 +49,9 @@ _UPCYCLE_SEED_OFFSET = 0xB1A5  # the noise that separates the bases after the st
 # Keys that only change bookkeeping or speed, so a resumed run may change them without losing exactness.
 _RESUME_FREE_KEYS = frozenset({
     "train.log_interval", "train.checkpoint_every_steps", "train.tensorboard", "data.num_workers",
-    "data.eval_batch_size", "data.loader", "data.memory_limit_gb", "train.device",
+    "data.eval_batch_size", "train.device",
 })
+_MIN_GRAD_SCALE = 2.0**-14  # fp16: below this the scaler has skipped step after step; the gradients stay non-finite
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -184,7 +186,8 @@ def build_parts(model: nn.Module, tc: TrainConfig, steps_per_epoch: int, teacher
     device = next(net.parameters()).device
     if tc.channels_last:
         to_channels_last(net)
-    optimizer = create_optimizer(net, tc)
+    optimizer = create_optimizer(net, tc, fused=device.type == "cuda" and tc.amp == "fp16"
+                                 and tc.optimizer in ("sgd", "adamw"))
     scheduler = create_scheduler(optimizer, tc, steps_per_epoch)
     ema = ModelEma(net, tc.ema_decay) if tc.ema_decay > 0 else None
     if teacher is not None:
@@ -226,12 +229,14 @@ class _DeviceStats:
         totals = torch.cat([self.bad[:1], torch.stack([self.loss_sum, torch.tensor(float(self.samples),
                                                                                      dtype=torch.float64,
                                                                                      device=self.device)])])
-        if is_distributed():
+        first = torch.where(self.bad[0] > 0, self.bad[2], torch.full_like(self.bad[2], math.inf)).reshape(1)
+        if is_distributed():  # the same two collectives on every rank, flagged or not
             dist.all_reduce(totals)  # the flag summed: non-zero on every rank if on one
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)  # the first bad step over the ranks
         flag, loss_sum, samples = totals.tolist()
         if flag:
-            kind, value, step = self.bad.tolist()
-            return (self._KINDS[int(kind) - 1] if kind else "loss on another rank"), value, int(step)
+            kind, value, _ = self.bad.tolist()
+            return (self._KINDS[int(kind) - 1] if kind else "loss on another rank"), value, int(first.item())
         loop.loss_sum += loss_sum
         loop.samples += int(samples)
         self.loss_sum.zero_()
@@ -272,9 +277,8 @@ def train_one_epoch(
         parts.scaler.unscale_(parts.optimizer)  # true gradients for the norm and clipping (no-op unless fp16)
         grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         stats.record(loss.detach(), grad_norm, len(labels), loop.global_step + 1)
-        due = (loop.global_step + 1) % settle_every == 0 or _checkpoint_due(tc, loop, steps_per_epoch)
-        if due or loop.batch + 1 == steps_per_epoch:
-            _settle(stats, loop, run)
+        if (loop.global_step + 1) % settle_every == 0 or _checkpoint_due(tc, loop, steps_per_epoch):
+            _settle(stats, loop, run, parts.scaler)
         if tc.grad_clip > 0:
             nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
         loop.lr = parts.optimizer.param_groups[0]["lr"]
@@ -291,6 +295,7 @@ def train_one_epoch(
             log(loop)
         if _checkpoint_due(tc, loop, steps_per_epoch, after_step=True):
             save_last()
+    _settle(stats, loop, run, parts.scaler)  # the epoch's rest, before it is validated and saved
 
 
 def settle_interval(device: torch.device, tc: TrainConfig) -> int:
@@ -305,11 +310,16 @@ def _checkpoint_due(tc: TrainConfig, loop: _LoopState, steps_per_epoch: int, aft
     return bool(tc.checkpoint_every_steps) and step % tc.checkpoint_every_steps == 0 and batch < steps_per_epoch
 
 
-def _settle(stats: _DeviceStats, loop: _LoopState, run: RunDir) -> None:
+def _settle(stats: _DeviceStats, loop: _LoopState, run: RunDir, scaler: torch.amp.GradScaler) -> None:
+    """Read the device-side statistics (a host sync); raise for a non-finite value, or for an fp16 gradient
+    scale that has collapsed because every step overflows (the loss stays finite, nothing would learn)."""
     bad = stats.settle(loop)
-    if bad is not None:
+    if bad is not None:  # ``step`` is a global step: the offset from the loop's position is the same mid-step or after
         quantity, value, step = bad
         raise _non_finite(quantity, value, loop, run, step - loop.global_step - 1)
+    if scaler.is_enabled() and scaler.get_scale() < _MIN_GRAD_SCALE:
+        raise _non_finite(f"gradients (fp16 scale fell to {scaler.get_scale():.2g}: every step overflowed)",
+                          float("inf"), loop, run, -1)  # named at the last step taken
 
 
 def _loss(parts: TrainParts, x: Tensor, labels: Tensor, loop: _LoopState, run: RunDir) -> Tensor:
@@ -381,12 +391,17 @@ class _TensorBoard:
     """Scalars beside ``summary.csv`` (``train.tensorboard``), written by rank 0 only."""
 
     def __init__(self, run: RunDir) -> None:
+        self.writer = self.require()(str(run.tensorboard))
+
+    @staticmethod
+    def require() -> Any:
+        """The SummaryWriter class, or a ConfigError saying what to install."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
             raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'basisnet[tensorboard]'"
                               ) from err
-        self.writer = SummaryWriter(str(run.tensorboard))
+        return SummaryWriter
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():
@@ -450,10 +465,13 @@ def fit(
     if static_epochs and not resume:
         _unwrap(model).begin_static_phase()
     parts = build_parts(model, tc, steps_per_epoch, teacher)
-    loop, pending_rng = _resume(parts, cfg, run, steps_per_epoch) if resume else (_start(parts, cfg, run), None)
+    shape = {"steps_per_epoch": steps_per_epoch, "loader": type(train_loader).__name__}
+    loop, pending_rng = _resume(parts, cfg, run, shape) if resume else (_start(parts, cfg, run), None)
     main_rank = rank() == 0
+    if tc.tensorboard:
+        _TensorBoard.require()  # on every rank: a missing package must not leave the others waiting in DDP
     board = _TensorBoard(run) if tc.tensorboard and main_rank else None
-    save_last = lambda: _save_last(parts, cfg, run, loop, steps_per_epoch)  # noqa: E731 - sees the current loop
+    save_last = lambda: _save_last(parts, cfg, run, loop, shape)  # noqa: E731 - sees the current loop
     show_bar = main_rank and (sys.stderr.isatty() if progress is None else progress)
     total_steps = tc.epochs * steps_per_epoch
     model.train()
@@ -504,7 +522,7 @@ def _start(parts: TrainParts, cfg: RunConfig, run: RunDir) -> _LoopState:
     return _LoopState()
 
 
-def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, steps_per_epoch: int
+def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, shape: dict[str, Any]
             ) -> tuple[_LoopState, dict[str, Any] | None]:
     """Weights, optimizer, schedule, EMA and loop position from ``last.state.pt``; the random streams are
     returned, to be restored where the interrupted run saved them (see ``_epoch_batches``)."""
@@ -513,8 +531,11 @@ def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, steps_per_epoch: int
     if diffs:
         raise ConfigError(f"config differs from the run in {run}, so resuming would not continue it:\n  "
                           + "\n  ".join(diffs))
-    if saved["steps_per_epoch"] != steps_per_epoch:
-        raise ValueError(f"train_loader has {steps_per_epoch} batches per epoch, the run in {run} had "
+    if saved.get("loader", shape["loader"]) != shape["loader"]:  # memory and stream order batches differently
+        raise ValueError(f"the run in {run} was trained from a {saved['loader']}, this resume reads a "
+                         f"{shape['loader']}: set data.loader to the kind it started with")
+    if saved["steps_per_epoch"] != shape["steps_per_epoch"]:
+        raise ValueError(f"train_loader has {shape['steps_per_epoch']} batches per epoch, the run in {run} had "
                          f"{saved['steps_per_epoch']}: resume needs the same data and world size")
     parts.net.load_state_dict(saved["model"])
     parts.optimizer.load_state_dict(saved["optimizer"])  # before the scheduler: it restores the current lr
@@ -552,7 +573,7 @@ def _epoch_batches(loader: TrainLoader, loop: _LoopState, pending_rng: dict[str,
     return batches
 
 
-def _save_last(parts: TrainParts, cfg: RunConfig, run: RunDir, loop: _LoopState, steps_per_epoch: int) -> None:
+def _save_last(parts: TrainParts, cfg: RunConfig, run: RunDir, loop: _LoopState, shape: dict[str, Any]) -> None:
     """``last.state.pt`` (every rank's random streams gathered) and ``last.safetensors``; rank 0 writes."""
     rng = _rng_state(parts.augment)
     rngs = [rng]
@@ -565,7 +586,7 @@ def _save_last(parts: TrainParts, cfg: RunConfig, run: RunDir, loop: _LoopState,
         "model": parts.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
         "ema": parts.ema.state_dict() if parts.ema is not None else None, "rng": rngs, "loop": asdict(loop),
-        "config": config_to_dict(cfg), "steps_per_epoch": steps_per_epoch,
+        "config": config_to_dict(cfg), **shape,
     }, run.state)
     save_weights(parts.eval_model, run.last_weights, _weights_meta(cfg, loop.epoch, loop.global_step, parts.ema))
 

@@ -51,18 +51,21 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     return out
 
 
-def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Optimizer named by ``cfg.optimizer`` over ``param_groups(model, cfg.weight_decay)``."""
+def create_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Optimizer named by ``cfg.optimizer`` over ``param_groups(model, cfg.weight_decay)``.
+
+    ``fused`` (CUDA, sgd and adamw): one kernel per step, and a GradScaler can skip an overflowed step
+    without reading its flag on the host."""
     groups = param_groups(model, cfg.weight_decay, cfg.lr, basis_lr_scale=cfg.basis_lr_scale and cfg.optimizer == "sgd")
     if not groups:
         raise ValueError("model has no trainable parameters")
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused or None)
     if cfg.optimizer == "rmsprop":
         # TF-style settings used by the MobileNet/EfficientNet recipes (timm's rmsprop defaults).
         return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=1e-3, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
     raise ValueError(f"train.optimizer must be sgd, rmsprop or adamw, got {cfg.optimizer!r}")
 
 
