@@ -229,12 +229,13 @@ class _DeviceStats:
         totals = torch.cat([self.bad[:1], torch.stack([self.loss_sum, torch.tensor(float(self.samples),
                                                                                      dtype=torch.float64,
                                                                                      device=self.device)])])
-        first = torch.where(self.bad[0] > 0, self.bad[2], torch.full_like(self.bad[2], math.inf)).reshape(1)
-        if is_distributed():  # the same two collectives on every rank, flagged or not
+        if is_distributed():
             dist.all_reduce(totals)  # the flag summed: non-zero on every rank if on one
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)  # the first bad step over the ranks
         flag, loss_sum, samples = totals.tolist()
         if flag:
+            first = torch.where(self.bad[0] > 0, self.bad[2], torch.full_like(self.bad[2], math.inf)).reshape(1)
+            if is_distributed():  # every rank sees the flag, so every rank joins this one too
+                dist.all_reduce(first, op=dist.ReduceOp.MIN)  # the first bad step over the ranks
             kind, value, _ = self.bad.tolist()
             return (self._KINDS[int(kind) - 1] if kind else "loss on another rank"), value, int(first.item())
         loop.loss_sum += loss_sum
