@@ -25,7 +25,10 @@ def test_loader_benchmark_records_every_recipe_and_worker_count(tmp_path: Path) 
                for r in records)
     assert json.loads((tmp_path / "loader.json").read_text()) == records
     assert json.loads((tmp_path / "loader_meta.json").read_text())["target_ratio"] == 0.8
-    assert "| 6 |" not in format_loader_table(records) and format_loader_table(records).count("\n") == len(records) + 1
+    table = format_loader_table(records).splitlines()
+    assert len(table) == len(records) + 2  # header, rule, one row per record
+    for row, r in zip(table[2:], records):  # each row states its ratio and the verdict that follows from it
+        assert f"| {r['ratio']:.2f} | {'yes' if r['ratio'] >= 0.8 else 'no'} |" in row
     assert len(list(generate_jpegs(tmp_path / "scratch" / "jpeg50x40", 6, (50, 40)).rglob("*.jpg"))) == 6
 
 

@@ -316,6 +316,14 @@ def test_resume_refuses_another_loader_kind(tree: Path, tmp_path: Path) -> None:
             progress=False)
 
 
+def test_auto_indexes_a_tree_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scans = []
+    real = FileIndex.from_folder.__func__
+    monkeypatch.setattr(FileIndex, "from_folder", classmethod(lambda cls, root: scans.append(root) or real(cls, root)))
+    inputs = open_inputs(load_config(None, [f"data.source={tree.parent}", "data.memory_limit_gb=1e-6"]))
+    assert type(inputs).__name__ == "StreamInputs" and len(scans) == 1
+
+
 def test_auto_picks_the_loader(tree: Path) -> None:
     source = str(tree.parent)
     assert choose_loader(load_config(None, [f"data.source={source}"])) == "memory"
@@ -443,8 +451,13 @@ def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> Non
     index = FileIndex.from_folder(tree)
     train = StreamLoader(StreamDataset(index, rrc(16)), 4, shuffle=True, drop_last=True)
     val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
-    result = fit(TinyNet(), train, val, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    net = TinyNet()
+    dtypes = []
+    net.head1.register_forward_hook(lambda module, args, out: dtypes.append((module.training, out.dtype)))
+    result = fit(net, train, val, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
     assert math.isfinite(result["history"][0]["train_loss"])
+    assert {dtype for _, dtype in dtypes} == {torch.bfloat16}  # training and validation ran under autocast
+    assert {training for training, _ in dtypes} == {True, False}
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(ConfigError, match="fp16"):
         fit(TinyNet(), train, val, load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x",

@@ -149,14 +149,14 @@ class StreamInputs:
     ``data.decoder=auto`` is resolved here and written back into ``cfg``, so a run's ``config.yaml`` records
     the decoder it trained with (decoders differ slightly in pixels)."""
 
-    def __init__(self, cfg: RunConfig, with_test: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, with_test: bool = False, train_index: FileIndex | None = None) -> None:
         self.cfg = cfg
         d = cfg.data
         d.decoder = resolve_decoder(d.decoder)
         if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
             raise ConfigError(f"data.loader=stream reads image files (an ImageFolder tree or tar shards); "
                               f"{d.source!r} is not one: use data.loader=memory")
-        full = FileIndex.from_split(split_dir(d.source, "train"))
+        full = train_index if train_index is not None else FileIndex.from_split(split_dir(d.source, "train"))
         train_idx, val_idx = _carve(full.targets, cfg)
         self.index = {"train": full.subset(train_idx.numpy()), "val": full.subset(val_idx.numpy())}
         if with_test:
@@ -206,25 +206,31 @@ def choose_loader(cfg: RunConfig) -> str:
     shards, random-resized crops or a training set whose decoded size exceeds ``data.memory_limit_gb``.
 
     Settings that only the other kind honours are errors, not silently ignored."""
+    return _resolve_loader(cfg)[0]
+
+
+def _resolve_loader(cfg: RunConfig) -> tuple[str, FileIndex | None]:
+    """:func:`choose_loader`, plus the training index when sizing the tree needed one (so it is scanned once)."""
     d = cfg.data
     if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
         if d.loader == "stream" or d.train_crop == "resized":
             raise ConfigError(f"{d.source!r} is decoded into memory as a whole (no image files to stream), so "
                               "data.loader=stream and data.train_crop=resized do not apply: use a folder tree")
-        return _memory_only_settings(cfg)
+        return _memory_only_settings(cfg), None
     train_dir = split_dir(d.source, "train")
     shards = any(train_dir.glob(f"*{TAR_SUFFIX}"))
     if d.loader == "memory":
         if shards:
             raise ConfigError(f"{train_dir} holds tar shards, which only data.loader=stream (or auto) reads")
-        return _memory_only_settings(cfg)
+        return _memory_only_settings(cfg), None
     if d.loader == "stream" or shards or d.train_crop == "resized":
-        return "stream"
-    images = len(FileIndex.from_folder(train_dir))
+        return "stream", None
+    index = FileIndex.from_folder(train_dir)
+    images = len(index)
     decoded_gb = images * 3 * d.image_size**2 / 1e9
     kind = "stream" if decoded_gb > d.memory_limit_gb else "memory"
     _logger.info("data.loader=auto: %d training images, %.1f GB decoded -> %s", images, decoded_gb, kind)
-    return kind if kind == "stream" else _memory_only_settings(cfg)
+    return (kind, index) if kind == "stream" else (_memory_only_settings(cfg), None)
 
 
 def _memory_only_settings(cfg: RunConfig) -> str:
@@ -237,4 +243,7 @@ def _memory_only_settings(cfg: RunConfig) -> str:
 
 def open_inputs(cfg: RunConfig, with_test: bool = False) -> Inputs:
     """The data of ``cfg`` read the way ``data.loader`` says."""
-    return INPUT_KINDS[choose_loader(cfg)](cfg, with_test)
+    kind, scanned = _resolve_loader(cfg)
+    if scanned is not None:  # auto indexed the tree to size it: the stream reads that index, not a second scan
+        return StreamInputs(cfg, with_test, train_index=scanned)
+    return INPUT_KINDS[kind](cfg, with_test)

@@ -32,7 +32,7 @@ from ..layers.basis import path_key
 from ..layers.path_tuning import basis_layer_inputs
 from ..models import BasisNet, MobileNet, create_model
 from ..train import load_config
-from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib
+from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib, train_step
 
 __all__ = ["SpeedPlan", "WORKLOADS", "format_speed_table", "format_speed_targets", "run_speed_benchmark",
            "speed_targets"]
@@ -261,13 +261,7 @@ def training_steps(rec: Recorder, models: Sequence[tuple[str, nn.Module, float]]
         if any(isinstance(m, BASIS_LAYERS) for m in model.modules()):
             tune_paths(model, x, repeats=2)
 
-        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            loss = sum(nn.functional.cross_entropy(z, labels) for z in model(x))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        rec.time(label, "train step", batch, step, 3 * madds, memory=True)
+        rec.time(label, "train step", batch, train_step(model, x, labels, optimizer), 3 * madds, memory=True)
         model.eval()
 
 

@@ -6,16 +6,19 @@ machine's state (threads, clocks, caches) and their ratios mean something on a n
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ContextManager
 
 import torch
+from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from ..deploy.latency import median_ms, sync
 
-__all__ = ["Ceiling", "measure_ceiling", "median_ms", "paired_median_ms", "peak_memory_mib"]
+__all__ = ["Ceiling", "measure_ceiling", "median_ms", "paired_median_ms", "peak_memory_mib", "train_step"]
 
 
 def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int = 3,
@@ -86,3 +89,18 @@ def measure_ceiling(device: torch.device, quick: bool = False) -> Ceiling:
     ms = median_ms(lambda: dst.copy_(src), device, warmup=2, repeats=5)
     gb = 2 * src.numel() * src.element_size() / (ms / 1e3) / 1e9
     return Ceiling(gmadds, gb)
+
+
+def train_step(model: nn.Module, x: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
+               autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> Callable[[], None]:
+    """One bare training step (forward, cross-entropy summed over the exits, backward, optimizer step) on a
+    fixed batch, as a callable the benchmarks repeat: the arithmetic of training without any loop around it."""
+
+    def step() -> None:
+        with autocast():
+            loss = sum(nn.functional.cross_entropy(z, labels) for z in model(x))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step

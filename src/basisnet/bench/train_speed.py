@@ -26,6 +26,7 @@ from ..models import create_model
 from ..train import load_config
 from ..workflow import train_run
 from .records import save_records
+from .timing import train_step
 
 __all__ = ["TrainSpeedPlan", "format_train_speed_table", "run_train_speed_benchmark"]
 
@@ -55,13 +56,10 @@ def bare_loop_rate(model: nn.Module, batch: int, steps: int, device: torch.devic
     labels = torch.arange(batch, device=device) % model.num_classes
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp == "bf16" else contextlib.nullcontext
+    step = train_step(model, x, labels, optimizer, autocast)
     start = time.perf_counter()
     for _ in range(steps):
-        with autocast():
-            loss = sum(nn.functional.cross_entropy(z, labels) for z in model(x))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return batch * steps / (time.perf_counter() - start)

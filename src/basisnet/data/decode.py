@@ -1,8 +1,8 @@
 """Encoded images and the decoders that open them: Pillow always, simplejpeg when installed (faster JPEGs).
 
 A transform first sees only the header (its size), picks its crop, then asks for pixels at the smallest
-DCT scale that keeps the crop at its output resolution: JPEGs then decode 2-8x faster when they are much
-larger than the network input.
+DCT scale that keeps the crop at its output resolution (1/2, 1/4 or 1/8 of the pixels to decode when the
+file is that much larger than the network input).
 """
 
 from __future__ import annotations

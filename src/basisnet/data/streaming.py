@@ -63,10 +63,6 @@ class StreamDataset(Dataset[tuple[np.ndarray, int]]):
     def __len__(self) -> int:
         return len(self.index)
 
-    @property
-    def targets(self) -> Tensor:
-        return self.index.targets
-
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         rng_seed = sample_seed(self.seed, epoch, i)

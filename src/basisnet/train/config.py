@@ -74,8 +74,8 @@ class DataConfig:
     augment_ops: int = _opt(2, "augment=randaugment: operations per image.")
     augment_magnitude: int = _opt(9, "augment=randaugment: magnitude bin, 0..30.")
     decoder: Literal["auto", "pillow", "simplejpeg"] = _opt(
-        "auto", "Stream loader: JPEG decoder; simplejpeg (pip install 'basisnet[fast-jpeg]') decodes ~30% faster "
-        "than Pillow here; auto uses it when installed. The two differ slightly in pixels: keep one per run.")
+        "auto", "Stream loader: JPEG decoder; simplejpeg (pip install 'basisnet[fast-jpeg]') measured faster "
+        "than Pillow in `basisnet bench loader`; auto uses it when installed. The two differ slightly in pixels: keep one per run.")
     eval_crop: float = _opt(1.0, "Stream loader: evaluation resizes the shorter side to image_size / eval_crop and "
                             "takes the central image_size square (ImageNet: 0.875, i.e. 256 -> 224).")
     seed: int = _opt(0, "Seed of the train/val split and of the batch order.")

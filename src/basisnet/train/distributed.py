@@ -114,7 +114,7 @@ def distributed_session(device: str | None = None) -> Iterator[DistributedInfo]:
         raise
     if created and is_distributed():
         # Leave together: a rank that tears its group down while another still talks to it can abort
-        # (gloo: "terminate called without an active exception", about 1 run in 10 here without this).
+        # (gloo: "terminate called without an active exception", seen at random in two-process test runs).
         dist.barrier()
         dist.destroy_process_group()
 
