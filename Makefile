@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all gpu-check install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/basisnet demo
 
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py); tests sharing a run stay together.
+TEST_WORKERS ?= 2
 test: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# The same suite in one process, in file order (slower; easier to read when a test hangs).
+test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# GPU-only tests, bench train and bench speed on a CUDA device -> benchmarks/results/gpu_check.{json,md}.
+# Fails with a clear message where no GPU is visible. Offline GPU box with torch: PYTHONPATH=src python -m basisnet bench gpu
+gpu-check: $(STAMP)
+	$(BIN)/basisnet bench gpu
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info runs

@@ -23,6 +23,7 @@ from basisnet.data import (
     BatchLoader,
     EvalTransform,
     ImageTensorDataset,
+    ShardSampler,
     TrainAugment,
     channel_stats,
     load_cifar,
@@ -543,24 +544,31 @@ def test_loader_order_is_a_function_of_seed_and_epoch() -> None:
     assert _order(again) == order
     reference = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=7)
     reference.set_epoch(2)
-    assert order == list(reference)
+    assert order == list(reference)  # one process: the order torch's sampler gave, so older runs resume exactly
     loader.set_epoch(3)
     assert _order(loader) != order
     assert _order(BatchLoader(dataset, batch_size=4, shuffle=False)) == list(range(10))
 
 
 def test_loader_rank_sharding_covers_the_dataset() -> None:
+    """The in-memory loader shards as the stream does (ShardSampler): evaluation reads every image exactly
+    once over the ranks, no wrap-around padding; training cuts global batches."""
     dataset = _numbered(10)
     shards = []
     for rank in range(3):
         loader = BatchLoader(dataset, batch_size=2, shuffle=True, seed=1, rank=rank, world_size=3)
         loader.set_epoch(5)
         shards.append(_order(loader))
-        reference = DistributedSampler(dataset, num_replicas=3, rank=rank, shuffle=True, seed=1)
+        reference = ShardSampler(10, 2, rank, 3, shuffle=True, seed=1)
         reference.set_epoch(5)
-        assert shards[-1] == list(reference)
-    assert [len(s) for s in shards] == [4, 4, 4]
-    assert set().union(*shards) == set(range(10))
+        assert shards[-1] == [int(i) for batch in reference.batches() for i in batch]
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    train = [BatchLoader(dataset, batch_size=2, shuffle=True, drop_last=True, seed=1, rank=r, world_size=2)
+             for r in range(2)]
+    single = BatchLoader(dataset, batch_size=4, shuffle=True, drop_last=True, seed=1)
+    ranks = [[images[:, 0, 0, 0].tolist() for images, _ in loader] for loader in train]
+    assert [a + b for a, b in zip(*ranks)] == [images[:, 0, 0, 0].tolist() for images, _ in single]
     with pytest.raises(ValueError, match="rank"):
         BatchLoader(dataset, batch_size=2, shuffle=True, rank=3, world_size=3)
 

@@ -25,8 +25,11 @@ from torch import Tensor, nn
 from basisnet.train import load_state
 from basisnet.train.distributed import LaunchEnv, init_distributed_device, launch_env
 
+pytestmark = pytest.mark.xdist_group("distributed")  # one worker computes the shared runs once
+
 HERE = Path(__file__).resolve()
 KILL_AT_ENV = "BASISNET_TEST_KILL_AT"  # SIGKILL rank 0 at its n-th training forward
+SIGNAL_AT_ENV = "BASISNET_TEST_SIGNAL_AT"  # "RANK:N:SIG[+SIG]": that rank sends itself SIG(s) at its n-th forward
 
 # Global batch 16 over 64 images: 4 steps per epoch at any world size; no random augmentation (its
 # draws are per-rank streams too); a mid-epoch checkpoint every 3 steps.
@@ -53,12 +56,17 @@ class NoNormToy(nn.Module):
         self.head0 = nn.Linear(width, num_classes)
         self.head1 = nn.Linear(width, num_classes)
         self.kill_at, self.calls = int(os.environ.get(KILL_AT_ENV, 0)), 0
+        self.signal_at = os.environ.get(SIGNAL_AT_ENV, "::").split(":")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if self.training:
             self.calls += 1
             if self.calls == self.kill_at and os.environ.get("RANK") == "0":
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: what a node failure does
+            at_rank, at_call, names = self.signal_at
+            if str(self.calls) == at_call and os.environ.get("RANK", "0") == at_rank:
+                for name in names.split("+"):  # what a scheduler's preemption (or Ctrl-C) sends mid-step
+                    os.kill(os.getpid(), signal.Signals[name])
         h = torch.relu(self.stem(x))
         return [self.head0(h.mean((2, 3))), self.head1(torch.relu(self.body(h)).mean((2, 3)))]
 
@@ -69,7 +77,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0) -> subprocess.CompletedProcess:
+def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0, signal_at: str = "") -> subprocess.CompletedProcess:
     """``basisnet train ARGS`` (with ``nonorm_toy``) in 1 plain process, or in ``procs`` under torchrun.
 
     Always on the CPU with gloo: hiding GPUs keeps a machine with fewer GPUs than processes (one GPU,
@@ -79,6 +87,8 @@ def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0) -> subprocess.C
         env.pop(var, None)
     if kill_at:
         env[KILL_AT_ENV] = str(kill_at)
+    if signal_at:
+        env[SIGNAL_AT_ENV] = signal_at
     launcher = [sys.executable]
     if procs:
         launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
@@ -108,16 +118,56 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "ddp"
 
 
-def test_two_processes_match_one_process(two_process_run: Path, tmp_path: Path) -> None:
-    out = basisnet_train("--output", str(tmp_path / "single"), *TRAIN_ARGS)
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("single") / "single"
+    out = basisnet_train("--output", str(run), *TRAIN_ARGS)
     assert out.returncode == 0, out.stderr
-    single, ddp = weights(tmp_path / "single"), weights(two_process_run)
+    return run
+
+
+def test_two_processes_match_one_process(two_process_run: Path, one_process_run: Path) -> None:
+    single, ddp = weights(one_process_run), weights(two_process_run)
     for part in ("model", "ema"):
         assert single[part].keys() == ddp[part].keys()
         for key in single[part]:
             torch.testing.assert_close(ddp[part][key], single[part][key], atol=ATOL, rtol=RTOL, msg=key)
     # the sharded validation counts every image exactly once, as one process does
-    assert val_top1(two_process_run) == val_top1(tmp_path / "single")
+    assert val_top1(two_process_run) == val_top1(one_process_run)
+
+
+def assert_same_weights(expected_run: Path, run: Path) -> None:
+    expected, resumed = weights(expected_run), weights(run)
+    for part in ("model", "ema"):
+        assert expected[part].keys() == resumed[part].keys()
+        assert [k for k in expected[part] if not torch.equal(expected[part][k], resumed[part][k])] == []
+
+
+# Step 5 is epoch 2, step 1: no periodic checkpoint falls there (every 3 steps), so the state after it can only
+# come from the stop. Under torchrun only rank 1 is signalled: rank 0 must learn of it and stop at the same step.
+@pytest.mark.parametrize("procs, signalled, code", [(0, "SIGTERM", 143), (0, "SIGINT", 130), (2, "SIGTERM", 143)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(
+        procs: int, signalled: str, code: int, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    run = tmp_path / "stopped"
+    out = basisnet_train("--output", str(run), *TRAIN_ARGS, procs=procs, signal_at=f"{min(procs, 1)}:5:{signalled}")
+    loop = load_state(run / "last.state.pt")["loop"]
+    assert (loop["epoch"], loop["batch"], loop["global_step"]) == (1, 1, 5), out.stderr
+    message = (f"stopped by {signalled} after epoch 2, step 1 (global step 5); checkpoint: {run / 'last.state.pt'}; "
+               f"continue with: {'torchrun ... -m basisnet' if procs else 'basisnet'} train --resume {run}")
+    if procs:  # torchrun fails itself, naming its workers' exit codes (once one exits it stops the other)
+        assert out.returncode != 0 and f"exitcode  : {code}" in out.stderr, out.stderr
+    else:
+        assert out.returncode == code and out.stderr.strip().splitlines()[-1] == f"basisnet train: {message}"
+    out = basisnet_train("--resume", str(run), procs=procs)
+    assert out.returncode == 0, out.stderr
+    assert_same_weights(request.getfixturevalue("two_process_run" if procs else "one_process_run"), run)
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    run = tmp_path / "stopped"
+    out = basisnet_train("--output", str(run), *TRAIN_ARGS, signal_at="0:5:SIGTERM+SIGTERM")
+    assert out.returncode == -signal.SIGTERM  # killed by the signal's default action, nothing more written
+    assert load_state(run / "last.state.pt")["loop"]["global_step"] == 4  # the epoch-end checkpoint before step 5
 
 
 def test_resume_after_a_rank_is_killed_is_exact(two_process_run: Path, tmp_path: Path) -> None:
@@ -128,10 +178,7 @@ def test_resume_after_a_rank_is_killed_is_exact(two_process_run: Path, tmp_path:
     assert (loop["epoch"], loop["batch"], loop["global_step"]) == (1, 2, 6)
     out = basisnet_train("--resume", str(run), procs=2)
     assert out.returncode == 0, out.stderr
-    expected, resumed = weights(two_process_run), weights(run)
-    for part in ("model", "ema"):
-        assert expected[part].keys() == resumed[part].keys()
-        assert all(torch.equal(expected[part][k], resumed[part][k]) for k in expected[part])
+    assert_same_weights(two_process_run, run)
 
 
 def test_global_batch_must_divide_by_world_size(tmp_path: Path) -> None:

@@ -38,3 +38,35 @@ def test_streaming_batches_come_pinned(tmp_path: Path) -> None:
                           num_workers=1, pin_memory=True)
     images, labels = next(iter(loader))
     assert images.is_pinned() and images.to("cuda", non_blocking=True).shape == (4, 3, 16, 16)
+
+
+class _Overflowing(torch.nn.Module):
+    """A finite loss whose gradient is not (sqrt's slope at 0): the fp16 scaler skips every step."""
+
+    num_exits = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = x.mean((2, 3))
+        return [self.head(h) + torch.sqrt(self.head.bias * 0).sum()]
+
+
+def test_fp16_uses_the_fused_optimizer_and_stops_when_the_scale_collapses(tmp_path: Path) -> None:
+    from basisnet.data import BatchLoader, ImageTensorDataset, Normalize
+    from basisnet.train import NonFiniteLossError, build_parts, fit
+
+    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "train.amp=fp16", "data.batch_size=4",
+                             "train.log_interval=4", "train.device=cuda"])
+    parts = build_parts(_Overflowing().cuda(), cfg.train, steps_per_epoch=1)
+    assert parts.optimizer.defaults.get("fused") is True  # skipping an overflowed step needs no host read
+    images = torch.randint(0, 256, (4 * 80, 3, 8, 8), dtype=torch.uint8)
+    data = ImageTensorDataset(images, torch.arange(len(images)) % 3, ["a", "b", "c"])
+    norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    # the scale halves at every skipped step: 2^16 falls below the 2^-14 floor after 31 steps of 80
+    with pytest.raises(NonFiniteLossError, match="fp16 scale fell"):
+        fit(_Overflowing().cuda(), BatchLoader(data, 4, shuffle=True, drop_last=True), BatchLoader(data, 64, shuffle=False),
+            cfg, tmp_path, norm, norm, progress=False)
+    assert not (tmp_path / "last.state.pt").exists()

@@ -1,6 +1,9 @@
 """ONNX export per stage: every exported model equals PyTorch in ONNX Runtime at any batch size, and the
 ONNX runtime's early exit answers as the PyTorch predictor does."""
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,7 @@ pytest.importorskip("onnxscript")
 from basisnet.deploy import EarlyExitPredictor  # noqa: E402
 from basisnet.deploy.onnx_export import OnnxStages, export_stages  # noqa: E402
 
-from test_protocol import _model, spread_logits  # noqa: E402
+from test_protocol import _model, spread_logits, threshold_between  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small", "condconv_mobilenetv3_small"])
@@ -27,10 +30,10 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
         got = runtime.exits(x.numpy())
         for ours, theirs in zip(got, expected):
             assert np.abs(ours - theirs.numpy()).max() < 1e-4
-    x = torch.randn(8, 3, model.resolution, model.resolution)
+    x = torch.randn(8, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         conf = torch.stack([z.softmax(-1) for z in model(x)]).max(-1).values
-    threshold = float(conf[0].median())
+    threshold = threshold_between(conf)  # never at an image's own confidence: no tie decided by rounding
     classes, confidence, stage = OnnxStages(tmp_path, threshold).predict(x.numpy())
     reference = EarlyExitPredictor(model, threshold).predict(x)
     assert np.array_equal(stage, reference.stage.numpy())
@@ -55,18 +58,28 @@ def shapes_run(tmp_path_factory):
     return run
 
 
-def test_cli_export_of_a_run(shapes_run, tmp_path, capsys):
-    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
+@pytest.fixture(scope="module")
+def cli_export(shapes_run, tmp_path_factory):
+    """`basisnet export` of the run (exporting is the slow part: the tests below share it)."""
     from basisnet.cli import main
 
-    assert main(["export", str(shapes_run), "--output", str(tmp_path / "onnx")]) == 0
-    out = capsys.readouterr().out
-    assert "stage 1:" in out and "stage 2:" in out
-    assert (tmp_path / "onnx" / "classes.json").is_file()
-    assert len(OnnxStages(tmp_path / "onnx").sessions) == 2
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["export", str(shapes_run), "--output", str(out)]) == 0
+    return out, printed.getvalue()
 
 
-def test_deploy_benchmark_tables(shapes_run, tmp_path):
+@pytest.mark.xdist_group("onnx_run")
+def test_cli_export_of_a_run(cli_export):
+    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
+    out, printed = cli_export
+    assert "stage 1:" in printed and "stage 2:" in printed
+    assert (out / "classes.json").is_file()
+    assert len(OnnxStages(out).sessions) == 2
+
+
+@pytest.mark.xdist_group("onnx_run")
+def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
     """bench deploy: a latency row per stage and batch; per camera, the three models scored on its stream."""
     import json
 
@@ -83,7 +96,7 @@ def test_deploy_benchmark_tables(shapes_run, tmp_path):
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     model, _ = load_run(shapes_run)
-    latency = onnx_latency(model, tmp_path / "onnx", batches=(1, 3), repeats=1)
+    latency = onnx_latency(model, cli_export[0], batches=(1, 3), repeats=1, export=False)
     assert [(r["stage"], r["batch"]) for r in latency] == [(1, 1), (2, 1), (1, 3), (2, 3)]
     assert all(r["pytorch_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in latency)
     cameras = camera_specialization(shapes_run, tmp_path / "data", static_run=None, cameras={"cam": tuple(classes[:2])})

@@ -31,6 +31,8 @@ from basisnet.train import (
     load_weights, validate_config,
 )
 
+pytestmark = pytest.mark.xdist_group("reliability")  # one worker computes the shared runs once
+
 # A small BasisNet on 16x16 SHAPES: 256 images in batches of 16 = 16 steps per epoch, a resumable checkpoint
 # every 2 steps; EMA, basis dropout, crop + flip and channels-last on, so every RNG stream must be restored.
 TINY = [
@@ -72,6 +74,26 @@ def val_history(run_dir: Path) -> list[dict[str, str]]:
                 for row in csv.DictReader(f)]
 
 
+def interrupted_run(run: Path, signum: int) -> tuple[subprocess.Popen, str]:
+    """``basisnet train`` sent ``signum`` once it has written its first mid-epoch checkpoint; its exit and log."""
+    log_path = run.with_suffix(".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(basisnet_command("--config", "shapes_demo", "--output", str(run), *TINY),
+                                env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                state = run / "last.state.pt"
+                if state.is_file() and load_state(state)["loop"]["batch"] > 0:
+                    break
+                time.sleep(0.01)
+            assert proc.poll() is None, f"training ended before a mid-epoch checkpoint (log: {log_path})"
+        finally:
+            proc.send_signal(signum)  # the signal under test (also the clean-up if the wait failed)
+            proc.wait(timeout=120)
+    return proc, log_path.read_text()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """An uninterrupted run, and the same run SIGKILLed after its first mid-epoch checkpoint."""
@@ -79,24 +101,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     reference = tmp / "reference"
     out = basisnet_train("--config", "shapes_demo", "--output", str(reference), *TINY)
     assert out.returncode == 0, out.stderr
-
-    killed = tmp / "killed"
-    with open(tmp / "killed.log", "w") as log:
-        proc = subprocess.Popen(basisnet_command("--config", "shapes_demo", "--output", str(killed), *TINY),
-                                env=child_env(), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and proc.poll() is None:
-                state = killed / "last.state.pt"
-                if state.is_file() and load_state(state)["loop"]["batch"] > 0:
-                    break
-                time.sleep(0.01)
-            assert proc.poll() is None, f"training ended before a mid-epoch checkpoint (log: {log.name})"
-        finally:
-            proc.send_signal(signal.SIGKILL)  # the kill under test (also the clean-up if the wait failed)
-            proc.wait()
+    proc, _ = interrupted_run(tmp / "killed", signal.SIGKILL)  # no cleanup, no flush: what a node failure does
     assert proc.returncode == -signal.SIGKILL
-    return {"reference": reference, "killed": killed, "loop": load_state(killed / "last.state.pt")["loop"]}
+    return {"reference": reference, "killed": tmp / "killed", "loop": load_state(tmp / "killed" / "last.state.pt")["loop"]}
 
 
 def test_killed_mid_epoch_resumes_bitwise(runs: dict) -> None:
@@ -109,6 +116,23 @@ def test_killed_mid_epoch_resumes_bitwise(runs: dict) -> None:
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
     assert val_history(runs["killed"]) == val_history(runs["reference"])
     assert load_state(runs["killed"] / "last.state.pt")["loop"]["global_step"] == STEPS
+
+
+def test_sigterm_mid_epoch_resumes_bitwise(runs: dict, tmp_path: Path) -> None:
+    """What a scheduler's preemption does: the step in progress finishes, its checkpoint is written, exit 143."""
+    run = tmp_path / "terminated"
+    proc, log = interrupted_run(run, signal.SIGTERM)
+    loop = load_state(run / "last.state.pt")["loop"]
+    assert proc.returncode == 143, log
+    assert log.strip().splitlines()[-1] == (
+        f"basisnet train: stopped by SIGTERM after epoch {loop['epoch'] + 1}, step {loop['batch']} (global step "
+        f"{loop['global_step']}); checkpoint: {run / 'last.state.pt'}; continue with: basisnet train --resume {run}")
+    assert 0 < loop["global_step"] < STEPS
+    out = basisnet_train("--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    expected, resumed = trained_tensors(runs["reference"]), trained_tensors(run)
+    assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
+    assert val_history(run) == val_history(runs["reference"])
 
 
 def test_checkpoint_intact_after_kill(runs: dict) -> None:

@@ -24,6 +24,7 @@ def speed_run(tmp_path_factory):
     return results, records
 
 
+@pytest.mark.xdist_group("speed_run")
 def test_speed_records_cover_every_model_and_mode(speed_run):
     results, records = speed_run
     assert json.loads(results.read_text()) == records
@@ -46,6 +47,7 @@ def test_speed_records_cover_every_model_and_mode(speed_run):
     assert all(r["peak_mib"] is not None for r in records if r["mode"] == "train step")
 
 
+@pytest.mark.xdist_group("speed_run")
 def test_speed_meta_targets_table_and_plot(speed_run):
     results, records = speed_run
     meta = json.loads(results.with_name("speed_meta.json").read_text())
@@ -87,3 +89,17 @@ def test_cli_speed_json_lines(monkeypatch, tmp_path, capsys):
     records = [json.loads(line) for line in lines]
     assert records == json.loads(results.read_text())
     assert all(r["threads"] == 2 and r["command"].startswith("basisnet bench speed --quick") for r in records)
+
+
+def test_gpu_check_fails_clearly_without_a_gpu(monkeypatch, tmp_path, capsys):
+    """`make gpu-check` on a machine without CUDA: a clear error and a non-zero exit, no results file."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    results = tmp_path / "gpu_check.json"
+    assert main(["bench", "gpu", "--results", str(results)]) != 0
+    assert "no CUDA device is visible" in capsys.readouterr().err and not results.exists()
+
+
+def test_gpu_check_plan_fits_the_embedded_data():
+    from basisnet.bench.gpu_check import GPU_TRAIN_PLAN
+
+    assert GPU_TRAIN_PLAN.batch * GPU_TRAIN_PLAN.steps + 500 <= 10_000  # SHAPES' training split, 500 for validation

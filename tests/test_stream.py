@@ -9,7 +9,7 @@ import torch
 from basisnet.deploy import EarlyExitPredictor
 from basisnet.deploy.stream import StreamPredictor
 
-from test_protocol import _model, spread_logits
+from test_protocol import _model, spread_logits, threshold_between
 
 
 def _frames(n: int, side: int = 32) -> list[torch.Tensor]:
@@ -21,7 +21,7 @@ def test_stream_returns_every_frame_once_in_order(name):
     model = spread_logits(_model(name))
     frames = _frames(23)
     conf = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))]).max(-1).values.detach()
-    threshold = float(conf[0].median())
+    threshold = threshold_between(conf)
     parallel = list(StreamPredictor(model, threshold, queue_size=2).predict(frames))
     sequential = list(StreamPredictor(model, threshold, parallel=False).predict(frames))
     assert [r.index for r in parallel] == list(range(23)) == [r.index for r in sequential]

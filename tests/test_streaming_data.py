@@ -25,7 +25,7 @@ from basisnet.data.autoaugment import create_policy
 from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
 from basisnet.inputs import INPUT_KINDS, choose_loader, open_inputs
 from basisnet.train.distributed import DistributedInfo
-from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state
+from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state, save_state
 from basisnet.train.loop import _DeviceStats, _LoopState
 from basisnet.workflow import train_run
 
@@ -281,6 +281,27 @@ def test_every_input_kind_gives_the_same_splits_and_uint8_batches(tree: Path, ki
     assert inputs.eval_transform()(next(iter(inputs.eval_loader("val", 2)))[0]).dtype == torch.float32
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_memory_and_stream_give_the_same_batches(tree: Path, world: int, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sampler and one decoder under both paths: the same images in the same batches on every rank,
+    pixel for pixel (JPEGs of varied sizes, resized and center-cropped)."""
+    monkeypatch.setenv("BASISNET_CACHE", str(tmp_path))
+    cfg = load_config(None, [f"data.source={tree.parent}", "data.image_size=16", "data.val_size=4",
+                             "data.batch_size=4", "data.decoder=pillow", "data.seed=3"])
+    kinds = [INPUT_KINDS[kind](cfg) for kind in ("memory", "stream")]
+    for rank in range(world):
+        info = DistributedInfo(rank, world, 0, torch.device("cpu"), world > 1)
+        memory, stream = (inputs.train_loader(info, 4 // world, torch.device("cpu")) for inputs in kinds)
+        for epoch in (0, 1):
+            pairs = list(zip(all_batches(memory, epoch), all_batches(stream, epoch), strict=True))
+            assert len(pairs) == (18 - 4) // 4
+            assert all(torch.equal(m[1], s[1]) and torch.equal(m[0], s[0]) for m, s in pairs)
+        memory_val, stream_val = (list(inputs.eval_loader("val", 3, info)) for inputs in kinds)
+        assert len(memory_val) == len(stream_val) > 0
+        assert all(torch.equal(m[1], s[1]) and torch.equal(m[0], s[0]) for m, s in zip(memory_val, stream_val))
+
+
 def test_settings_of_the_other_loader_kind_are_errors(tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no image files to stream"):
         choose_loader(load_config(None, ["data.source=shapes", "data.train_crop=resized"]))
@@ -312,6 +333,21 @@ def test_resume_refuses_another_loader_kind(tree: Path, tmp_path: Path) -> None:
     cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
                              "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
     with pytest.raises(ValueError, match="trained from a StreamLoader, this resume reads a BatchLoader"):
+        fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+            progress=False)
+
+
+def test_resume_refuses_a_multi_process_memory_run_cut_by_the_old_sampler(tmp_path: Path) -> None:
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    memory = BatchLoader(ImageTensorDataset(images, torch.arange(16) % 3, ["a", "b", "c"]), 4, shuffle=True,
+                         drop_last=True)
+    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.batch_size=4"])
+    fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    state = load_state(tmp_path / "last.state.pt")
+    del state["sampler"]
+    state["rng"] = state["rng"] * 2  # as 2 processes wrote it before in-memory batches were cut by ShardSampler
+    save_state(state, tmp_path / "last.state.pt")
+    with pytest.raises(ValueError, match="before in-memory batches were cut by ShardSampler"):
         fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
             progress=False)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .configs import list_configs
 from .models import create_model, list_models
+from .train.distributed import launch_env
+from .train.preemption import TrainingInterrupted
 
 
 def _madds(args: argparse.Namespace) -> int:
@@ -47,7 +49,6 @@ def _madds(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
     from .train import RunDir, config_help, config_to_dict, load_config
-    from .train.distributed import launch_env
     from .workflow import train_run
 
     main_process = launch_env().rank == 0  # under torchrun / srun only rank 0 reports
@@ -202,6 +203,8 @@ def _bench(args: argparse.Namespace) -> int:
     for option, owner in _BENCH_OPTIONS.items():
         if getattr(args, option) and args.which != owner:
             raise ValueError(f"--{option.replace('_', '-')} belongs to 'bench {owner}'")
+    if args.data is None:  # the GPU check carries no data set with it: SHAPES is generated
+        args.data = "shapes" if args.which == "gpu" else "../shared/data/cifar10"
     return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))
 
 
@@ -304,13 +307,38 @@ def _bench_train(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _bench_gpu(args: argparse.Namespace, command: str) -> int:
+    from .bench.gpu_check import format_gpu_check, run_gpu_check
+
+    summary = run_gpu_check(args.results or "benchmarks/results/gpu_check.json", data=args.data,
+                            scratch=args.output or "runs/gpu_check", command=command)
+    print(format_gpu_check(summary))
+    return 0 if summary["ok"] else 1
+
+
 _BENCHES = {"compare": _bench_compare, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
-            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train}
+            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu}
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes options and positionals in any order (``train --output D key=value
+    --config C key=value``): plain argparse stops collecting ``nargs='*'`` positionals at the first option."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        if self._inside:  # parse_known_intermixed_args calls back in here (Python < 3.12)
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="basisnet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     p = sub.add_parser("madds", help="count multiply-adds and parameters of a model")
     p.add_argument("--model", required=True, choices=list_models())
@@ -393,10 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
                        "(milliseconds side by side with multiply-adds), deploy (a trained run: ONNX Runtime, cameras), loader "
-                       "(streaming images/s against bare JPEG decoding) or train (basisnet train against a bare "
-                       "loop, images/s)")
+                       "(streaming images/s against bare JPEG decoding), train (basisnet train against a bare "
+                       "loop, images/s) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
+                       "file; fails without a GPU)")
     p.add_argument("which", choices=list(_BENCHES))
-    p.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 root (ImageFolder or python format)")
+    p.add_argument("--data", help="CIFAR-10 root (ImageFolder or python format; default ../shared/data/cifar10, "
+                   "gpu: the embedded SHAPES set)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
     p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
@@ -429,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
+    except TrainingInterrupted as stopped:  # SIGTERM / SIGINT: a checkpoint was written; the shell's exit code
+        if launch_env().rank == 0:
+            print(f"basisnet {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"basisnet {args.command}: error: {err}", file=sys.stderr)
         return 2

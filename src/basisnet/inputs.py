@@ -131,9 +131,7 @@ class MemoryInputs:
         if data is None:
             raise ValueError("the test split was not loaded (with_test=False)")
         rank, world = _single(info)
-        if world > 1:  # every world_size-th image: disjoint shards, each image counted once over the ranks
-            data = data.subset(range(rank, len(data), world))
-        return BatchLoader(data, batch_size, shuffle=False)
+        return BatchLoader(data, batch_size, shuffle=False, rank=rank, world_size=world)
 
     def train_transform(self) -> Callable[..., Tensor]:
         d = self.cfg.data

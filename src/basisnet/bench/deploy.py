@@ -36,11 +36,13 @@ CAMERAS: dict[str, tuple[str, ...]] = {
 
 
 def onnx_latency(model: torch.nn.Module, out_dir: Path, batches: Sequence[int] = (1, 8),
-                 repeats: int = 20) -> list[dict[str, Any]]:
-    """Milliseconds per stage, PyTorch eager (channels_last) against ONNX Runtime (CPU, same threads)."""
+                 repeats: int = 20, export: bool = True) -> list[dict[str, Any]]:
+    """Milliseconds per stage, PyTorch eager (channels_last) against ONNX Runtime (CPU, same threads).
+    ``export=False``: time the stages ``model`` already exported to ``out_dir`` (``basisnet export``)."""
     from ..deploy.onnx_export import OnnxStages, export_stages
 
-    export_stages(model, out_dir)
+    if export:
+        export_stages(model, out_dir)
     runtime = OnnxStages(out_dir, threads=torch.get_num_threads())
     model = to_channels_last(model)
     cpu = torch.device("cpu")

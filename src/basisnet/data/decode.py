@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from .folder import to_rgb
 
-__all__ = ["DECODERS", "EncodedImage", "UnreadableImageError", "available_decoders", "open_image", "resolve_decoder"]
+__all__ = ["DECODERS", "EncodedImage", "UnreadableImageError", "available_decoders", "open_image", "resolve_decoder",
+           "to_rgb"]
 
 
 class UnreadableImageError(ValueError):
@@ -34,6 +34,21 @@ class EncodedImage(Protocol):
     def decode(self, reduce: float = 1.0) -> Image.Image:
         """RGB pixels, downscaled by a power of two no larger than ``reduce`` where the format allows."""
         ...
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB view of any Pillow mode; 16/32-bit grey is scaled 0..65535 -> 0..255, not clipped; alpha is
+    dropped as torchvision's loader does."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        raise ValueError("floating-point images (mode F) have no defined 8-bit range")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # applies palette transparency the way Pillow recommends
+    return img.convert("RGB")
 
 
 def _scale(reduce: float) -> int:

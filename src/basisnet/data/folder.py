@@ -13,15 +13,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .dataset import ImageTensorDataset
+from .decode import UnreadableImageError, open_image
+from .sample_transforms import CenterCrop
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 CACHE_ENV = "BASISNET_CACHE"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: decoded by the streaming path's decoder and center crop
 _CHUNK = 256  # files per thread-pool task: large enough to amortise scheduling, small enough for a live bar
 
 
@@ -163,44 +164,15 @@ def _decode_all(
 
 
 def _try_decode(path: str, image_size: int | None) -> np.ndarray | str:
-    """``[H, W, 3]`` uint8 pixels, or the reason the file cannot be read."""
+    """``[H, W, 3]`` uint8 pixels, or the reason the file cannot be read: the streaming path's decoder and
+    center crop (:mod:`basisnet.data.decode`), so both paths see the same pixels."""
     try:
-        with Image.open(path) as img:
-            if image_size is not None and img.format == "JPEG":
-                img.draft("RGB", (image_size, image_size))  # DCT-domain downscale: big JPEGs decode ~10x faster
-            img.load()
-            rgb = to_rgb(img)
-    # Pillow's plugins raise a zoo of types (OSError, SyntaxError, struct.error, EOFError, ...) on
-    # malformed input; whatever the type, it means this one file is unreadable.
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if image_size is not None:
-        rgb = _resize_center_crop(rgb, image_size)
+        with open(path, "rb") as f:
+            image = open_image(f.read(), "pillow")
+        rgb = image.decode() if image_size is None else CenterCrop(image_size)(image)
+    except (UnreadableImageError, OSError) as exc:
+        return str(exc) if isinstance(exc, UnreadableImageError) else f"{type(exc).__name__}: {exc}"
     return np.asarray(rgb)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode; 16/32-bit grey is scaled 0..65535 -> 0..255, not clipped."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
-        return Image.fromarray(((wide + 128) // 257).astype(np.uint8)).convert("RGB")
-    if img.mode == "F":
-        raise ValueError("floating-point images (mode F) have no defined 8-bit range")
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA")  # applies palette transparency the way Pillow recommends
-    return img.convert("RGB")
-
-
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size``, then the central ``size`` x ``size`` square (one resampling pass)."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
 
 def _report(root: Path, dataset: ImageTensorDataset, skipped: list[tuple[str, str]]) -> None:

@@ -20,6 +20,7 @@ from .decode import UnreadableImageError, open_image, resolve_decoder
 from .files import FileIndex
 from .sample_transforms import SampleTransform
 from .sampler import ShardSampler
+from .workers import leave_signals_to_the_main_process
 
 __all__ = ["StreamDataset", "StreamLoader", "sample_seed"]
 
@@ -133,7 +134,7 @@ class StreamLoader:
         if not keys:
             return iter(())
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=_collate,
-                            pin_memory=self.pin_memory,
+                            pin_memory=self.pin_memory, worker_init_fn=leave_signals_to_the_main_process,
                             # worker seeds come from here, not from torch's global RNG (which stays untouched)
                             generator=torch.Generator().manual_seed(self.sampler.seed + epoch))
         return iter(loader)

@@ -38,6 +38,7 @@ from .distributed import is_distributed, rank, world_size
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
 from .optim import create_optimizer, create_scheduler
+from .preemption import StopSignals, TrainingInterrupted
 from .run_dir import RunDir
 
 __all__ = ["fit", "train_one_epoch", "validate", "NonFiniteLossError", "seed_everything", "TrainLoader"]
@@ -53,6 +54,8 @@ _RESUME_FREE_KEYS = frozenset({
 })
 _MIN_GRAD_SCALE = 2.0**-14  # fp16: below this the scaler has skipped step after step; the gradients stay non-finite
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# How batches are cut over ranks, saved with the state: multi-process memory runs before ShardSampler differ.
+_SAMPLER = "ShardSampler"
 
 
 class TrainLoader(Protocol):
@@ -255,11 +258,14 @@ def train_one_epoch(
     steps_per_epoch: int,
     bar: Any,
     log: Callable[[_LoopState], None],
+    stop: StopSignals | None = None,
 ) -> None:
     """One pass over ``batches`` (the rest of the epoch ``loop`` is in), updating ``loop`` as it goes.
 
     Statistics are settled (one host sync) every step on the CPU, every ``log_interval`` steps elsewhere,
     and always before a mid-epoch checkpoint: a non-finite value raises before anything is written.
+    When ``stop`` reports a signal after a step, that step's checkpoint is written and
+    :class:`TrainingInterrupted` raised.
     """
     tc, device = parts.cfg, parts.device
     settle_every = settle_interval(device, tc)
@@ -294,9 +300,25 @@ def train_one_epoch(
         bar.update()
         if loop.global_step % tc.log_interval == 0:
             log(loop)
+        if stop is not None and (signum := stop.requested()):
+            _settle(stats, loop, run, parts.scaler)
+            save_last()
+            raise _interrupted(signum, loop, run)
         if _checkpoint_due(tc, loop, steps_per_epoch, after_step=True):
             save_last()
     _settle(stats, loop, run, parts.scaler)  # the epoch's rest, before it is validated and saved
+
+
+def _interrupted(signum: int, loop: _LoopState, run: RunDir) -> TrainingInterrupted:
+    """The stop after ``loop``'s latest step, or at an epoch's end (``loop`` then stands at the next one).
+
+    Ranks leave together, once rank 0 has written the checkpoint: a launcher stops the others as soon as
+    one process exits."""
+    if is_distributed():
+        dist.barrier()
+    if loop.batch:
+        return TrainingInterrupted(signum, loop.epoch + 1, loop.batch, loop.global_step, run)
+    return TrainingInterrupted(signum, loop.epoch, None, loop.global_step, run)
 
 
 def settle_interval(device: torch.device, tc: TrainConfig) -> int:
@@ -451,7 +473,8 @@ def fit(
     ``run_dir/last.state.pt``. ``progress=None`` shows a bar only on a terminal.
 
     Returns ``{"best_top1", "best_epoch", "last_top1" (per exit), "global_step", "history"}``.
-    Raises ``NonFiniteLossError`` (after nothing more is written) if the loss is NaN/inf.
+    Raises ``NonFiniteLossError`` (after nothing more is written) if the loss is NaN/inf, and
+    ``TrainingInterrupted`` after SIGTERM/SIGINT, once the step in progress is done and checkpointed.
     """
     validate_config(cfg)
     tc, run = cfg.train, RunDir(run_dir)
@@ -466,7 +489,7 @@ def fit(
     if static_epochs and not resume:
         _unwrap(model).begin_static_phase()
     parts = build_parts(model, tc, steps_per_epoch, teacher)
-    shape = {"steps_per_epoch": steps_per_epoch, "loader": type(train_loader).__name__}
+    shape = {"steps_per_epoch": steps_per_epoch, "loader": type(train_loader).__name__, "sampler": _SAMPLER}
     loop, pending_rng = _resume(parts, cfg, run, shape) if resume else (_start(parts, cfg, run), None)
     main_rank = rank() == 0
     if tc.tensorboard:
@@ -476,7 +499,9 @@ def fit(
     show_bar = main_rank and (sys.stderr.isatty() if progress is None else progress)
     total_steps = tc.epochs * steps_per_epoch
     model.train()
-    try:
+    with StopSignals() as stop, contextlib.ExitStack() as cleanup:
+        if board is not None:
+            cleanup.callback(board.close)
         while loop.epoch < tc.epochs:
             epoch = loop.epoch
             if static_epochs:
@@ -493,7 +518,7 @@ def fit(
                                                   "train/lr": state.lr,
                                                   "train/images_per_s": state.samples / max(state.train_seconds, 1e-9)})
 
-            train_one_epoch(parts, batches, train_transform, loop, run, save_last, steps_per_epoch, bar, log)
+            train_one_epoch(parts, batches, train_transform, loop, run, save_last, steps_per_epoch, bar, log, stop)
             row = _end_epoch(parts, cfg, run, loop, val_loader, eval_transform)
             top1 = [v for k, v in row.items() if k.startswith("val_top1_exit")]
             bar.set_postfix(_bar_stats(loop, total_steps) | ({"val_top1": f"{top1[-1]:.2f}"} if top1 else {}),
@@ -505,9 +530,8 @@ def fit(
             if main_rank:
                 _write_summary(run, loop.history)
             save_last()
-    finally:
-        if board is not None:
-            board.close()
+            if loop.epoch < tc.epochs and (signum := stop.requested()):  # e.g. a signal during validation
+                raise _interrupted(signum, loop, run)
     evaluated = [row for row in loop.history if "val_top1_exit0" in row]
     last_top1 = [v for k, v in evaluated[-1].items() if k.startswith("val_top1_exit")] if evaluated else []
     return {"best_top1": loop.best_top1, "best_epoch": loop.best_epoch, "last_top1": last_top1,
@@ -535,6 +559,11 @@ def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, shape: dict[str, Any
     if saved.get("loader", shape["loader"]) != shape["loader"]:  # memory and stream order batches differently
         raise ValueError(f"the run in {run} was trained from a {saved['loader']}, this resume reads a "
                          f"{shape['loader']}: set data.loader to the kind it started with")
+    old_memory_run = saved.get("loader", "BatchLoader") == "BatchLoader" and saved.get("sampler") != _SAMPLER
+    if old_memory_run and len(saved["rng"]) > 1:
+        raise ValueError(f"the run in {run} was started on {len(saved['rng'])} processes before in-memory batches "
+                         "were cut by ShardSampler (they were cut by torch's DistributedSampler), so resuming would "
+                         "not continue it exactly: start it again (single-process runs resume as before)")
     if saved["steps_per_epoch"] != shape["steps_per_epoch"]:
         raise ValueError(f"train_loader has {shape['steps_per_epoch']} batches per epoch, the run in {run} had "
                          f"{saved['steps_per_epoch']}: resume needs the same data and world size")

@@ -1,0 +1,37 @@
+"""Shared test settings: every test starts from the same random state and the same torch thread count.
+
+A draw that is not seeded inside a test would otherwise depend on which tests ran before it (or in which
+worker), so a verdict could change with the selection or the order of the tests.
+
+``make test`` runs the suite in two pytest-xdist workers (``-n 2 --dist loadgroup``): each worker computes
+with one torch thread (two workers with two threads each would fight over two cores; OpenMP's
+spin-waiting makes that 5-10x slower), and child processes inherit ``OMP_NUM_THREADS=1``. Tests that share
+an expensive module fixture carry ``pytest.mark.xdist_group`` so it is computed once.
+"""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+WORKER_THREADS = 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(WORKER_THREADS)
+        os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_and_threads_restored() -> None:
+    """Seeds before the test; the thread count after it (a benchmark under test may set its own)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
