@@ -28,8 +28,8 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
         with torch.no_grad():
             expected = model(x)
         got = runtime.exits(x.numpy())
-        for ours, theirs in zip(got, expected):
-            assert np.abs(ours - theirs.numpy()).max() < 1e-4
+        for ours, theirs in zip(got, expected):  # 1e-4, relative to the logits' scale (float32 sums, another order)
+            assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
     x = torch.randn(8, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         conf = torch.stack([z.softmax(-1) for z in model(x)]).max(-1).values

@@ -28,7 +28,19 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def spread_logits(model: torch.nn.Module) -> torch.nn.Module:
-    """Exit classifiers re-drawn so logits differ between images (thresholds split a batch)."""
+    """Logits that differ between images, so thresholds split a batch: BatchNorm statistics measured on one
+    random batch (at initialisation activations fade to ~1e-5 through a MobileNet and every image gets the
+    same, uniform answer), then the exit classifiers re-drawn wide."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(0)))
+    model.eval()
+    for m in norms:
+        m.momentum = 0.1
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes:
             torch.nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
@@ -94,7 +106,7 @@ def test_model_compiles_as_one_graph(name: str) -> None:
 @pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
 def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> None:
     """Staged prediction equals picking from the full forward; later exits see only the undecided images."""
-    model = _model(name)
+    model = spread_logits(_model(name))
     x = torch.randn(8, 3, model.resolution, model.resolution)
     with torch.no_grad():
         probs = torch.stack([z.softmax(-1) for z in model(x)])
