@@ -26,6 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first (longest processing time first): a long test dealt out last would
+    leave one worker computing alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_and_threads_restored() -> None:
     """Seeds before the test; the thread count after it (a benchmark under test may set its own)."""

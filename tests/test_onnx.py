@@ -17,6 +17,7 @@ from basisnet.deploy.onnx_export import OnnxStages, export_stages  # noqa: E402
 from test_protocol import _model, spread_logits, threshold_between  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small", "condconv_mobilenetv3_small"])
 def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     model = spread_logits(_model(name))
@@ -69,6 +70,7 @@ def cli_export(shapes_run, tmp_path_factory):
     return out, printed.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("onnx_run")
 def test_cli_export_of_a_run(cli_export):
     """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""

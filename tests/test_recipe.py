@@ -10,6 +10,8 @@ another order change such a short run), and it trailed or barely beat its lightw
 old run fails at least one of the two checks below, each new run passes both.
 """
 
+import pytest
+
 from basisnet.configs import bundled_config
 from basisnet.train import load_config
 from basisnet.workflow import shortcut_run, train_run
@@ -18,6 +20,7 @@ MIN_MEAN_COEFF_RATIO = 0.67  # the specialist with the mean coefficients keeps t
 MIN_GAIN_OVER_LIGHTWEIGHT = 3.0  # points
 
 
+@pytest.mark.slow
 def test_default_recipe_trains_a_specialist_that_reads_the_image(tmp_path):
     cfg = load_config(bundled_config("shapes_demo"), [
         "data.subset=2000", "data.val_size=500", "train.epochs=4", "model.kwargs.specialist_width=0.35"])

@@ -106,6 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"reference": reference, "killed": tmp / "killed", "loop": load_state(tmp / "killed" / "last.state.pt")["loop"]}
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_bitwise(runs: dict) -> None:
     loop = runs["loop"]
     assert loop["batch"] > 0 and loop["global_step"] < STEPS  # the kill landed in the middle of an epoch

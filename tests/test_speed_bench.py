@@ -84,11 +84,11 @@ def test_cli_speed_rejects_options_of_other_benchmarks(capsys):
 def test_cli_speed_json_lines(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(SpeedPlan, "quick_plan", classmethod(lambda cls: TINY_PLAN))
     results = tmp_path / "s.json"
-    assert main(["bench", "speed", "--quick", "--json", "--threads", "2", "--results", str(results)]) == 0
+    assert main(["bench", "speed", "--quick", "--json", "--threads", "1", "--results", str(results)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert records == json.loads(results.read_text())
-    assert all(r["threads"] == 2 and r["command"].startswith("basisnet bench speed --quick") for r in records)
+    assert all(r["threads"] == 1 and r["command"].startswith("basisnet bench speed --quick") for r in records)
 
 
 def test_gpu_check_fails_clearly_without_a_gpu(monkeypatch, tmp_path, capsys):

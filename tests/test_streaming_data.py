@@ -424,6 +424,7 @@ def peak_mib(kind: str, source: Path) -> float:
     return float(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> None:
     """A tree of 4N images streams within the peak memory of N; decoded into memory it would not."""
     small, large = tmp_path / "small", tmp_path / "large"

@@ -324,6 +324,7 @@ def test_init_distributed_single_process(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, "cpu")
 
 
+@pytest.mark.slow
 def test_compiled_training_forward_matches_eager(tmp_path) -> None:
     """train.compile runs the training forward through torch.compile (aot_eager: capture and autograd
     tracing without code generation) across BasisNet's static-phase boundary, and lands where eager does."""

@@ -74,6 +74,7 @@ def test_collapse_bases_ties_every_basis_to_the_first():
     assert all(torch.equal(first, w) for w in model.blocks[3].depthwise[0].weight)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_at_the_end_of_the_static_phase_resumes_exactly(tmp_path, monkeypatch):
     from basisnet.configs import bundled_config
     from basisnet.train import load_config
