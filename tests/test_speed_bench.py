@@ -98,8 +98,3 @@ def test_gpu_check_fails_clearly_without_a_gpu(monkeypatch, tmp_path, capsys):
     assert main(["bench", "gpu", "--results", str(results)]) != 0
     assert "no CUDA device is visible" in capsys.readouterr().err and not results.exists()
 
-
-def test_gpu_check_plan_fits_the_embedded_data():
-    from basisnet.bench.gpu_check import GPU_TRAIN_PLAN
-
-    assert GPU_TRAIN_PLAN.batch * GPU_TRAIN_PLAN.steps + 500 <= 10_000  # SHAPES' training split, 500 for validation

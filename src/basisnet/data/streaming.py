@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .decode import UnreadableImageError, open_image, resolve_decoder
 from .files import FileIndex
 from .sample_transforms import SampleTransform
-from .sampler import ShardSampler
-from .workers import leave_signals_to_the_main_process
+from .sharded import ShardedLoader
 
 __all__ = ["StreamDataset", "StreamLoader", "sample_seed"]
 
@@ -97,7 +96,7 @@ def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor]:
     return batch, torch.tensor(labels, dtype=torch.int64)
 
 
-class StreamLoader:
+class StreamLoader(ShardedLoader):
     """Batches ``(uint8 [B, 3, S, S], int64 [B])`` of a :class:`StreamDataset`, sharded and ordered by a
     :class:`ShardSampler`; ``iterate(k)`` resumes an epoch after ``k`` finished batches.
 
@@ -108,33 +107,10 @@ class StreamLoader:
     def __init__(self, dataset: StreamDataset, batch_size: int, shuffle: bool, drop_last: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  pin_memory: bool = False) -> None:
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
-        self.sampler = ShardSampler(len(dataset), batch_size, rank, world_size, shuffle, drop_last, seed)
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iterate()
+        super().__init__(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size, num_workers,
+                         pin_memory)
+        self.dataset = dataset
 
     def iterate(self, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch must lie in [0, {len(self)}], got {start_batch}")
-        epoch = self.epoch
-        keys: list[list[Any]] = [[(epoch, int(i)) for i in batch] for batch in self.sampler.batches()[start_batch:]]
-        if not keys:
-            return iter(())
-        loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=_collate,
-                            pin_memory=self.pin_memory, worker_init_fn=leave_signals_to_the_main_process,
-                            # worker seeds come from here, not from torch's global RNG (which stays untouched)
-                            generator=torch.Generator().manual_seed(self.sampler.seed + epoch))
-        return iter(loader)
+        keys: list[list[Any]] = [[(self.epoch, int(i)) for i in batch] for batch in self.batches(start_batch)]
+        return self.worker_loader(self.dataset, keys, _collate)
