@@ -26,7 +26,7 @@ def test_noiseless_warm_start_reproduces_the_static_nets(tmp_path):
     model = _basisnet()
     epochs = warm_start(model, {"specialist": tmp_path / "s.safetensors", "lightweight": tmp_path / "l.safetensors"},
                         noise=0.0)
-    assert epochs == {"specialist": 7, "lightweight": None}
+    assert epochs == {"specialist": {"epochs": 7, "notes": []}, "lightweight": {"epochs": None, "notes": []}}
     model.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

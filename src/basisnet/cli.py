@@ -184,6 +184,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .models.pretrained import list_pretrained
+
+    if args.list:
+        print("\n".join(list_pretrained()))
+        return 0
+    if not args.source or not args.output:
+        raise ValueError("convert needs SOURCE:NAME=PATH and --output (or --list)")
+    from .workflow import convert_checkpoint
+
+    out = convert_checkpoint(args.source, args.output, args.num_classes)
+    print(f"{out['output']}: basisnet {out['model']}, {out['num_classes']} classes, {out['params'] / 1e6:.2f}M params, "
+          f"BatchNorm eps {out['norm_eps']:g} (use it as train.init_from, or load with basisnet.train.load_run_model)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
@@ -412,6 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder (searched recursively) or glob of the stream's images")
     p.add_argument("--output", required=True, help="safetensors file to write (an ordinary MobileNet)")
     p.set_defaults(func=_specialize)
+
+    p = sub.add_parser("convert", help="a torchvision or timm MobileNet checkpoint as a basisnet weights file "
+                       "(same outputs; a start for train.init_from)")
+    p.add_argument("source", nargs="?", metavar="SOURCE:NAME=PATH",
+                   help="e.g. torchvision:mobilenet_v3_large=mobilenet_v3_large-8738ca79.pth (--list: the names)")
+    p.add_argument("--output", help="safetensors file to write")
+    p.add_argument("--num-classes", type=int, help="a new classifier with this many outputs (default: the checkpoint's)")
+    p.add_argument("--list", action="store_true", help="print the supported SOURCE:NAME checkpoints")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("demo", help="train a small BasisNet on the embedded SHAPES data and show the trade-off")
     p.add_argument("--output", default="runs/demo")

@@ -26,7 +26,8 @@ from .evaluate import (
     ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
-from .models import BasisNet, create_model
+from .models import BasisNet, MobileNet, create_model
+from .models.pretrained import list_pretrained, load_pretrained, parse_source
 from .inputs import SPLITS, eval_transform, open_inputs, per_rank
 from .train import (ConfigError, RunConfig, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
                     seed_everything, warm_start)
@@ -88,7 +89,7 @@ def train_run(
             if info.rank == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
                 run.init.write_text(json.dumps(
-                    {part: {"source": str(cfg.train.init_from[part]), "epochs": e} for part, e in started.items()},
+                    {part: {"source": str(cfg.train.init_from[part]), **how} for part, how in started.items()},
                     indent=2))
         teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
         if teacher is not None:
@@ -271,17 +272,34 @@ def specialize_run(run_dir: str | Path, source: str | Path, output: str | Path, 
                for i in range(0, len(files), batch_size))
     coeffs, count = mean_coefficients(model, batches)
     static = model.specialist.synthesize(coeffs)
-    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in static.config.items() if k != "arch"}
-    arch = static.config["arch"]
+    meta = {"specialized_from": str(run_dir), "images": str(count), "classes": RunDir(run_dir).classes.read_text()}
+    _save_mobilenet(static, output, meta)
+    return {"output": str(output), "images": count, "model": static.config["arch"], "madds": count_madds(static).madds}
+
+
+def _save_mobilenet(model: MobileNet, output: str | Path, metadata: dict[str, str]) -> None:
+    """Weights plus the ``model`` metadata ``load_run_model`` rebuilds the network from."""
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items() if k != "arch"}
+    arch = model.config["arch"]
     if not isinstance(arch, str):
-        raise ValueError("the specialist is built from an ArchSpec object, not a registered name: it cannot be saved "
+        raise ValueError("the network is built from an ArchSpec object, not a registered name: it cannot be saved "
                          "as a rebuildable model")
-    meta = {"model": json.dumps({"name": arch, "kwargs": spec}), "specialized_from": str(run_dir),
-            "images": str(count), "classes": RunDir(run_dir).classes.read_text()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(static, output, meta)
-    return {"output": str(output), "images": count, "model": arch, "madds": count_madds(static).madds}
+    save_weights(model, output, {"model": json.dumps({"name": arch, "kwargs": spec}), **metadata})
+
+
+def convert_checkpoint(source: str, output: str | Path, num_classes: int | None = None) -> dict[str, Any]:
+    """A torchvision / timm MobileNet checkpoint (``SOURCE:NAME=PATH``) as a basisnet weights file: usable
+    as ``train.init_from`` of a MobileNet or BasisNet part and rebuilt by ``load_run_model``."""
+    parsed = parse_source(source)
+    if parsed is None:
+        raise ValueError(f"{source!r} is not SOURCE:NAME=PATH; supported names: {', '.join(list_pretrained())}")
+    name, path = parsed
+    model = load_pretrained(name, path, num_classes)
+    _save_mobilenet(model, output, {"converted_from": f"{name} ({Path(path).name})"})
+    return {"output": str(output), "model": model.config["arch"], "num_classes": model.num_classes,
+            "norm_eps": model.config["norm_eps"], "params": sum(p.numel() for p in model.parameters())}
 
 
 def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:

@@ -51,6 +51,8 @@ class BasisNet(nn.Module):
         temperature: softmax temperature of the coefficients (lower = sharper choice of bases).
         basis_dropout: in training, drop each basis with this probability and renormalise the survivors.
         dropout: classifier dropout of both models.
+        norm_eps, lightweight_norm_eps: BatchNorm epsilon of the specialist and of the lightweight model
+            (default: ``norm_eps``); 1e-3 for weights imported from torchvision's MobileNetV3.
     """
 
     num_exits = 2
@@ -72,6 +74,8 @@ class BasisNet(nn.Module):
         temperature: float = 1.0,
         basis_dropout: float = 0.0,
         dropout: float = 0.2,
+        norm_eps: float = 1e-5,
+        lightweight_norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         if num_bases < 1:
@@ -91,10 +95,11 @@ class BasisNet(nn.Module):
         self.lightweight = MobileNet(
             lightweight, lightweight_width, num_classes, self.lightweight_resolution,
             drop_strides if lightweight_drop_strides is None else lightweight_drop_strides, dropout=dropout,
+            norm_eps=norm_eps if lightweight_norm_eps is None else lightweight_norm_eps,
         )
         self.specialist = MobileNet(
             specialist, specialist_width, num_classes, resolution, drop_strides,
-            num_bases=num_bases, basis_parts=basis_parts, dropout=dropout,
+            num_bases=num_bases, basis_parts=basis_parts, dropout=dropout, norm_eps=norm_eps,
         )
         layers = self.specialist.num_basis_layers
         if layers == 0:

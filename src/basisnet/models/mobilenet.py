@@ -118,6 +118,7 @@ class MobileNet(nn.Module):
         basis_parts: which convs are basis layers: any of ``NETWORK_PARTS``.
         routing: CondConv: each block routes its own coefficients from its input.
         dropout: before the classifier.
+        norm_eps: BatchNorm epsilon (torchvision's MobileNetV3 uses 1e-3; imported weights need their own).
     """
 
     num_exits = 1
@@ -133,6 +134,7 @@ class MobileNet(nn.Module):
         basis_parts: Sequence[str] = DEFAULT_BASIS_PARTS,
         routing: bool = False,
         dropout: float = 0.2,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if isinstance(arch, str):
@@ -157,6 +159,7 @@ class MobileNet(nn.Module):
         self.config = dict(
             arch=arch, width=width, num_classes=num_classes, resolution=resolution, drop_strides=drop_strides,
             num_bases=num_bases, basis_parts=tuple(basis_parts), routing=routing, dropout=dropout,
+            norm_eps=norm_eps,
         )
         self.resolution = resolution
         self.num_classes = num_classes
@@ -199,6 +202,9 @@ class MobileNet(nn.Module):
         head.append(LinearAct(last, num_classes, None, num_bases=bases("classifier")))
         self.head = nn.ModuleList(head)
         self.dropout = nn.Dropout(dropout)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = norm_eps
         _init_weights(self)
         name_basis_layers(self)
 

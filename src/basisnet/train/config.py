@@ -97,9 +97,11 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = _opt("cosine", "Learning-rate shape after warm-up.")
     label_smoothing: float = _opt(0.0, "Label smoothing of the cross-entropy, in [0, 1).")
     aux_weight: float = _opt(1.0, "Weight of every non-final exit: loss = CE(last) + aux_weight * sum CE(earlier).")
-    init_from: dict[str, str] = _opt({}, "Start parts of the model from trained weights: {part: run directory or weights "
-                                     "file}, part = 'model' (all), 'specialist' or 'lightweight'; a static kernel is "
-                                     "copied into every basis (plus init_noise). Ignored on --resume.")
+    init_from: dict[str, str] = _opt({}, "Start parts of the model from trained weights: {part: run directory, weights "
+                                     "file or a torchvision/timm checkpoint as SOURCE:NAME=PATH (e.g. "
+                                     "torchvision:mobilenet_v3_large=mobilenet_v3_large-8738ca79.pth; a new classifier when "
+                                     "the class counts differ)}, part = 'model' (all), 'specialist' or 'lightweight'; a "
+                                     "static kernel is copied into every basis (plus init_noise). Ignored on --resume.")
     init_noise: float = _opt(0.01, "Noise added to each basis copy (by init_from and at the end of the static phase), "
                              "relative to the kernel's std.")
     static_phase: float = _opt(0.5, "BasisNet only: fraction of the epochs in which the specialist trains as one static "

@@ -1,16 +1,21 @@
-"""Start a model (or one of its parts) from trained runs, spreading static kernels into bases.
+"""Start a model (or one of its parts) from trained runs or pretrained MobileNets, spreading static
+kernels into bases.
 
 The two-run alternative to BasisNet's in-run static phase; both upcycle with
-``basisnet.models.upcycle.spread_into_bases``.
+``basisnet.models.upcycle.spread_into_bases``. Sources are basisnet run directories / weights files or
+torchvision / timm checkpoints named ``SOURCE:NAME=PATH`` (``basisnet.models.pretrained``).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from ..models.mobilenet import MobileNet
+from ..models.pretrained import PretrainedError, convert_state_dict, load_into, parse_source, read_checkpoint
 from ..models.upcycle import UpcycleError, spread_into_bases
 from .checkpoint import CheckpointMismatchError, read_weights, resolve_weights
 from .config import load_config
@@ -18,18 +23,22 @@ from .run_dir import RunDir
 
 __all__ = ["warm_start"]
 
+_logger = logging.getLogger(__name__)
+
 
 def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float = 0.01,
-               seed: int = 0) -> dict[str, int | None]:
-    """Start the named parts of ``model`` from run directories / weights files; return their epochs.
+               seed: int = 0) -> dict[str, dict]:
+    """Start the named parts of ``model``; return per part ``{"epochs": ..., "notes": [...]}``.
 
     ``sources`` maps a submodule path (``"specialist"``, ``"lightweight"``, or ``"model"`` for the whole
-    network) to a run directory or safetensors file. The epochs each source was trained for come back
-    (a run directory's configured epochs, else the epoch stored in the weights): ``train_run`` records
-    them in ``init.json`` so the run's total training budget stays known.
+    network) to a run directory, a safetensors file or ``SOURCE:NAME=PATH`` (a torchvision / timm
+    MobileNet checkpoint; a new classifier when the class counts differ). The epochs a basisnet source
+    was trained for come back (a run directory's configured epochs, else the epoch stored in the
+    weights; None for pretrained checkpoints), with notes (a new classifier, another BatchNorm eps) that
+    are also logged: ``train_run`` records both in ``init.json``.
     """
     generator = torch.Generator().manual_seed(seed)
-    epochs: dict[str, int | None] = {}
+    started: dict[str, dict] = {}
     for part, path in sources.items():
         try:
             target = model if part == "model" else model.get_submodule(part)
@@ -37,15 +46,30 @@ def warm_start(model: nn.Module, sources: Mapping[str, str | Path], noise: float
             names = [n for n, _ in model.named_children()]
             raise ValueError(f"train.init_from: {type(model).__name__} has no part {part!r} "
                              f"(use 'model' or one of {names})") from None
-        weights = resolve_weights(path)
-        tensors, metadata = read_weights(weights)
+        pretrained = parse_source(str(path))
         try:
+            if pretrained:
+                started[part] = {"epochs": None, "notes": _start_pretrained(target, part, *pretrained, noise, generator)}
+                continue
+            weights = resolve_weights(path)
+            tensors, metadata = read_weights(weights)
             spread_into_bases(target, tensors, noise, source=f"train.init_from.{part} ({weights})",
                               generator=generator)
-        except UpcycleError as err:
+        except UpcycleError as err:  # PretrainedError included
             raise CheckpointMismatchError(str(err)) from None
-        epochs[part] = _trained_epochs(Path(path), metadata)
-    return epochs
+        started[part] = {"epochs": _trained_epochs(Path(path), metadata), "notes": []}
+    return started
+
+
+def _start_pretrained(target: nn.Module, part: str, name: str, path: str, noise: float,
+                      generator: torch.Generator) -> list[str]:
+    if not isinstance(target, MobileNet):
+        raise PretrainedError(f"train.init_from.{part}: {name} starts a MobileNet, and {part} is a "
+                              f"{type(target).__name__} (name its MobileNet part: specialist or lightweight)")
+    notes = load_into(target, name, convert_state_dict(name, read_checkpoint(path)), noise, generator)
+    for note in notes:
+        _logger.warning("train.init_from.%s (%s): %s", part, name, note)
+    return notes
 
 
 def _trained_epochs(path: Path, metadata: Mapping[str, str]) -> int | None:

@@ -1,0 +1,131 @@
+"""torchvision and timm MobileNets imported into basisnet: the same logits, upcycled starts, clear refusals.
+
+Compared against the real torchvision / timm modules (tests/reference_models.py); the core package never
+imports either. Random weights with BatchNorm statistics measured on one batch, so the logits have a
+real scale (at init torchvision's MobileNetV3 gives logits of ~1e-9, where any comparison passes) and
+a wrong BatchNorm epsilon moves them by >= 1e-2.
+"""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from basisnet.cli import main
+from basisnet.configs import bundled_config
+from basisnet.models import BasisNet, MobileNet
+from basisnet.models.pretrained import PRETRAINED, PretrainedError, convert_state_dict, load_into, load_pretrained
+from basisnet.train import CheckpointMismatchError, RunDir, load_config, load_run_model, warm_start
+from basisnet.workflow import train_run
+from reference_models import reference_modules
+
+TOLERANCE = 1e-4  # max abs logit difference after import (the issue's bound)
+
+
+def reference(name: str, **kwargs) -> torch.nn.Module:
+    """The named torchvision / timm network, random weights, BatchNorm calibrated on one batch, eval mode."""
+    tv2, tv3, timm = reference_modules()
+    builders = {"torchvision:mobilenet_v2": tv2.mobilenet_v2, "torchvision:mobilenet_v3_large": tv3.mobilenet_v3_large,
+                "torchvision:mobilenet_v3_small": tv3.mobilenet_v3_small}
+    source, model_name = name.split(":")
+    model = builders[name](**kwargs) if source == "torchvision" else timm.create_model(model_name, **kwargs)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: the statistics of exactly this batch
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 224, 224))
+    return model.eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_imported_network_gives_the_source_logits(name):
+    source = reference(name)
+    ours = load_pretrained(name, source)
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = source(x), ours(x)[0]
+    assert expected.std() > 1e-3, "calibration failed: logits without scale compare trivially"
+    assert max_diff(got, expected) <= TOLERANCE
+    # The epsilon is part of the match: the same tensors with another epsilon miss by far more.
+    wrong = MobileNet(**{**PRETRAINED[name].model_kwargs(), "norm_eps": PRETRAINED[name].norm_eps * 10}).eval()
+    wrong.load_state_dict(convert_state_dict(name, source))
+    with torch.no_grad():
+        assert max_diff(wrong(x)[0], expected) > 10 * TOLERANCE
+
+
+def test_checkpoint_files_convert_from_the_command_line(tmp_path):
+    source = reference("timm:mobilenetv3_small_100")
+    save_file(source.state_dict(), tmp_path / "model.safetensors")  # the hub's file format
+    tv = reference("torchvision:mobilenet_v3_small")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, tmp_path / "tv.pth")
+    x = torch.randn(2, 3, 224, 224)
+    for spec, module in ((f"timm:mobilenetv3_small_100={tmp_path / 'model.safetensors'}", source),
+                         (f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}", tv)):
+        out = tmp_path / "converted.safetensors"
+        assert main(["convert", spec, "--output", str(out)]) == 0
+        rebuilt = load_run_model(out, lambda name, **kw: MobileNet(name, **kw))
+        with torch.no_grad():
+            assert max_diff(rebuilt(x)[0], module(x)) <= TOLERANCE
+
+
+def test_unsupported_checkpoints_name_what_does_not_match_and_leave_the_model_untouched():
+    target = MobileNet("mobilenetv3_large", norm_eps=1e-3)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    # Another architecture under a supported name: its layers are not where the name map looks.
+    with pytest.raises(PretrainedError, match=r"not torchvision:mobilenet_v3_large(.|\n)*not used: classifier\.1\.weight"):
+        convert_state_dict("torchvision:mobilenet_v3_large", reference("torchvision:mobilenet_v2"))
+    # A width that does not match: the mis-shaped tensors are listed.
+    narrow = convert_state_dict("torchvision:mobilenet_v3_large",
+                                reference("torchvision:mobilenet_v3_large", width_mult=0.75))
+    with pytest.raises(PretrainedError, match=r"shape mismatch: blocks\.1\.expand\.0\.weight: source \(48, 16, 1, 1\)"):
+        load_into(target, "torchvision:mobilenet_v3_large", narrow)
+    # timm's other widths round channels differently: refused by name, and by shape when forced.
+    with pytest.raises(PretrainedError, match="unsupported pretrained model 'timm:mobilenetv3_large_075'"):
+        load_pretrained("timm:mobilenetv3_large_075", {})
+    with pytest.raises(PretrainedError, match="is mobilenetv3_small at width 1.0; the model is mobilenetv3_large"):
+        load_into(target, "timm:mobilenetv3_small_100", {})
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_pretrained_specialist_is_upcycled_with_a_new_classifier(tmp_path):
+    """A 1000-class torchvision checkpoint starts a 5-class BasisNet specialist: every basis a copy of
+    the source kernel (noise 0: the specialist's features are the source's for any coefficients)."""
+    source = reference("torchvision:mobilenet_v3_small")
+    torch.save(source.state_dict(), tmp_path / "tv.pth")
+    model = BasisNet(num_classes=5, resolution=64, specialist="mobilenetv3_small", lightweight_width=0.35,
+                     num_bases=3, norm_eps=1e-3, lightweight_norm_eps=1e-5).eval()
+    light_before = {k: v.clone() for k, v in model.lightweight.state_dict().items()}
+    started = warm_start(model, {"specialist": f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}"}, noise=0.0)
+    assert started["specialist"]["notes"] == ["new classifier: torchvision:mobilenet_v3_small has 1000 classes, "
+                                              "the model 5"]
+    x = torch.randn(2, 3, 64, 64)
+    coeffs = torch.softmax(torch.randn(2, model.specialist.num_basis_layers, 3), -1)
+    with torch.no_grad():
+        features = model.specialist.forward_features(x, coeffs)
+        expected = source.avgpool(source.features(x)).flatten(1)
+    assert max_diff(features, expected) <= TOLERANCE * max(1.0, expected.abs().max().item())
+    bases = model.specialist.blocks[3].expand[0].weight
+    assert bases.shape[0] == 3 and torch.equal(bases[0], bases[2])  # a block conv: three copies of the source's
+    assert torch.equal(model.specialist.head[0].fc.weight, source.classifier[0].weight)  # the hidden head layer kept
+    assert all(torch.equal(light_before[k], v) for k, v in model.lightweight.state_dict().items())
+    with pytest.raises(CheckpointMismatchError, match="starts a MobileNet, and model is a BasisNet"):
+        warm_start(model, {"model": f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}"})
+
+
+def test_train_init_from_a_pretrained_checkpoint_records_it(tmp_path):
+    source = reference("torchvision:mobilenet_v3_small")
+    torch.save(source.state_dict(), tmp_path / "tv.pth")
+    spec = f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}"
+    cfg = load_config(bundled_config("shapes_demo"), [
+        "train.epochs=1", "train.warmup_epochs=0", "data.subset=64", "data.val_size=32", "data.batch_size=32",
+        "model.kwargs.specialist_width=1.0", "model.kwargs.num_bases=2", "model.kwargs.norm_eps=0.001",
+        f"train.init_from={json.dumps({'specialist': spec})}"])
+    train_run(cfg, tmp_path / "run", progress=False)
+    init = json.loads(RunDir(tmp_path / "run").init.read_text())
+    assert init == {"specialist": {"source": spec, "epochs": None,
+                                   "notes": ["new classifier: torchvision:mobilenet_v3_small has 1000 classes, the model 10"]}}
