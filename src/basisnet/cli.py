@@ -211,7 +211,7 @@ def _demo(args: argparse.Namespace) -> int:
 _BENCH_OPTIONS = {
     "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation", "subset": "ablation",
     "models": "compare", "json": "speed", "threads": "speed", "device": "speed", "run": "deploy",
-    "static_run": "deploy",
+    "static_run": "deploy", "source_epochs": "transfer", "per_class": "transfer",
 }
 
 
@@ -249,6 +249,22 @@ def _bench_accuracy(args: argparse.Namespace, command: str) -> int:
     print(format_table(records))
     meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
     print(format_targets(meta))
+    print(format_train_minutes(meta["train_minutes"]))
+    return 0
+
+
+def _bench_transfer(args: argparse.Namespace, command: str) -> int:
+    from .bench import format_train_minutes
+    from .bench.transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+
+    suffix = "_quick" if args.quick else ""
+    results = Path(args.results or f"benchmarks/results/transfer{suffix}.json")
+    plan = TransferPlan(args.quick, args.epochs, args.source_epochs, args.per_class)
+    records = run_transfer_benchmark(args.data, args.output or f"runs/bench_transfer{suffix}", results, plan,
+                                     command=command)
+    print(format_transfer_table(records))
+    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    print(format_transfer_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
     return 0
 
@@ -333,7 +349,8 @@ def _bench_gpu(args: argparse.Namespace, command: str) -> int:
 
 
 _BENCHES = {"compare": _bench_compare, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
-            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu}
+            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu,
+            "transfer": _bench_transfer}
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -447,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
                        "(milliseconds side by side with multiply-adds), deploy (a trained run: ONNX Runtime, cameras), loader "
                        "(streaming images/s against bare JPEG decoding), train (basisnet train against a bare "
-                       "loop, images/s) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
+                       "loop, images/s), transfer (a pretrained static net fine-tuned vs a BasisNet upcycled from it, on 5 "
+                       "new CIFAR-10 classes) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
                        "file; fails without a GPU)")
     p.add_argument("which", choices=list(_BENCHES))
     p.add_argument("--data", help="CIFAR-10 root (ImageFolder or python format; default ../shared/data/cifar10, "
@@ -455,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
                    "runs/bench_cifar10_quick with --quick); both benchmarks share it")
     p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
-    p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2)")
+    p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2; transfer: target epochs, default 30)")
     p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min); "
                    "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min); "
                    "loader: 5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers")
@@ -471,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="speed: devices (default: cpu, and cuda "
                    "when present)")
     p.add_argument("--json", action="store_true", help="speed: print the records as JSON lines")
+    p.add_argument("--source-epochs", type=int, help="transfer: epochs of the pretrained sources (default 15; "
+                   "--quick: 1)")
+    p.add_argument("--per-class", type=int, help="transfer: target training images per class (default 500; --quick: 40)")
     p.add_argument("--run", help="deploy: a trained BasisNet run directory")
     p.add_argument("--static-run", help="deploy: a trained static backbone run, for the camera table")
     p.set_defaults(func=_bench)
