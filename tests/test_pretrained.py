@@ -129,3 +129,23 @@ def test_train_init_from_a_pretrained_checkpoint_records_it(tmp_path):
     init = json.loads(RunDir(tmp_path / "run").init.read_text())
     assert init == {"specialist": {"source": spec, "epochs": None,
                                    "notes": ["new classifier: torchvision:mobilenet_v3_small has 1000 classes, the model 10"]}}
+
+
+def test_bundled_upcycled_config_starts_both_stages_from_torchvision(tmp_path):
+    """The README's recipe: imagenet_basisnet_upcycled + two torchvision checkpoints. Every basis starts as
+    the pretrained kernel, so with noise 0 both stages compute what the torchvision networks compute."""
+    large, small = reference("torchvision:mobilenet_v3_large"), reference("torchvision:mobilenet_v3_small")
+    torch.save(large.state_dict(), tmp_path / "large.pth")
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    init = {"specialist": f"torchvision:mobilenet_v3_large={tmp_path / 'large.pth'}",
+            "lightweight": f"torchvision:mobilenet_v3_small={tmp_path / 'small.pth'}"}
+    cfg = load_config(bundled_config("imagenet_basisnet_upcycled"), [f"train.init_from={json.dumps(init)}"])
+    model = BasisNet(**cfg.model.kwargs).eval()
+    started = warm_start(model, cfg.train.init_from, noise=0.0)
+    assert started == {"specialist": {"epochs": None, "notes": []}, "lightweight": {"epochs": None, "notes": []}}
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        light, specialist = model(x)
+        small_x = torch.nn.functional.interpolate(x, size=128, mode="bilinear", antialias=True, align_corners=False)
+        assert max_diff(light, small(small_x)) <= TOLERANCE
+        assert max_diff(specialist, large(x)) <= TOLERANCE

@@ -31,13 +31,13 @@ class TransferPlan:
     """Sizes of the benchmark: the source's epochs and images, the target's images per class and epochs."""
 
     def __init__(self, quick: bool = False, epochs: int | None = None, source_epochs: int | None = None,
-                 per_class: int | None = None) -> None:
+                 per_class: int | None = None, source_per_class: int | None = None) -> None:
         self.quick = quick
         self.epochs = epochs or (2 if quick else 30)
         self.source_epochs = source_epochs or (1 if quick else 15)
         self.per_class = per_class or (40 if quick else 500)
-        self.val_per_class = max(self.per_class // 10, 2)
-        self.source_limit = 400 if quick else None  # training images per source class (None: all)
+        self.val_per_class = max(self.per_class // 10, 2)  # held out of the target's training images
+        self.source_per_class = source_per_class or (400 if quick else None)  # None: every source training image
 
 
 def _link_tree(data: Path, out: Path, classes: Sequence[str], train_limit: int | None, seed: int) -> Path:
@@ -79,7 +79,7 @@ def run_transfer_benchmark(
     if len(classes) < 2:
         raise ValueError(f"{data / 'train'} needs at least 2 classes to split into source and target")
     half = len(classes) // 2
-    source = _link_tree(data, out / "data" / "source", classes[:half], p.source_limit, seed=0)
+    source = _link_tree(data, out / "data" / "source", classes[:half], p.source_per_class, seed=0)
     target = _link_tree(data, out / "data" / "target", classes[half:], p.per_class + p.val_per_class, seed=0)
     src_common = [f"data.source={source}", "data.val_size=0.1", f"train.epochs={p.source_epochs}",
                   f"model.kwargs.num_classes={half}", *overrides]

@@ -31,10 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from .mobilenet import ARCHS, MobileNet
-from .upcycle import UpcycleError
+from .upcycle import UpcycleError, spread_into_bases
 
-__all__ = ["LAYOUTS", "PRETRAINED", "Layout", "Pretrained", "PretrainedError", "convert_state_dict",
-           "list_pretrained", "load_pretrained", "parse_source", "read_checkpoint"]
+__all__ = ["LAYOUTS", "PRETRAINED", "Layout", "Pretrained", "PretrainedError", "classifier_keys", "convert_state_dict",
+           "list_pretrained", "load_into", "load_pretrained", "parse_source", "read_checkpoint"]
 
 
 class PretrainedError(UpcycleError):
@@ -190,7 +190,7 @@ def _module_map(name: str) -> dict[str, str]:
     pairs = {"stem.0": layout.stem[0], "stem.1": layout.stem[1],
              "last_conv.0": layout.last[0].format(last=last_index), "last_conv.1": layout.last[1].format(last=last_index)}
     for b, (row, prefix) in enumerate(zip(spec.blocks, _block_prefixes(layout, len(spec.blocks)))):
-        in_ch = ARCHS[entry.arch].stem if b == 0 else spec.blocks[b - 1].out
+        in_ch = spec.stem if b == 0 else spec.blocks[b - 1].out
         has_expand = row.expanded != in_ch
         parts = [("expand", layout.expand)] if has_expand else []
         parts.append(("depthwise", layout.depthwise if has_expand else layout.depthwise_no_expand or layout.depthwise))
@@ -264,8 +264,6 @@ def load_into(model: MobileNet, name: str, tensors: Mapping[str, Tensor], noise:
     Returns notes for the log: a classifier left at its own initialisation because the class counts
     differ, a BatchNorm epsilon other than the source's (the outputs then differ slightly).
     """
-    from .upcycle import spread_into_bases
-
     entry = _entry(name)
     mine = {k: v for k, v in model.config.items() if k in ("arch", "width")}
     if mine != {"arch": entry.arch, "width": entry.width}:

@@ -1,0 +1,56 @@
+"""bench transfer end to end on a tiny 4-class tree: sources, the four target runs, records, plot, reuse."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from basisnet.bench.transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+from basisnet.train import RunDir
+
+TINY = ["data.batch_size=8", "data.eval_batch_size=32", "train.warmup_epochs=0", "train.log_interval=1"]
+COLOURS = ("a_red", "b_green", "c_blue", "d_grey")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """4 classes of 32x32 images told apart by colour: train 14 each, test 4 each."""
+    root = tmp_path_factory.mktemp("cifar4")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 14), ("test", 4)):
+        for c, cls in enumerate(COLOURS):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+                img[..., c % 3] += 150 if c < 3 else 0
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_path, capsys):
+    out, results = tmp_path / "runs", tmp_path / "transfer.json"
+    plan = TransferPlan(quick=True, epochs=1, per_class=10, source_per_class=12)
+    records = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
+    models = [r["model"] for r in records]
+    assert models[:2] == ["static, fine-tuned", "BasisNet, upcycled"] and len(models) == 8
+    # The class split: sources on the first half of the classes, the target on the rest, as linked trees.
+    assert sorted(p.name for p in (out / "data" / "source" / "train").iterdir()) == list(COLOURS[:2])
+    target_train = out / "data" / "target" / "train"
+    assert sorted(p.name for p in target_train.iterdir()) == list(COLOURS[2:])
+    assert all(len(list((target_train / c).iterdir())) == 10 + 2 for c in COLOURS[2:])  # train + val per class
+    # The pretrained runs start from the sources; the scratch runs from nothing.
+    init = json.loads(RunDir(out / "basisnet_upcycled").init.read_text())
+    assert {part: v["source"] for part, v in init.items()} == {
+        "specialist": str(out / "source_static"), "lightweight": str(out / "source_lightweight")}
+    assert json.loads(RunDir(out / "static_finetuned").init.read_text())["model"]["source"] == str(out / "source_static")
+    assert not RunDir(out / "basisnet_scratch").init.exists()
+    meta = json.loads(results.with_name("transfer_meta.json").read_text())
+    assert meta["source_classes"] == list(COLOURS[:2]) and meta["target_train_per_class"] == 10
+    assert results.with_suffix(".png").stat().st_size > 0
+    assert "BasisNet upcycled - static fine-tuned" in format_transfer_targets(meta)
+    assert format_transfer_table(records).count("\n") == 9
+    capsys.readouterr()
+    again = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
+    assert capsys.readouterr().out.count("already trained, reusing") == 6 and again == records
