@@ -23,11 +23,11 @@ demo: $(STAMP)
 # Two pytest-xdist workers, one torch thread each (tests/conftest.py); tests sharing a run stay together.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	BASISNET_REQUIRE_REFERENCE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The same suite in one process, in file order (slower; easier to read when a test hangs).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest
+	BASISNET_REQUIRE_REFERENCE=1 $(BIN)/python -m pytest
 
 # GPU-only tests, bench train and bench speed on a CUDA device -> benchmarks/results/gpu_check.{json,md}.
 # Fails with a clear message where no GPU is visible. Offline GPU box with torch: PYTHONPATH=src python -m basisnet bench gpu

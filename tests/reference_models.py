@@ -3,7 +3,8 @@
 The torchvision wheel for this torch is built for CUDA: ``import torchvision`` fails with the CPU torch
 (``operator torchvision::nms does not exist``) while its model files are plain Python. ``make install``
 puts torchvision and timm with ``--no-deps`` into ``.venv/reference-models`` (outside site-packages, so
-nothing else imports them by accident); here a stub ``torchvision`` package points at that folder.
+nothing else imports them by accident); here a stub ``torchvision`` package points at that folder (it stays
+in ``sys.modules`` for the test session: nothing in the suite imports the real one).
 """
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ FOLDER = Path(os.environ.get("BASISNET_REFERENCE_MODELS", Path(__file__).parents
 def reference_modules() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
     """(torchvision.models.mobilenetv2, torchvision.models.mobilenetv3, timm); skips when not installed."""
     if not (FOLDER / "torchvision").is_dir() or not (FOLDER / "timm").is_dir():
-        pytest.skip(f"torchvision/timm model code not installed in {FOLDER} (make install puts it there)")
+        missing = f"torchvision/timm model code not installed in {FOLDER} (make install puts it there)"
+        if os.environ.get("BASISNET_REQUIRE_REFERENCE"):  # make test: a missing install fails, never skips
+            pytest.fail(missing)
+        pytest.skip(missing)
     if str(FOLDER) not in sys.path:
-        sys.path.append(str(FOLDER))
+        sys.path.insert(0, str(FOLDER))  # the pinned copies before any installed elsewhere
     if "torchvision" not in sys.modules:
         stub = types.ModuleType("torchvision")
         stub.__path__ = [str(FOLDER / "torchvision")]

@@ -3,7 +3,7 @@
 Compared against the real torchvision / timm modules (tests/reference_models.py); the core package never
 imports either. Random weights with BatchNorm statistics measured on one batch, so the logits have a
 real scale (at init torchvision's MobileNetV3 gives logits of ~1e-9, where any comparison passes) and
-a wrong BatchNorm epsilon moves them by >= 1e-2.
+a wrong BatchNorm epsilon moves them by more than 10x the tolerance.
 """
 import json
 
@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from basisnet.cli import main
 from basisnet.configs import bundled_config
 from basisnet.models import BasisNet, MobileNet
-from basisnet.models.pretrained import PRETRAINED, PretrainedError, convert_state_dict, load_into, load_pretrained
+from basisnet.models.pretrained import (PRETRAINED, PretrainedError, _module_map, convert_state_dict, load_into,
+                                       load_pretrained, parse_source, read_checkpoint)
 from basisnet.train import CheckpointMismatchError, RunDir, load_config, load_run_model, warm_start
 from basisnet.workflow import train_run
 from reference_models import reference_modules
@@ -87,6 +88,9 @@ def test_unsupported_checkpoints_name_what_does_not_match_and_leave_the_model_un
     # timm's other widths round channels differently: refused by name, and by shape when forced.
     with pytest.raises(PretrainedError, match="unsupported pretrained model 'timm:mobilenetv3_large_075'"):
         load_pretrained("timm:mobilenetv3_large_075", {})
+    timm_075 = convert_state_dict("timm:mobilenetv3_large_100", reference("timm:mobilenetv3_large_075"))
+    with pytest.raises(PretrainedError, match=r"shape mismatch: blocks\.\d+\.\w+\.0\.weight: source \("):
+        load_into(MobileNet("mobilenetv3_large"), "timm:mobilenetv3_large_100", timm_075)
     with pytest.raises(PretrainedError, match="is mobilenetv3_small at width 1.0; the model is mobilenetv3_large"):
         load_into(target, "timm:mobilenetv3_small_100", {})
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
@@ -101,8 +105,7 @@ def test_pretrained_specialist_is_upcycled_with_a_new_classifier(tmp_path):
                      num_bases=3, norm_eps=1e-3, lightweight_norm_eps=1e-5).eval()
     light_before = {k: v.clone() for k, v in model.lightweight.state_dict().items()}
     started = warm_start(model, {"specialist": f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}"}, noise=0.0)
-    assert started["specialist"]["notes"] == ["new classifier: torchvision:mobilenet_v3_small has 1000 classes, "
-                                              "the model 5"]
+    assert started["specialist"]["notes"] == ["new classifier: the source has 1000 classes, the model 5"]
     x = torch.randn(2, 3, 64, 64)
     coeffs = torch.softmax(torch.randn(2, model.specialist.num_basis_layers, 3), -1)
     with torch.no_grad():
@@ -128,7 +131,7 @@ def test_train_init_from_a_pretrained_checkpoint_records_it(tmp_path):
     train_run(cfg, tmp_path / "run", progress=False)
     init = json.loads(RunDir(tmp_path / "run").init.read_text())
     assert init == {"specialist": {"source": spec, "epochs": None,
-                                   "notes": ["new classifier: torchvision:mobilenet_v3_small has 1000 classes, the model 10"]}}
+                                   "notes": ["new classifier: the source has 1000 classes, the model 10"]}}
 
 
 def test_bundled_upcycled_config_starts_both_stages_from_torchvision(tmp_path):
@@ -137,9 +140,10 @@ def test_bundled_upcycled_config_starts_both_stages_from_torchvision(tmp_path):
     large, small = reference("torchvision:mobilenet_v3_large"), reference("torchvision:mobilenet_v3_small")
     torch.save(large.state_dict(), tmp_path / "large.pth")
     torch.save(small.state_dict(), tmp_path / "small.pth")
-    init = {"specialist": f"torchvision:mobilenet_v3_large={tmp_path / 'large.pth'}",
-            "lightweight": f"torchvision:mobilenet_v3_small={tmp_path / 'small.pth'}"}
-    cfg = load_config(bundled_config("imagenet_basisnet_upcycled"), [f"train.init_from={json.dumps(init)}"])
+    override = (f"train.init_from={{specialist: torchvision:mobilenet_v3_large={tmp_path / 'large.pth'}, "
+                f"lightweight: torchvision:mobilenet_v3_small={tmp_path / 'small.pth'}}}")  # the README's spelling
+    cfg = load_config(bundled_config("imagenet_basisnet_upcycled"), [override])
+    assert cfg.train.init_from["lightweight"] == f"torchvision:mobilenet_v3_small={tmp_path / 'small.pth'}"
     model = BasisNet(**cfg.model.kwargs).eval()
     started = warm_start(model, cfg.train.init_from, noise=0.0)
     assert started == {"specialist": {"epochs": None, "notes": []}, "lightweight": {"epochs": None, "notes": []}}
@@ -149,3 +153,53 @@ def test_bundled_upcycled_config_starts_both_stages_from_torchvision(tmp_path):
         small_x = torch.nn.functional.interpolate(x, size=128, mode="bilinear", antialias=True, align_corners=False)
         assert max_diff(light, small(small_x)) <= TOLERANCE
         assert max_diff(specialist, large(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_name_map_round_trip_without_the_reference_libraries(name):
+    """basisnet's own tensors, renamed the source's way through the name map, convert back unchanged."""
+    model = MobileNet(**PRETRAINED[name].model_kwargs())
+    renamed = {}
+    for key, tensor in model.state_dict().items():
+        theirs = _rename(key, name)
+        wide = ".conv_head." in f".{theirs}" and tensor.dim() == 2  # timm's head: a 1x1 conv
+        renamed[theirs] = tensor[:, :, None, None] if wide else tensor
+    assert len(renamed) == len(model.state_dict())
+    back = convert_state_dict(name, renamed)
+    assert back.keys() == model.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_source_names_files_and_notes(tmp_path):
+    assert parse_source("runs/c10_w0.5") is None  # a run directory, not a pretrained name
+    assert parse_source("timm:mobilenetv3_small_100=a=b.pth") == ("timm:mobilenetv3_small_100", "a=b.pth")
+    with pytest.raises(PretrainedError, match="unsupported pretrained model 'torchvision:resnet50'"):
+        parse_source("torchvision:resnet50=r.pth")
+    with pytest.raises(PretrainedError, match="name the checkpoint file as torchvision:mobilenet_v2=PATH"):
+        parse_source("torchvision:mobilenet_v2")
+    with pytest.raises(PretrainedError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "nope.pth")
+    torch.save({"epoch": 3}, tmp_path / "bad.pth")
+    with pytest.raises(PretrainedError, match="holds no state dict of tensors"):
+        read_checkpoint(tmp_path / "bad.pth")
+    # A training checkpoint with its argparse options and without BatchNorm step counters still loads.
+    import argparse
+    state = {k: v for k, v in MobileNet("mobilenetv3_small", norm_eps=1e-3).state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    renamed = {_rename(k, "torchvision:mobilenet_v3_small"): v for k, v in state.items()}
+    torch.save({"model": renamed, "args": argparse.Namespace(lr=0.1)}, tmp_path / "ckpt.pth")
+    model = load_pretrained("torchvision:mobilenet_v3_small", tmp_path / "ckpt.pth", num_classes=7)
+    assert model.num_classes == 7
+    other_eps = MobileNet("mobilenetv3_small")
+    notes = load_into(other_eps, "torchvision:mobilenet_v3_small", convert_state_dict("torchvision:mobilenet_v3_small",
+                                                                                      renamed))
+    assert notes == ["BatchNorm eps 1e-05 vs 0.001 in torchvision:mobilenet_v3_small: set norm_eps=0.001 for the "
+                     "source's exact outputs"]
+    assert main(["convert", "--list"]) == 0
+
+
+def _rename(key: str, name: str) -> str:
+    for mine, theirs in _module_map(name).items():
+        if key.startswith(mine + "."):
+            return theirs + key[len(mine):]
+    raise KeyError(key)

@@ -34,7 +34,8 @@ def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_
     plan = TransferPlan(quick=True, epochs=1, per_class=10, source_per_class=12)
     records = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
     models = [r["model"] for r in records]
-    assert models[:2] == ["static, fine-tuned", "BasisNet, upcycled"] and len(models) == 8
+    assert len(models) == 8 and {"static, fine-tuned", "BasisNet, upcycled (no early exit)", "static, from scratch",
+                                 "BasisNet, from scratch + early exit (val max-drop 0.3)"} <= set(models)
     # The class split: sources on the first half of the classes, the target on the rest, as linked trees.
     assert sorted(p.name for p in (out / "data" / "source" / "train").iterdir()) == list(COLOURS[:2])
     target_train = out / "data" / "target" / "train"
@@ -54,3 +55,6 @@ def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_
     capsys.readouterr()
     again = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
     assert capsys.readouterr().out.count("already trained, reusing") == 6 and again == records
+    with pytest.raises(ValueError, match="holds a class split made with other settings"):
+        run_transfer_benchmark(tree, out, results, TransferPlan(quick=True, epochs=1, per_class=8, source_per_class=12),
+                               overrides=TINY)

@@ -60,6 +60,17 @@ def test_a_source_that_does_not_fit_is_rejected_and_the_model_untouched(tmp_path
         warm_start(model, {"specailist": tmp_path / "wide.safetensors"})
 
 
+def test_a_source_with_other_classes_leaves_the_classifier_to_the_model(tmp_path):
+    source = create_model("mobilenetv3_small", **{**KW, "num_classes": 3}, width=0.35)
+    save_weights(source, tmp_path / "three.safetensors")
+    model = _basisnet()
+    own = model.lightweight.head[-1].fc.weight.clone()
+    started = warm_start(model, {"lightweight": tmp_path / "three.safetensors"})
+    assert started["lightweight"]["notes"] == ["new classifier: the source has 3 classes, the model 5"]
+    assert torch.equal(model.lightweight.head[-1].fc.weight, own)
+    assert torch.equal(model.lightweight.head[0].fc.weight, source.head[0].fc.weight)
+
+
 def test_condconv_peer_is_registered_with_its_defaults():
     model = create_model("condconv_mobilenetv3_small", **KW, width=0.35)
     assert model.config["routing"] and model.config["num_bases"] == 8

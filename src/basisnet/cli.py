@@ -254,12 +254,12 @@ def _bench_accuracy(args: argparse.Namespace, command: str) -> int:
 
 
 def _bench_transfer(args: argparse.Namespace, command: str) -> int:
-    from .bench import format_train_minutes
-    from .bench.transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+    from .bench import (TransferPlan, format_train_minutes, format_transfer_table, format_transfer_targets,
+                        run_transfer_benchmark)
 
     suffix = "_quick" if args.quick else ""
     results = Path(args.results or f"benchmarks/results/transfer{suffix}.json")
-    plan = TransferPlan(args.quick, args.epochs, args.source_epochs, args.per_class)
+    plan = TransferPlan(quick=args.quick, epochs=args.epochs, source_epochs=args.source_epochs, per_class=args.per_class)
     records = run_transfer_benchmark(args.data, args.output or f"runs/bench_transfer{suffix}", results, plan,
                                      command=command)
     print(format_transfer_table(records))
@@ -468,15 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "new CIFAR-10 classes) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
                        "file; fails without a GPU)")
     p.add_argument("which", choices=list(_BENCHES))
-    p.add_argument("--data", help="CIFAR-10 root (ImageFolder or python format; default ../shared/data/cifar10, "
-                   "gpu: the embedded SHAPES set)")
+    p.add_argument("--data", help="CIFAR-10 root (ImageFolder or python format; transfer: ImageFolder only; default "
+                   "../shared/data/cifar10, gpu: the embedded SHAPES set)")
     p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
-                   "runs/bench_cifar10_quick with --quick); both benchmarks share it")
-    p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare}[_quick].json)")
+                   "runs/bench_cifar10_quick with --quick); both benchmarks share it; transfer: runs/bench_transfer[_quick]")
+    p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare,transfer}[_quick].json)")
     p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2; transfer: target epochs, default 30)")
     p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min); "
                    "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min); "
-                   "loader: 5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers")
+                   "loader: 5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers; transfer: 400 source images per "
+                   "class for 1 epoch, 40 target images per class for 2 epochs (about a minute)")
     p.add_argument("--widths", type=float, nargs="+", help="accuracy: static MobileNetV3-Small widths "
                    "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
     p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "

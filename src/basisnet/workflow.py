@@ -89,7 +89,7 @@ def train_run(
             if info.rank == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
                 run.init.write_text(json.dumps(
-                    {part: {"source": str(cfg.train.init_from[part]), **how} for part, how in started.items()},
+                    {part: {"source": str(cfg.train.init_from[part]), **start} for part, start in started.items()},
                     indent=2))
         teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
         if teacher is not None:
@@ -296,7 +296,9 @@ def convert_checkpoint(source: str, output: str | Path, num_classes: int | None 
     if parsed is None:
         raise ValueError(f"{source!r} is not SOURCE:NAME=PATH; supported names: {', '.join(list_pretrained())}")
     name, path = parsed
-    model = load_pretrained(name, path, num_classes)
+    with torch.random.fork_rng(devices=[]):  # a new classifier's draw: the same file every time
+        torch.manual_seed(0)
+        model = load_pretrained(name, path, num_classes)
     _save_mobilenet(model, output, {"converted_from": f"{name} ({Path(path).name})"})
     return {"output": str(output), "model": model.config["arch"], "num_classes": model.num_classes,
             "norm_eps": model.config["norm_eps"], "params": sum(p.numel() for p in model.parameters())}

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import (apply_threshold, compare_curves, count_params, exit_accuracy, plot_tradeoff, select_threshold,
-                        threshold_sweep)
+from ..evaluate import compare_curves, count_params, exit_accuracy, plot_tradeoff
 from ..workflow import exit_logits, load_run, run_exit_madds
-from .runs import MAX_DROP, plan, record, train_or_reuse, write_meta
+from .runs import basisnet_records, plan, record, train_or_reuse, write_meta
 
 STATIC_WIDTHS = (0.35, 0.5, 0.75)
 QUICK_WIDTHS = (0.35, 0.5)
@@ -87,23 +86,10 @@ def run_accuracy_benchmark(
     init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
     minutes[run.name] = train_or_reuse("cifar10_basisnet", run,
                                        [*p.overrides, f"train.epochs={warm}", f"train.init_from={init}"])
-    model, cfg = load_run(run)
-    params = count_params(model)
-    madds = run_exit_madds(run)
-    val, test = exit_logits(run, "val"), exit_logits(run, "test")
-    light_top1, full_top1 = exit_accuracy(test)
-    budget = {"epochs": total, "init_epochs": p.epochs}
-    records.append(record("basisnet lightweight only (exit 1)", light_top1, madds[0],
-                           count_params(model.lightweight), command=command, **budget))
-    records.append(record("basisnet (no early exit)", full_top1, madds[1], params, command=command,
-                           num_bases=cfg.model.kwargs["num_bases"], **budget))
-    threshold = select_threshold(val, madds, max_drop=MAX_DROP)
-    chosen = apply_threshold(test, madds, threshold)
-    records.append(record(f"basisnet + early exit (val max-drop {MAX_DROP})", chosen["top1"], chosen["madds"],
-                           params, command=command, threshold=threshold, exit_fraction=chosen["exit_fraction"],
-                           **budget))
-    sweep = threshold_sweep(test, madds)
-    sweep_curve = [(r["madds"], r["top1"]) for r in sweep]
+    result = basisnet_records(run, "basisnet", command, epochs=total, init_epochs=p.epochs)
+    records += result.records
+    madds, full_top1, chosen, threshold, sweep_curve = (result.madds, result.top1[1], result.chosen, result.threshold,
+                                                        result.sweep)
     family.sort()
 
     results.parent.mkdir(parents=True, exist_ok=True)

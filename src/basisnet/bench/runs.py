@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from ..configs import bundled_config
+from ..evaluate import apply_threshold, count_params, exit_accuracy, select_threshold, threshold_sweep
 from ..train import RunDir, config_diff, config_to_dict, load_config
-from ..workflow import train_run
+from ..workflow import exit_logits, load_run, run_exit_madds, train_run
 
-__all__ = ["MAX_DROP", "Plan", "format_train_minutes", "plan", "record", "train_or_reuse", "train_minutes", "write_meta"]
+__all__ = ["MAX_DROP", "BasisNetResult", "Plan", "basisnet_records", "format_train_minutes", "plan", "record",
+           "train_or_reuse", "train_minutes", "write_meta"]
 
 MAX_DROP = 0.3  # points of top-1 early exit may cost against the last exit (the issues' target)
 # --quick: the same code on a sliver of the data (4,000 training images).
@@ -93,6 +95,40 @@ def record(model: str, top1: float, madds: float, params: int, epochs: int, comm
             "threshold": threshold, "exit_fraction": exit_fraction,
             "epochs": epochs, "protocol": "early-exit" if threshold is not None else "single",
             "dataset": "cifar10", "command": command, **extra}
+
+
+@dataclass
+class BasisNetResult:
+    """A trained BasisNet run on test: its three records and what the plots and targets need."""
+
+    records: list[dict[str, Any]]  # lightweight exit, full model, early exit at the threshold picked on val
+    madds: list[float]  # per exit
+    top1: list[float]  # per exit, test
+    threshold: float
+    chosen: dict[str, Any]  # apply_threshold's result on test
+    sweep: list[tuple[float, float]]  # (MAdds, top-1) over thresholds, test
+
+
+def basisnet_records(run: Path, label: str, command: str, **extra: Any) -> BasisNetResult:
+    """Records of a BasisNet run: lightweight exit, no early exit, and early exit with the threshold picked
+    on validation for a ``MAX_DROP`` loss; ``extra`` goes into every record (epochs, ...)."""
+    model, cfg = load_run(run)
+    params = count_params(model)
+    madds = run_exit_madds(run)
+    val, test = exit_logits(run, "val"), exit_logits(run, "test")
+    top1 = exit_accuracy(test)
+    threshold = select_threshold(val, madds, max_drop=MAX_DROP)
+    chosen = apply_threshold(test, madds, threshold)
+    records = [
+        record(f"{label} lightweight only (exit 1)", top1[0], madds[0], count_params(model.lightweight),
+               command=command, **extra),
+        record(f"{label} (no early exit)", top1[1], madds[1], params, command=command,
+               num_bases=cfg.model.kwargs["num_bases"], **extra),
+        record(f"{label} + early exit (val max-drop {MAX_DROP})", chosen["top1"], chosen["madds"], params,
+               command=command, threshold=threshold, exit_fraction=chosen["exit_fraction"], **extra),
+    ]
+    sweep = [(r["madds"], r["top1"]) for r in threshold_sweep(test, madds)]
+    return BasisNetResult(records, madds, top1, threshold, chosen, sweep)
 
 
 def write_meta(results: Path, start: float, p: Plan, minutes: dict[str, float], **found: Any) -> None:

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data.folder import scan_image_folder
-from ..evaluate import apply_threshold, count_params, exit_accuracy, plot_tradeoff, select_threshold, threshold_sweep
+from ..evaluate import count_params, exit_accuracy, plot_tradeoff
 from ..workflow import exit_logits, load_run, run_exit_madds
-from .runs import MAX_DROP, Plan, record, train_or_reuse, write_meta
+from .runs import Plan, basisnet_records, record, train_or_reuse, write_meta
 
 __all__ = ["TransferPlan", "format_transfer_table", "format_transfer_targets", "run_transfer_benchmark"]
 
+FINETUNED, UPCYCLED = "static, fine-tuned", "BasisNet, upcycled"
+STATIC_SCRATCH, BASISNET_SCRATCH = "static, from scratch", "BasisNet, from scratch"
 FINETUNE_LR = 0.02  # a fifth of the from-scratch 0.1: the started weights are kept close to their source
 
 
@@ -42,7 +44,15 @@ class TransferPlan:
 
 def _link_tree(data: Path, out: Path, classes: Sequence[str], train_limit: int | None, seed: int) -> Path:
     """``out/{train,test}/<class>/`` of links to ``data``'s files: every test file, ``train_limit``
-    seeded-random training files per class (all when None)."""
+    seeded-random training files per class (all when None). A tree made with other settings is refused
+    (the runs trained on it would be reused as if they had seen this one)."""
+    manifest = {"data": str(data.resolve()), "classes": list(classes), "train_limit": train_limit, "seed": seed}
+    stamp = out / "split.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) != manifest:
+            raise ValueError(f"{out} holds a class split made with other settings ({stamp.read_text().strip()}): "
+                             "pass another --output or remove that directory")
+        return out
     for split in ("train", "test"):
         names, files, labels = scan_image_folder(data / split)
         missing = set(classes) - set(names)
@@ -60,6 +70,7 @@ def _link_tree(data: Path, out: Path, classes: Sequence[str], train_limit: int |
                 if not link.is_symlink():
                     link.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink((data / split / rel).resolve(), link)
+    stamp.write_text(json.dumps(manifest) + "\n")
     return out
 
 
@@ -75,6 +86,8 @@ def run_transfer_benchmark(
     p = plan or TransferPlan()
     data, out, results = Path(data), Path(out), Path(results)
     start = time.time()
+    if not (data / "train").is_dir() or not (data / "test").is_dir():
+        raise ValueError(f"bench transfer needs an ImageFolder tree ({data}/train/<class>/*, {data}/test/<class>/*)")
     classes = scan_image_folder(data / "train")[0]
     if len(classes) < 2:
         raise ValueError(f"{data / 'train'} needs at least 2 classes to split into source and target")
@@ -97,49 +110,44 @@ def run_transfer_benchmark(
     src_light = train("cifar10_static", "source_lightweight",
                       [*src_common, "model.kwargs.width=0.35", "model.kwargs.drop_strides=1"])
     runs = {
-        "static, fine-tuned": train("cifar10_static", "static_finetuned", [
+        FINETUNED: train("cifar10_static", "static_finetuned", [
             *tgt_common, *finetune, f"train.init_from={json.dumps({'model': str(src_static)})}"]),
-        "BasisNet, upcycled": train("cifar10_basisnet", "basisnet_upcycled", [
+        UPCYCLED: train("cifar10_basisnet", "basisnet_upcycled", [
             *tgt_common, *finetune,
             f"train.init_from={json.dumps({'specialist': str(src_static), 'lightweight': str(src_light)})}"]),
-        "static, from scratch": train("cifar10_static", "static_scratch", tgt_common),
-        "BasisNet, from scratch": train("cifar10_basisnet", "basisnet_scratch", tgt_common),
+        STATIC_SCRATCH: train("cifar10_static", "static_scratch", tgt_common),
+        BASISNET_SCRATCH: train("cifar10_basisnet", "basisnet_scratch", tgt_common),
     }
 
     records, curves, points = [], {}, {}
     for label, run in runs.items():
+        extra = {"run": run.name, "epochs": p.epochs}
+        if "BasisNet" in label:
+            result = basisnet_records(run, label, command, **extra)
+            records += result.records
+            points[label] = [(result.madds[-1], result.top1[-1])]
+            curves[f"{label}: early exit (test sweep)"] = result.sweep
+            continue
         model, _ = load_run(run)
-        madds = run_exit_madds(run)
-        test = exit_logits(run, "test")
-        top1 = exit_accuracy(test)
-        extra = {"run": run.name, "started_from": "pretrained" if "scratch" not in label else "scratch"}
-        records.append(record(label, top1[-1], madds[-1], count_params(model), p.epochs, command, **extra))
-        points[label] = [(madds[-1], top1[-1])]
-        if len(madds) > 1:
-            records.append(record(f"{label}: lightweight exit", top1[0], madds[0], count_params(model.lightweight),
-                                  p.epochs, command, **extra))
-            threshold = select_threshold(exit_logits(run, "val"), madds, max_drop=MAX_DROP)
-            chosen = apply_threshold(test, madds, threshold)
-            records.append(record(f"{label} + early exit (val max-drop {MAX_DROP})", chosen["top1"], chosen["madds"],
-                                  count_params(model), p.epochs, command, threshold=threshold,
-                                  exit_fraction=chosen["exit_fraction"], **extra))
-            curves[f"{label}: early exit (test sweep)"] = [(r["madds"], r["top1"]) for r in threshold_sweep(test, madds)]
+        top1, madds = exit_accuracy(exit_logits(run, "test"))[-1], run_exit_madds(run)[-1]
+        records.append(record(label, top1, madds, count_params(model), command=command, **extra))
+        points[label] = [(madds, top1)]
 
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(records, indent=2) + "\n")
     plot_tradeoff(curves, points, results.with_suffix(".png"),
                   title=f"CIFAR-10 transfer: {len(classes) - half} new classes, {p.per_class} images each, "
                         f"{p.epochs} epochs")
-    top = {r["model"]: r["top1"] for r in records}
+    top = {label: point[0][1] for label, point in points.items()}
     targets = {
-        "upcycled_minus_finetuned_pt": round(top["BasisNet, upcycled"] - top["static, fine-tuned"], 2),
-        "finetuned_minus_scratch_pt": round(top["static, fine-tuned"] - top["static, from scratch"], 2),
-        "upcycled_minus_scratch_pt": round(top["BasisNet, upcycled"] - top["BasisNet, from scratch"], 2),
+        "upcycled_minus_finetuned_pt": round(top[UPCYCLED] - top[FINETUNED], 2),
+        "finetuned_minus_scratch_pt": round(top[FINETUNED] - top[STATIC_SCRATCH], 2),
+        "upcycled_minus_scratch_pt": round(top[UPCYCLED] - top[BASISNET_SCRATCH], 2),
     }
     sizes = {"source_classes": classes[:half], "target_classes": classes[half:], "source_epochs": p.source_epochs,
              "target_train_per_class": p.per_class, "target_val_per_class": p.val_per_class,
              "finetune_lr": FINETUNE_LR}
-    write_meta(results, start, Plan(p.quick, p.epochs, tgt_common), minutes, targets=targets, **sizes)
+    write_meta(results, start, Plan(p.quick, p.epochs, []), minutes, targets=targets, **sizes)
     return records
 
 

@@ -1,7 +1,7 @@
 """Weights of torchvision's and timm's MobileNets in basisnet's ``MobileNet``: name maps as data.
 
 Each supported checkpoint is named ``SOURCE:NAME`` (``torchvision:mobilenet_v3_large``,
-``timm:mobilenetv3_small_100``); ``PRETRAINED`` gives its architecture, width and the few definition
+``timm:mobilenetv3_small_100``); ``PRETRAINED`` gives its architecture and the few definition
 choices that differ from basisnet's defaults, ``LAYOUTS`` where the source library keeps each layer.
 A converted state dict uses basisnet's names, so it loads into a static network or, through
 ``upcycle.spread_into_bases``, into a basis network (a BasisNet specialist).
@@ -15,25 +15,28 @@ Definition differences, resolved so that logits match (tests/test_pretrained.py)
   layer (reshaped on import).
 - Width: basisnet and torchvision round every layer's channels times the width to a multiple of 8;
   timm derives expanded channels from the rounded input and keeps MobileNetV3's stem at 16, so only
-  its width-1.0 networks share basisnet's shapes (the others are refused, naming the tensors).
+  its width-1.0 networks share basisnet's shapes: the others are not in ``PRETRAINED`` (refused by name;
+  forced under a width-1.0 name, the mis-shaped tensors are listed). torchvision ships weights at 1.0 only.
 - Squeeze-excite width (expanded / 4 rounded to 8), hard-sigmoid and hard-swish (``nn.Hardsigmoid`` /
   ``nn.Hardswish``) are the same in all three; dropout sits before the classifier in all three and does
   nothing in eval mode.
 """
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .mobilenet import ARCHS, MobileNet
-from .upcycle import UpcycleError, spread_into_bases
+from .upcycle import UpcycleError, keep_own_classifiers, spread_into_bases
 
-__all__ = ["LAYOUTS", "PRETRAINED", "Layout", "Pretrained", "PretrainedError", "classifier_keys", "convert_state_dict",
+__all__ = ["LAYOUTS", "PRETRAINED", "Layout", "Pretrained", "PretrainedError", "convert_state_dict",
            "list_pretrained", "load_into", "load_pretrained", "parse_source", "read_checkpoint"]
 
 
@@ -49,7 +52,7 @@ class Layout:
     blocks in stages, ``{stage}`` and ``{i}`` (index within the stage). Inside a block ``{n}`` counts the
     block's layers present in order (expand, depthwise, squeeze-excite, project) and ``{n1}`` = n + 1.
     Conv/norm pairs are (conv, norm) prefixes; a block without an expand conv may name its layers
-    differently (``*_no_expand``). ``{last}`` is the number of blocks + 1 (or of stages, with stages).
+    differently (``*_no_expand``). ``{last_index}`` is the number of blocks + 1 (or of stages, with stages).
     """
 
     stem: tuple[str, str]
@@ -57,7 +60,7 @@ class Layout:
     expand: tuple[str, str]
     depthwise: tuple[str, str]
     project: tuple[str, str]
-    se: tuple[str, str]
+    se: tuple[str, str] | None  # squeeze, excite (None: the architecture has no squeeze-excite)
     last: tuple[str, str]
     head: tuple[str, ...]  # linear layers in order (a 1x1 conv there is reshaped)
     depthwise_no_expand: tuple[str, str] | None = None
@@ -67,11 +70,11 @@ class Layout:
 
 _TV_V3 = Layout(stem=("features.0.0", "features.0.1"), block="features.{b1}.block",
                 expand=("{n}.0", "{n}.1"), depthwise=("{n}.0", "{n}.1"), project=("{n}.0", "{n}.1"),
-                se=("{n}.fc1", "{n}.fc2"), last=("features.{last}.0", "features.{last}.1"),
+                se=("{n}.fc1", "{n}.fc2"), last=("features.{last_index}.0", "features.{last_index}.1"),
                 head=("classifier.0", "classifier.3"))
 _TV_V2 = Layout(stem=("features.0.0", "features.0.1"), block="features.{b1}.conv",
                 expand=("{n}.0", "{n}.1"), depthwise=("{n}.0", "{n}.1"), project=("{n}", "{n1}"),
-                se=("", ""), last=("features.{last}.0", "features.{last}.1"), head=("classifier.1",))
+                se=None, last=("features.{last_index}.0", "features.{last_index}.1"), head=("classifier.1",))
 
 
 def _timm(stages: tuple[int, ...], v3: bool) -> Layout:
@@ -79,7 +82,7 @@ def _timm(stages: tuple[int, ...], v3: bool) -> Layout:
                   expand=("conv_pw", "bn1"), depthwise=("conv_dw", "bn2"), project=("conv_pwl", "bn3"),
                   depthwise_no_expand=("conv_dw", "bn1"), project_no_expand=("conv_pw", "bn2"),
                   se=("se.conv_reduce", "se.conv_expand"),
-                  last=("blocks.{last}.0.conv", "blocks.{last}.0.bn1") if v3 else ("conv_head", "bn2"),
+                  last=("blocks.{last_index}.0.conv", "blocks.{last_index}.0.bn1") if v3 else ("conv_head", "bn2"),
                   head=("conv_head", "classifier") if v3 else ("classifier",), stages=stages)
 
 
@@ -95,15 +98,14 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
 
 @dataclass(frozen=True)
 class Pretrained:
-    """One supported checkpoint: basisnet's architecture and the ``MobileNet`` options that match it."""
+    """One supported checkpoint (all at width 1.0): basisnet's architecture and the options that match it."""
 
-    source: str
+    source: str  # the library, which picks the layout
     arch: str
-    width: float = 1.0
     norm_eps: float = 1e-5
 
-    def model_kwargs(self) -> dict:
-        return {"arch": self.arch, "width": self.width, "norm_eps": self.norm_eps}
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"arch": self.arch, "width": 1.0, "norm_eps": self.norm_eps}
 
     @property
     def layout(self) -> Layout:
@@ -158,8 +160,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # training checkpoints (timm's, torchvision's references) also hold their argparse options
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch / safetensors raise several types for foreign or truncated files
         raise PretrainedError(f"cannot read checkpoint {path}: {e}") from None
     for key in ("state_dict", "model"):
@@ -188,13 +191,14 @@ def _module_map(name: str) -> dict[str, str]:
     layout, spec = entry.layout, ARCHS[entry.arch]
     last_index = len(layout.stages) if layout.stages else len(spec.blocks) + 1
     pairs = {"stem.0": layout.stem[0], "stem.1": layout.stem[1],
-             "last_conv.0": layout.last[0].format(last=last_index), "last_conv.1": layout.last[1].format(last=last_index)}
+             "last_conv.0": layout.last[0].format(last_index=last_index),
+             "last_conv.1": layout.last[1].format(last_index=last_index)}
     for b, (row, prefix) in enumerate(zip(spec.blocks, _block_prefixes(layout, len(spec.blocks)))):
         in_ch = spec.stem if b == 0 else spec.blocks[b - 1].out
         has_expand = row.expanded != in_ch
         parts = [("expand", layout.expand)] if has_expand else []
         parts.append(("depthwise", layout.depthwise if has_expand else layout.depthwise_no_expand or layout.depthwise))
-        if row.se:
+        if row.se and layout.se:
             parts.append(("se", layout.se))
         parts.append(("project", layout.project if has_expand else layout.project_no_expand or layout.project))
         for n, (part, (first, second)) in enumerate(parts):
@@ -236,23 +240,18 @@ def convert_state_dict(name: str, state: Mapping[str, Tensor] | nn.Module) -> di
     return out
 
 
-def classifier_keys(model: MobileNet) -> list[str]:
-    """The state-dict keys of the last (class) layer: replaced when the class count differs."""
-    last = f"head.{len(model.head) - 1}.fc"
-    return [k for k in model.state_dict() if k.startswith(last + ".")]
-
-
 def load_pretrained(name: str, source: str | Path | Mapping[str, Tensor] | nn.Module, num_classes: int | None = None,
-                    **kwargs) -> MobileNet:
+                    **kwargs: Any) -> MobileNet:
     """A static basisnet ``MobileNet`` computing what the named torchvision / timm network computes.
 
     ``source``: a checkpoint file, a state dict or the module itself. ``num_classes`` other than the
     checkpoint's gives a freshly initialised classifier; ``kwargs`` go to ``MobileNet`` (e.g. ``dropout``).
     """
+    entry = _entry(name)
     state = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     tensors = convert_state_dict(name, state)
-    classes = tensors[f"head.{len(PRETRAINED[name].layout.head) - 1}.fc.weight"].shape[0]
-    model = MobileNet(**PRETRAINED[name].model_kwargs(), num_classes=num_classes or classes, **kwargs)
+    classes = tensors[f"head.{len(entry.layout.head) - 1}.fc.weight"].shape[0]
+    model = MobileNet(**{**entry.model_kwargs(), "num_classes": num_classes or classes, **kwargs})
     load_into(model, name, tensors)
     return model.eval()
 
@@ -265,17 +264,13 @@ def load_into(model: MobileNet, name: str, tensors: Mapping[str, Tensor], noise:
     differ, a BatchNorm epsilon other than the source's (the outputs then differ slightly).
     """
     entry = _entry(name)
-    mine = {k: v for k, v in model.config.items() if k in ("arch", "width")}
-    if mine != {"arch": entry.arch, "width": entry.width}:
-        raise PretrainedError(f"{name} is {entry.arch} at width {entry.width}; the model is {mine['arch']} at "
-                              f"width {mine['width']}")
+    mine = {"arch": model.config["arch"], "width": model.config["width"]}
+    if mine != {"arch": entry.arch, "width": 1.0}:
+        raise PretrainedError(f"{name} is {entry.arch} at width 1.0; the model is {mine['arch']} at width {mine['width']}")
     state = model.state_dict()
-    head = classifier_keys(model)
-    notes = []
-    if any(tuple(tensors[k].shape) not in (tuple(state[k].shape), tuple(state[k].shape[1:])) for k in head if k in tensors):
-        classes = tensors[head[0]].shape[0] if head[0] in tensors else "?"
-        tensors = {**tensors, **{k: state[k] for k in head}}
-        notes.append(f"new classifier: {name} has {classes} classes, the model {model.num_classes}")
+    # Older or converted files may lack BatchNorm's step counters, which PyTorch's own loading tolerates.
+    tensors = {**{k: v for k, v in state.items() if k.endswith("num_batches_tracked")}, **tensors}
+    tensors, notes = keep_own_classifiers(model, tensors)
     try:
         spread_into_bases(model, tensors, noise, source=name, generator=generator)
     except UpcycleError as err:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..layers import BASIS_LAYERS
 from .mobilenet import MobileNet
 
-__all__ = ["UpcycleError", "collapse_bases_", "spread_into_bases", "upcycle"]
+__all__ = ["UpcycleError", "collapse_bases_", "keep_own_classifiers", "spread_into_bases", "upcycle"]
 
 
 class UpcycleError(ValueError):
@@ -55,6 +55,26 @@ def spread_into_bases(
             copies += scale * draw.to(copies.device)
         new[key] = copies
     model.load_state_dict(new)
+
+
+def keep_own_classifiers(model: nn.Module, tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Source tensors in which every MobileNet classifier (of ``model`` or inside it) whose class count
+    differs from the source's is replaced by the model's own: a start for a data set with other classes.
+    Returns the tensors and one note per replaced classifier."""
+    state = model.state_dict()
+    tensors, notes = dict(tensors), []
+    for prefix, net in model.named_modules():
+        if not isinstance(net, MobileNet):
+            continue
+        last = f"{prefix}.head.{len(net.head) - 1}.fc" if prefix else f"head.{len(net.head) - 1}.fc"
+        keys = [k for k in state if k.startswith(last + ".")]
+        weight = tensors.get(f"{last}.weight")
+        if weight is None or weight.shape[-2] == net.num_classes:
+            continue
+        notes.append(f"new classifier{' of ' + prefix if prefix else ''}: the source has {weight.shape[-2]} classes, "
+                     f"the model {net.num_classes}")
+        tensors.update({k: state[k] for k in keys})
+    return tensors, notes
 
 
 def upcycle(static: MobileNet, num_bases: int, noise: float = 0.01,
