@@ -109,13 +109,13 @@ class BasisNetResult:
     sweep: list[tuple[float, float]]  # (MAdds, top-1) over thresholds, test
 
 
-def basisnet_records(run: Path, label: str, command: str, **extra: Any) -> BasisNetResult:
+def basisnet_records(run_dir: Path, label: str, command: str, **extra: Any) -> BasisNetResult:
     """Records of a BasisNet run: lightweight exit, no early exit, and early exit with the threshold picked
     on validation for a ``MAX_DROP`` loss; ``extra`` goes into every record (epochs, ...)."""
-    model, cfg = load_run(run)
+    model, cfg = load_run(run_dir)
     params = count_params(model)
-    madds = run_exit_madds(run)
-    val, test = exit_logits(run, "val"), exit_logits(run, "test")
+    madds = run_exit_madds(run_dir)
+    val, test = exit_logits(run_dir, "val"), exit_logits(run_dir, "test")
     top1 = exit_accuracy(test)
     threshold = select_threshold(val, madds, max_drop=MAX_DROP)
     chosen = apply_threshold(test, madds, threshold)
