@@ -72,6 +72,11 @@ def test_checkpoint_files_convert_from_the_command_line(tmp_path):
         rebuilt = load_run_model(out, lambda name, **kw: MobileNet(name, **kw))
         with torch.no_grad():
             assert max_diff(rebuilt(x)[0], module(x)) <= TOLERANCE
+    seven = tmp_path / "seven.safetensors"
+    assert main(["convert", f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}", "--output", str(seven),
+                 "--num-classes", "7"]) == 0
+    assert load_run_model(seven, lambda name, **kw: MobileNet(name, **kw)).num_classes == 7
+    assert main(["convert", "--output", str(seven)]) == 2  # no source: a clear error, exit 2
 
 
 def test_unsupported_checkpoints_name_what_does_not_match_and_leave_the_model_untouched():
