@@ -25,7 +25,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	BASISNET_REQUIRE_REFERENCE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
-# The same suite in one process, in file order (slower; easier to read when a test hangs).
+# The same suite in one process, file by file (slower; easier to read when a test hangs).
 test-all: $(STAMP)
 	BASISNET_REQUIRE_REFERENCE=1 $(BIN)/python -m pytest
 

@@ -26,9 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first (longest processing time first): a long test dealt out last would
-    leave one worker computing alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Files holding a test marked ``slow`` first (longest processing time first): a long test dealt out
+    last would leave one worker computing alone at the end. Whole files move, in their own order, so a
+    module fixture is built once also in a single process (``make test-all``)."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(autouse=True)

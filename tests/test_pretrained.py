@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from basisnet.cli import main
 from basisnet.configs import bundled_config
 from basisnet.models import BasisNet, MobileNet
+from basisnet.models.calibration import measure_batchnorm
 from basisnet.models.pretrained import (PRETRAINED, PretrainedError, _module_map, convert_state_dict, load_into,
                                        load_pretrained, parse_source, read_checkpoint)
 from basisnet.train import CheckpointMismatchError, RunDir, load_config, load_run_model, warm_start
@@ -30,13 +31,7 @@ def reference(name: str, **kwargs) -> torch.nn.Module:
                 "torchvision:mobilenet_v3_small": tv3.mobilenet_v3_small}
     source, model_name = name.split(":")
     model = builders[name](**kwargs) if source == "torchvision" else timm.create_model(model_name, **kwargs)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: the statistics of exactly this batch
-    with torch.no_grad():
-        model.train()(torch.randn(8, 3, 224, 224))
-    return model.eval()
+    return measure_batchnorm(model, torch.randn(8, 3, 224, 224))
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

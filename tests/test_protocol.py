@@ -6,6 +6,7 @@ import torch
 from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import exit_madds
 from basisnet.models import MultiExitClassifier, create_model, list_models, select_state
+from basisnet.models.calibration import measure_batchnorm, widen_classifiers
 
 MOBILE = dict(num_classes=5, resolution=32, drop_strides=2, width=0.35)
 # Every registered model at a size a test can afford; a new model must add itself here.
@@ -31,20 +32,9 @@ def spread_logits(model: torch.nn.Module) -> torch.nn.Module:
     """Logits that differ between images, so thresholds split a batch: BatchNorm statistics measured on one
     random batch (at initialisation activations fade to ~1e-5 through a MobileNet and every image gets the
     same, uniform answer), then the exit classifiers re-drawn wide."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: one batch sets the statistics
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(0)))
-    model.eval()
-    for m in norms:
-        m.momentum = 0.1
-    for m in model.modules():
-        if isinstance(m, torch.nn.Linear) and m.out_features == model.num_classes:
-            torch.nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
-    return model
+    measure_batchnorm(model, torch.randn(32, 3, model.resolution, model.resolution,
+                                         generator=torch.Generator().manual_seed(0)))
+    return widen_classifiers(model, model.num_classes)
 
 
 def threshold_between(conf: torch.Tensor, min_gap: float = 1e-3) -> float:

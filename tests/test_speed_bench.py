@@ -84,6 +84,7 @@ def test_cli_speed_rejects_options_of_other_benchmarks(capsys):
 def test_cli_speed_json_lines(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(SpeedPlan, "quick_plan", classmethod(lambda cls: TINY_PLAN))
     results = tmp_path / "s.json"
+    torch.set_num_threads(2)  # --threads must change it (make test's workers already run 1 thread)
     assert main(["bench", "speed", "--quick", "--json", "--threads", "1", "--results", str(results)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]

@@ -197,6 +197,9 @@ def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
     splits = load_splits(cfg)
     assert len(splits.train) == 9
     assert set(splits.train.targets.tolist()) == {0, 1, 2}  # a prefix of the sorted indices would be class 0 only
+    too_many = load_config(None, [f"data.source={tmp_path}", "data.val_size=6", "data.subset=25", "data.image_size=8"])
+    with pytest.raises(ValueError, match="data.subset=25 exceeds the 24 training images left"):
+        load_splits(too_many)
 
 
 def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_path, capsys):

@@ -224,6 +224,12 @@ def _bench(args: argparse.Namespace) -> int:
     return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))
 
 
+def _read_meta(results: Path) -> dict:
+    from .bench.records import read_meta as read  # the bench package loads lazily, as every command does
+
+    return read(results)
+
+
 def _bench_ablation(args: argparse.Namespace, command: str) -> int:
     from .bench import ABLATIONS, format_ablation_table, format_train_minutes, run_ablation
 
@@ -234,7 +240,7 @@ def _bench_ablation(args: argparse.Namespace, command: str) -> int:
     records = run_ablation(args.candidates or list(ABLATIONS), args.data, args.output or f"runs/bench_ablation{tag}",
                            results, subset=args.subset or 0, epochs=args.epochs, command=command)
     print(format_ablation_table(records))
-    print(format_train_minutes(json.loads(results.with_name(results.stem + "_meta.json").read_text())["train_minutes"]))
+    print(format_train_minutes(_read_meta(results)["train_minutes"]))
     return 0
 
 
@@ -247,7 +253,7 @@ def _bench_accuracy(args: argparse.Namespace, command: str) -> int:
                                      epochs=args.epochs, command=command, widths=args.widths,
                                      warm_epochs=args.warm_epochs)
     print(format_table(records))
-    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    meta = _read_meta(results)
     print(format_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
     return 0
@@ -263,7 +269,7 @@ def _bench_transfer(args: argparse.Namespace, command: str) -> int:
     records = run_transfer_benchmark(args.data, args.output or f"runs/bench_transfer{suffix}", results, plan,
                                      command=command)
     print(format_transfer_table(records))
-    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    meta = _read_meta(results)
     print(format_transfer_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
     return 0
@@ -278,7 +284,7 @@ def _bench_compare(args: argparse.Namespace, command: str) -> int:
     records, _ = run_compare_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
                                        quick=args.quick, epochs=args.epochs, command=command, models=args.models)
     print(format_compare_table(records))
-    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    meta = _read_meta(results)
     print(format_verdicts(meta["verdicts"]))
     print(format_compare_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
@@ -306,7 +312,7 @@ def _bench_speed(args: argparse.Namespace, command: str) -> int:
     results = Path(args.results or f"benchmarks/results/speed{'_quick' if args.quick else ''}.json")
     plan = SpeedPlan.quick_plan() if args.quick else SpeedPlan()
     records = run_speed_benchmark(results, plan, devices=args.device, threads=args.threads, command=command)
-    meta = json.loads(results.with_name(results.stem + "_meta.json").read_text())
+    meta = _read_meta(results)
     if args.json:
         for r in records:
             print(json.dumps(r))

@@ -59,6 +59,9 @@ def _carve(targets: Tensor, cfg: RunConfig) -> tuple[Tensor, Tensor]:
         raise ValueError("data.val_size is 0: a held-out validation split is needed for model selection and "
                          "threshold calibration")
     train_idx, val_idx = train_val_split(targets, cfg.data.val_size, seed=cfg.data.seed)
+    if cfg.data.subset > len(train_idx):  # silently fewer images would make every count that follows wrong
+        raise ValueError(f"data.subset={cfg.data.subset} exceeds the {len(train_idx)} training images left after "
+                         f"data.val_size={cfg.data.val_size} of {cfg.data.source}")
     if cfg.data.subset:
         # A seeded random sample: folder trees list images class by class, so a prefix would hold one class.
         pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.data.seed))

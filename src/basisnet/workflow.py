@@ -22,8 +22,8 @@ from .data.folder import IMAGE_EXTENSIONS
 from .deploy import EarlyExitPredictor, check_threshold, mean_coefficients
 from .deploy.latency import exit_latency_ms
 from .evaluate import (
-    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, exit_accuracy, exit_madds,
-    ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
+    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, count_params, exit_accuracy,
+    exit_madds, ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
 from .models import BasisNet, MobileNet, create_model
@@ -301,7 +301,7 @@ def convert_checkpoint(source: str, output: str | Path, num_classes: int | None 
         model = load_pretrained(name, path, num_classes)
     _save_mobilenet(model, output, {"converted_from": f"{name} ({Path(path).name})"})
     return {"output": str(output), "model": model.config["arch"], "num_classes": model.num_classes,
-            "norm_eps": model.config["norm_eps"], "params": sum(p.numel() for p in model.parameters())}
+            "norm_eps": model.config["norm_eps"], "params": count_params(model)}
 
 
 def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from ..evaluate import (anytime, apply_threshold, best_within, budgeted_batch, compare_curves, count_params,
                         plot_models, select_threshold)
 from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
+from .records import meta_path
 from .runs import MAX_DROP, plan, record, train_or_reuse, write_meta
 
 __all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_compare_targets", "format_verdicts",
@@ -118,10 +119,10 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _kept(results: Path, peers: Sequence[Peer]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Records (per peer label) of ``peers`` and the meta of an earlier run of this benchmark (``--models``)."""
-    meta_path = results.with_name(results.stem + "_meta.json")
-    if not results.is_file() or not meta_path.is_file():
+    meta_file = meta_path(results)
+    if not results.is_file() or not meta_file.is_file():
         raise ValueError(f"--models re-runs some peers and keeps the others from {results}, which does not exist")
-    old, meta = json.loads(results.read_text()), json.loads(meta_path.read_text())
+    old, meta = json.loads(results.read_text()), json.loads(meta_file.read_text())
     records = {peer.label: [r for r in old if r["model"] == peer.label] for peer in peers}
     missing = [peer.run for peer in peers if not records[peer.label]]
     if missing:

@@ -21,6 +21,7 @@ from ..configs import bundled_config
 from ..evaluate import apply_threshold, count_params, exit_accuracy, select_threshold, threshold_sweep
 from ..train import RunDir, config_diff, config_to_dict, load_config
 from ..workflow import exit_logits, load_run, run_exit_madds, train_run
+from .records import meta_path
 
 __all__ = ["MAX_DROP", "BasisNetResult", "Plan", "basisnet_records", "format_train_minutes", "plan", "record",
            "train_or_reuse", "train_minutes", "write_meta"]
@@ -136,7 +137,7 @@ def write_meta(results: Path, start: float, p: Plan, minutes: dict[str, float], 
     run, which a reused run keeps from when it trained) and what it found."""
     meta = {"seconds": round(time.time() - start), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__, "quick": p.quick, "epochs": p.epochs, "train_minutes": minutes, **found}
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta_path(results).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def format_train_minutes(minutes: dict[str, float]) -> str:

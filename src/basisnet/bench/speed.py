@@ -31,7 +31,9 @@ from ..layers import BASIS_LAYERS, to_channels_last, tune_paths
 from ..layers.basis import path_key
 from ..layers.path_tuning import basis_layer_inputs
 from ..models import BasisNet, MobileNet, create_model
+from ..models.calibration import measure_batchnorm, widen_classifiers
 from ..train import load_config
+from .records import meta_path
 from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib, train_step
 
 __all__ = ["SpeedPlan", "WORKLOADS", "format_speed_table", "format_speed_targets", "run_speed_benchmark",
@@ -115,14 +117,8 @@ def _build(config: str, device: torch.device) -> nn.Module:
     cfg = load_config(bundled_config(config))
     torch.manual_seed(0)
     model = to_channels_last(create_model(cfg.model.name, **cfg.model.kwargs).to(device))
-    for m in model.modules():
-        if isinstance(m, nn.Linear) and m.out_features == model.num_classes:
-            nn.init.normal_(m.weight, std=4.0 / m.in_features**0.5)
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # a cumulative average: one pass sets the statistics
-    with torch.no_grad():
-        model.train()(_images(16, model.resolution, device))
-    return model.eval()
+    widen_classifiers(model, model.num_classes)
+    return measure_batchnorm(model, _images(16, model.resolution, device))
 
 
 def _coeffs(specialist: MobileNet, batch: int, device: torch.device) -> Tensor:
@@ -323,7 +319,7 @@ def run_speed_benchmark(results: str | Path, plan: SpeedPlan, devices: Sequence[
             "targets": speed_targets(records)}
     if torch.cuda.is_available():
         meta["gpu"] = torch.cuda.get_device_name()
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta_path(results).write_text(json.dumps(meta, indent=2) + "\n")
     for device in devices:
         plot_relative_throughput(records, device, results.with_name(f"{results.stem}_{device}.png"))
     return records

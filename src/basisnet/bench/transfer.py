@@ -24,6 +24,7 @@ from .runs import Plan, basisnet_records, record, train_or_reuse, write_meta
 
 __all__ = ["TransferPlan", "format_transfer_table", "format_transfer_targets", "run_transfer_benchmark"]
 
+Listing = tuple[list[str], list[str], list[int]]  # scan_image_folder: classes, files, labels
 FINETUNED, UPCYCLED = "static, fine-tuned", "BasisNet, upcycled"
 STATIC_SCRATCH, BASISNET_SCRATCH = "static, from scratch", "BasisNet, from scratch"
 FINETUNE_LR = 0.02  # a fifth of the from-scratch 0.1: the started weights are kept close to their source
@@ -42,19 +43,20 @@ class TransferPlan:
         self.source_per_class = source_per_class or (400 if quick else None)  # None: every source training image
 
 
-def _link_tree(data: Path, out: Path, classes: Sequence[str], train_limit: int | None, seed: int) -> Path:
+def _link_tree(data: Path, listings: dict[str, Listing], out: Path, classes: Sequence[str], train_limit: int | None,
+               seed: int) -> Path:
     """``out/{train,test}/<class>/`` of links to ``data``'s files: every test file, ``train_limit``
     seeded-random training files per class (all when None). A tree made with other settings is refused
     (the runs trained on it would be reused as if they had seen this one)."""
-    manifest = {"data": str(data.resolve()), "classes": list(classes), "train_limit": train_limit, "seed": seed}
+    root = data.resolve()
+    manifest = {"data": str(root), "classes": list(classes), "train_limit": train_limit, "seed": seed}
     stamp = out / "split.json"
     if stamp.is_file():
         if json.loads(stamp.read_text()) != manifest:
             raise ValueError(f"{out} holds a class split made with other settings ({stamp.read_text().strip()}): "
                              "pass another --output or remove that directory")
         return out
-    for split in ("train", "test"):
-        names, files, labels = scan_image_folder(data / split)
+    for split, (names, files, labels) in listings.items():
         missing = set(classes) - set(names)
         if missing:
             raise ValueError(f"{data / split} has no class folders {sorted(missing)}")
@@ -69,7 +71,7 @@ def _link_tree(data: Path, out: Path, classes: Sequence[str], train_limit: int |
                 link = out / split / rel
                 if not link.is_symlink():
                     link.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink((data / split / rel).resolve(), link)
+                    os.symlink(root / split / rel, link)
     stamp.write_text(json.dumps(manifest) + "\n")
     return out
 
@@ -88,12 +90,13 @@ def run_transfer_benchmark(
     start = time.time()
     if not (data / "train").is_dir() or not (data / "test").is_dir():
         raise ValueError(f"bench transfer needs an ImageFolder tree ({data}/train/<class>/*, {data}/test/<class>/*)")
-    classes = scan_image_folder(data / "train")[0]
+    listings = {split: scan_image_folder(data / split) for split in ("train", "test")}  # read once, 60k files
+    classes = listings["train"][0]
     if len(classes) < 2:
         raise ValueError(f"{data / 'train'} needs at least 2 classes to split into source and target")
     half = len(classes) // 2
-    source = _link_tree(data, out / "data" / "source", classes[:half], p.source_per_class, seed=0)
-    target = _link_tree(data, out / "data" / "target", classes[half:], p.per_class + p.val_per_class, seed=0)
+    source = _link_tree(data, listings, out / "data" / "source", classes[:half], p.source_per_class, seed=0)
+    target = _link_tree(data, listings, out / "data" / "target", classes[half:], p.per_class + p.val_per_class, seed=0)
     src_common = [f"data.source={source}", "data.val_size=0.1", f"train.epochs={p.source_epochs}",
                   f"model.kwargs.num_classes={half}", *overrides]
     tgt_common = [f"data.source={target}", f"data.val_size={p.val_per_class * (len(classes) - half)}",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 from .dataset import ImageTensorDataset
 from .sharded import ShardedLoader
@@ -25,22 +24,6 @@ class BatchLoader(ShardedLoader):
     of ``(CHW tensor, int)`` goes through a torch ``DataLoader`` with ``num_workers`` on the same indices.
     """
 
-    def __init__(
-        self,
-        dataset: Dataset[Any],
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size,  # type: ignore[arg-type]
-                         num_workers, pin_memory)
-        self.dataset = dataset
-
     def iterate(self, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The current epoch's batches from ``start_batch`` on (to resume mid-epoch)."""
         batches = self.batches(start_batch)
@@ -51,7 +34,7 @@ class BatchLoader(ShardedLoader):
             pin = self.pin_memory and self.dataset.images.device.type == "cpu"
             return ((self.dataset.images[idx].pin_memory() if pin else self.dataset.images[idx],
                      self.dataset.targets[idx]) for idx in flat.split([len(b) for b in batches]))
-        return self.worker_loader(self.dataset, [idx.tolist() for idx in batches], _collate)
+        return self.worker_loader([idx.tolist() for idx in batches], _collate)
 
 
 def _collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:

@@ -104,13 +104,6 @@ class StreamLoader(ShardedLoader):
     batches go to a GPU, so the host-to-device copy can be asynchronous.
     """
 
-    def __init__(self, dataset: StreamDataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
-        super().__init__(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size, num_workers,
-                         pin_memory)
-        self.dataset = dataset
-
     def iterate(self, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         keys: list[list[Any]] = [[(self.epoch, int(i)) for i in batch] for batch in self.batches(start_batch)]
-        return self.worker_loader(self.dataset, keys, _collate)
+        return self.worker_loader(keys, _collate)

@@ -100,27 +100,23 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
 class Pretrained:
     """One supported checkpoint (all at width 1.0): basisnet's architecture and the options that match it."""
 
-    source: str  # the library, which picks the layout
     arch: str
     norm_eps: float = 1e-5
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"arch": self.arch, "width": 1.0, "norm_eps": self.norm_eps}
 
-    @property
-    def layout(self) -> Layout:
-        return LAYOUTS[self.source, self.arch]
 
 
 PRETRAINED: dict[str, Pretrained] = {
-    "torchvision:mobilenet_v2": Pretrained("torchvision", "mobilenetv2"),
-    "torchvision:mobilenet_v3_large": Pretrained("torchvision", "mobilenetv3_large", norm_eps=1e-3),
-    "torchvision:mobilenet_v3_small": Pretrained("torchvision", "mobilenetv3_small", norm_eps=1e-3),
+    "torchvision:mobilenet_v2": Pretrained("mobilenetv2"),
+    "torchvision:mobilenet_v3_large": Pretrained("mobilenetv3_large", norm_eps=1e-3),
+    "torchvision:mobilenet_v3_small": Pretrained("mobilenetv3_small", norm_eps=1e-3),
     # timm's other widths round differently (expanded channels = ratio x the rounded input, stem kept at 16):
     # their tensors do not fit basisnet's width rule, and the import says which ones.
-    "timm:mobilenetv2_100": Pretrained("timm", "mobilenetv2"),
-    "timm:mobilenetv3_large_100": Pretrained("timm", "mobilenetv3_large"),
-    "timm:mobilenetv3_small_100": Pretrained("timm", "mobilenetv3_small"),
+    "timm:mobilenetv2_100": Pretrained("mobilenetv2"),
+    "timm:mobilenetv3_large_100": Pretrained("mobilenetv3_large"),
+    "timm:mobilenetv3_small_100": Pretrained("mobilenetv3_small"),
 }
 
 
@@ -133,6 +129,11 @@ def _entry(name: str) -> Pretrained:
     if name not in PRETRAINED:
         raise PretrainedError(f"unsupported pretrained model {name!r}; supported: {', '.join(list_pretrained())}")
     return PRETRAINED[name]
+
+
+def _layout(name: str) -> Layout:
+    """The layout of a supported ``SOURCE:NAME``: the library is the name's prefix."""
+    return LAYOUTS[name.split(":")[0], _entry(name).arch]
 
 
 def parse_source(spec: str) -> tuple[str, str] | None:
@@ -188,7 +189,7 @@ def _block_prefixes(layout: Layout, count: int) -> Iterator[str]:
 def _module_map(name: str) -> dict[str, str]:
     """basisnet module prefix -> source module prefix, for every layer of the named network."""
     entry = _entry(name)
-    layout, spec = entry.layout, ARCHS[entry.arch]
+    layout, spec = _layout(name), ARCHS[entry.arch]
     last_index = len(layout.stages) if layout.stages else len(spec.blocks) + 1
     pairs = {"stem.0": layout.stem[0], "stem.1": layout.stem[1],
              "last_conv.0": layout.last[0].format(last_index=last_index),
@@ -250,7 +251,7 @@ def load_pretrained(name: str, source: str | Path | Mapping[str, Tensor] | nn.Mo
     entry = _entry(name)
     state = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     tensors = convert_state_dict(name, state)
-    classes = tensors[f"head.{len(entry.layout.head) - 1}.fc.weight"].shape[0]
+    classes = tensors[f"head.{len(_layout(name).head) - 1}.fc.weight"].shape[0]
     model = MobileNet(**{**entry.model_kwargs(), "num_classes": num_classes or classes, **kwargs})
     load_into(model, name, tensors)
     return model.eval()
