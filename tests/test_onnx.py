@@ -3,6 +3,7 @@ ONNX runtime's early exit answers as the PyTorch predictor does."""
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from basisnet.deploy import EarlyExitPredictor  # noqa: E402
-from basisnet.deploy.onnx_export import OnnxStages, export_stages  # noqa: E402
+from basisnet.deploy.onnx_export import OnnxStages, check_export_batch, export_stages  # noqa: E402
 
 from test_protocol import _model, spread_logits, threshold_between  # noqa: E402
 
@@ -44,6 +45,30 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     decisive = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
     assert np.array_equal(classes[decisive], reference.classes.numpy()[decisive])
     assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 3])
+def test_basisnet_fixed_batch_forms_equal_pytorch(batch, tmp_path):
+    """Batch 1 (fused synthesis, a plain Conv per layer) and a bulk batch (per-image kernels): equal to
+    PyTorch, fed any number of images (slices of the graph's batch, the last one padded)."""
+    model = spread_logits(_model("basisnet"))
+    export_stages(model, tmp_path, batch=batch)
+    assert json.loads((tmp_path / "stages.json").read_text())["batch"] == batch
+    runtime = OnnxStages(tmp_path)
+    x = torch.randn(7, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(x)
+    for ours, theirs in zip(runtime.exits(x.numpy()), expected):
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
+
+
+def test_export_batch_must_be_a_positive_integer_or_dynamic():
+    assert check_export_batch("dynamic") is None and check_export_batch("8") == 8 and check_export_batch(1) == 1
+    for bad in (0, -2, "many", 2.5):
+        with pytest.raises(ValueError, match="positive integer or 'dynamic'"):
+            check_export_batch(bad)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +130,36 @@ def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
     assert cameras[0]["seen"] == 4 and cameras[0]["scored"] == 4
     assert cameras[0]["specialized_madds"] < cameras[0]["basisnet_madds"]
     assert "cam" in format_deploy_tables({"onnx": latency, "cameras": cameras})
+
+
+@pytest.mark.slow
+def test_stream_in_onnx_runtime_answers_as_pytorch(tmp_path):
+    """The stream on stages exported at batch 1 (stage processes, in order) answers as the PyTorch predictor."""
+    from basisnet.deploy.stream import StreamPredictor
+
+    model = spread_logits(_model("basisnet"))
+    export_stages(model, tmp_path, batch=1)
+    frames = list(torch.randn(12, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        conf = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))]).max(-1).values
+    threshold = threshold_between(conf)
+    got = list(StreamPredictor(OnnxStages(tmp_path), threshold, queue_size=2).predict(frames))
+    reference = EarlyExitPredictor(model, threshold).predict(torch.stack(frames))
+    assert [r.index for r in got] == list(range(12))
+    assert [r.stage for r in got] == reference.stage.tolist() and 0 < reference.stage.sum() < 12
+    assert np.abs(np.array([r.confidence for r in got]) - reference.confidence.numpy()).max() < 1e-5
+
+
+@pytest.mark.xdist_group("onnx_run")
+def test_latency_target_in_onnx_runtime(shapes_run):
+    """--target-ms in ONNX Runtime: exits measured on the stages exported at batch 1 (once per weights), the
+    picked threshold timed on test images."""
+    from basisnet.workflow import evaluate_run
+
+    report = evaluate_run(shapes_run, target_ms=1e6, runtime="onnx", latency_images=8)
+    assert report["runtime"] == "onnx" and len(report["exit_ms"]) == 2 and report["measured_ms_test"] > 0
+    manifest = shapes_run / "onnx_batch1" / "stages.json"
+    assert json.loads(manifest.read_text())["batch"] == 1
+    exported_at = manifest.stat().st_mtime
+    evaluate_run(shapes_run, target_ms=1e6, runtime="onnx", latency_images=8)
+    assert manifest.stat().st_mtime == exported_at  # exported once per weights

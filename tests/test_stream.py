@@ -106,6 +106,6 @@ def test_cli_predict_stream(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines[:-1]] == [str(frames / f"{i:03d}.png") for i in range(6)]
     assert "6 frames" in lines[-1] and "in parallel, process workers" in lines[-1]
-    assert main(["predict", str(run), "--stream", str(frames), "--sequential", "--summary"]) == 0
+    assert main(["predict", str(run), "--stream", str(frames), "--sequential", "--summary", "--runtime", "torch"]) == 0
     assert "one after the other" in capsys.readouterr().out
     assert main(["predict", str(run)]) == 2

@@ -233,16 +233,20 @@ def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_
 
 
 def test_evaluate_for_a_latency_target(run_dir, capsys):
-    """--target-ms: exit latencies measured here, the threshold picked on val within the target."""
-    report = evaluate_run(run_dir, target_ms=1e6)  # no budget at all: the most accurate threshold
+    """--target-ms: exit latencies measured in the runtime (here PyTorch eager; ONNX Runtime in test_onnx), the
+    threshold picked on val within the target, its mean time then measured on test images."""
+    report = evaluate_run(run_dir, target_ms=1e6, runtime="torch", latency_images=8)  # no budget: most accurate
     exit_ms = report["exit_ms"]
+    assert report["runtime"] == "torch" and report["measured_ms_test"] > 0
     assert len(exit_ms) == 2 and 0 < exit_ms[0] < exit_ms[1]
     assert exit_ms[0] <= report["mean_ms_val"] <= exit_ms[1] and report["mean_ms_test"] <= exit_ms[1]
-    tight = evaluate_run(run_dir, target_ms=(exit_ms[0] + exit_ms[1]) / 2)
+    tight = evaluate_run(run_dir, target_ms=(exit_ms[0] + exit_ms[1]) / 2, runtime="torch", latency_images=8)
     assert tight["mean_ms_val"] <= (tight["exit_ms"][0] + tight["exit_ms"][1]) / 2 * 1.05
     with pytest.raises(ValueError, match="below the fastest exit"):
-        evaluate_run(run_dir, target_ms=1e-6)
+        evaluate_run(run_dir, target_ms=1e-6, runtime="torch")
     with pytest.raises(ValueError, match="exactly one"):
         evaluate_run(run_dir, target_ms=5.0, threshold=0.5)
-    assert main(["evaluate", str(run_dir), "--target-ms", "1000"]) == 0
-    assert "latency here (batch 1)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        evaluate_run(run_dir, target_ms=5.0, runtime="tflite")
+    assert main(["evaluate", str(run_dir), "--target-ms", "1000", "--runtime", "torch"]) == 0
+    assert "latency here (torch, batch 1)" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,13 +177,16 @@ def evaluate_run(
     temperature: bool = False,
     progress: bool | None = None,
     target_ms: float | None = None,
+    runtime: str | None = None,
+    latency_images: int = 1000,
 ) -> dict[str, Any]:
     """Test-set report of a run under one protocol; thresholds are always fitted on validation.
 
     ``early-exit``: one confidence threshold, given or picked on val by ``target_madds`` (millions),
-    ``target_ms`` (mean milliseconds per image on this machine, batch 1: each exit's latency measured
-    here, weighted by the exit fractions) or ``max_drop`` (points vs. the last exit). ``anytime``: every
-    exit. ``budgeted``: MSDNet's budgeted-batch curve.
+    ``target_ms`` (mean milliseconds per image on this machine, batch 1, in ``runtime``: each exit's
+    latency measured there, weighted by the exit fractions; the picked threshold is then timed on the
+    first ``latency_images`` test images one by one) or ``max_drop`` (points vs. the last exit).
+    ``anytime``: every exit. ``budgeted``: MSDNet's budgeted-batch curve.
     """
     run_dir = Path(run_dir)
     madds = run_exit_madds(run_dir)
@@ -194,18 +198,20 @@ def evaluate_run(
             raise ValueError("early-exit evaluation needs exactly one of --threshold, --target-madds, --target-ms "
                              "or --max-drop")
         if target_ms is not None:
-            model, _ = load_run(run_dir)
+            runner = _LatencyRunner(run_dir, resolve_runtime(runtime))
             with denormals_flushed():
-                exit_ms = exit_latency_ms(to_channels_last(model))
-            report["exit_ms"] = exit_ms
+                exit_ms = runner.exit_latency_ms()
+            report["runtime"], report["exit_ms"] = runner.runtime, exit_ms
             try:
                 threshold = select_threshold(val, exit_ms, target_madds=target_ms)
             except ValueError:
                 raise ValueError(f"target {target_ms} ms per image is below the fastest exit here "
-                                 f"({exit_ms[0]:.2f} ms at batch 1)") from None
+                                 f"({exit_ms[0]:.2f} ms at batch 1 in {runner.runtime})") from None
             report["target_ms"] = target_ms
             report["mean_ms_val"] = apply_threshold(val, exit_ms, threshold)["madds"]
             report["mean_ms_test"] = apply_threshold(test, exit_ms, threshold)["madds"]
+            with denormals_flushed():
+                report["measured_ms_test"] = runner.measure(threshold, latency_images)
         elif threshold is None:
             threshold = select_threshold(val, madds, target_madds=target_madds, max_drop=max_drop)
         check_threshold(threshold)
@@ -218,6 +224,38 @@ def evaluate_run(
         raise ValueError(f"protocol must be early-exit, anytime or budgeted, got {protocol!r}")
     RunDir(run_dir).evaluation(protocol).write_text(json.dumps(report, indent=2))
     return report
+
+
+class _LatencyRunner:
+    """A run's early exit at batch 1 in one runtime: each exit's latency, and the mean time per test image
+    of a threshold, measured by answering the images one by one."""
+
+    def __init__(self, run_dir: Path, runtime: str) -> None:
+        self.run_dir, self.runtime = run_dir, runtime
+        self.model, self.cfg = load_run(run_dir)
+        self.model = to_channels_last(self.model)
+        if runtime == "onnx":
+            from .deploy.onnx_export import OnnxStages
+
+            self.stages = OnnxStages(exported_stages(run_dir, 1), threads=torch.get_num_threads())
+
+    def exit_latency_ms(self) -> list[float]:
+        return self.stages.exit_latency_ms() if self.runtime == "onnx" else exit_latency_ms(self.model)
+
+    def measure(self, threshold: float, images: int) -> float:
+        inputs = open_inputs(self.cfg, with_test=True)
+        x = inputs.eval_transform()(_first_images(inputs.eval_loader("test", self.cfg.data.eval_batch_size), images)[0])
+        if self.runtime == "onnx":
+            self.stages.threshold = threshold
+            frames, answer = x.numpy(), self.stages.predict
+        else:
+            frames, answer = x.contiguous(memory_format=torch.channels_last), EarlyExitPredictor(self.model, threshold).predict
+        for frame in frames[:3]:  # warm-up
+            answer(frame[None])
+        start = time.perf_counter()
+        for frame in frames:
+            answer(frame[None])
+        return 1e3 * (time.perf_counter() - start) / len(frames)
 
 
 def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = None) -> ShortcutReport:
@@ -304,12 +342,41 @@ def convert_checkpoint(source: str, output: str | Path, num_classes: int | None 
             "norm_eps": model.config["norm_eps"], "params": count_params(model)}
 
 
-def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:
-    """ONNX graphs of a run's model, one per stage (``basisnet.deploy.onnx_export``), with its class names."""
+RUNTIMES = ("onnx", "torch")
+
+
+def resolve_runtime(runtime: str | None) -> str:
+    """``onnx`` (ONNX Runtime, the deployment runtime) or ``torch`` (eager); None: onnx where its extra
+    is installed."""
+    if runtime is None:
+        import importlib.util
+
+        found = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
+        return "onnx" if found else "torch"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return runtime
+
+
+def exported_stages(run_dir: str | Path, batch: int | str = 1) -> Path:
+    """The folder of the run's stages exported for ``batch`` (``RunDir.onnx``), exported (again) when
+    missing or older than the run's weights."""
+    from .deploy.onnx_export import MANIFEST  # needs the onnx extra
+
+    out = RunDir(run_dir).onnx(batch)
+    manifest = out / MANIFEST
+    if not manifest.is_file() or manifest.stat().st_mtime < resolve_weights(run_dir).stat().st_mtime:
+        export_run(run_dir, out, batch)
+    return out
+
+
+def export_run(run_dir: str | Path, output: str | Path, batch: int | str = "dynamic") -> list[dict[str, Any]]:
+    """ONNX graphs of a run's model, one per stage, for ``batch`` (``basisnet.deploy.onnx_export``), with
+    its class names."""
     from .deploy.onnx_export import export_stages  # needs the onnx extra
 
     model, _ = load_run(run_dir)
-    stages = export_stages(model, output)
+    stages = export_stages(model, output, batch=batch)
     classes = RunDir(run_dir).classes
     if classes.is_file():
         (Path(output) / classes.name).write_text(classes.read_text())
@@ -318,17 +385,23 @@ def export_run(run_dir: str | Path, output: str | Path) -> list[dict[str, Any]]:
 
 def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
                    stage_threads: Sequence[int] | None = None, limit: int | None = None,
-                   workers: str = "process") -> Iterator[dict[str, Any]]:
+                   workers: str = "process", runtime: str | None = None) -> Iterator[dict[str, Any]]:
     """Per frame of a folder or glob (sorted: a stream), its answer with early exit, the stages running
-    in parallel threads (``basisnet.deploy.stream``) or one after the other."""
+    in parallel workers (``basisnet.deploy.stream``) or one after the other, in ONNX Runtime (the stages
+    exported at batch 1, once per weights) or PyTorch eager."""
     from .deploy.stream import StreamPredictor
 
     check_threshold(threshold)
+    runtime = resolve_runtime(runtime)
     model, cfg = load_run(run_dir)
     files = image_files(source)[:limit]
     classes = json.loads(RunDir(run_dir).classes.read_text())
     normalize = eval_transform(cfg)
     frames = (normalize(load_image_files([f], cfg.data.image_size))[0] for f in files)
+    if runtime == "onnx":
+        from .deploy.onnx_export import OnnxStages
+
+        model = OnnxStages(exported_stages(run_dir, 1))
     predictor = StreamPredictor(model, threshold, stage_threads, parallel=parallel, workers=workers)
     for result in predictor.predict(frames):
         yield {"file": str(files[result.index]), "class": classes[result.cls], "confidence": result.confidence,

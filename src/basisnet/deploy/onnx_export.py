@@ -1,4 +1,4 @@
-"""ONNX export, one graph per stage of a multi-exit model, each with a dynamic batch axis.
+"""ONNX export, one graph per stage of a multi-exit model, in the form the serving batch runs fastest.
 
 Any registered model exports through its staged interface (``start`` / ``step``): stage k becomes a
 graph whose inputs are the tensors of the state it continues from and whose outputs are exit k's
@@ -7,9 +7,20 @@ coefficient head (image -> logits, coefficients) and the specialist (image, coef
 for MSDNet and RANet one graph per exit segment. ``OnnxStages`` runs the graphs with ONNX Runtime and
 early exit on the host, as ``EarlyExitPredictor`` does in PyTorch.
 
-Basis layers export with their dynamic-batch formulation (``BasisConv2d.dynamic_batch_path``): a
-batched matmul for dense 1x1 convs, every kernel applied and the outputs mixed for the rest. The
-grouped-conv trick would freeze the batch size into the graph's group count.
+The batch the graphs serve (``batch``, written in the manifest) decides how basis layers export
+(BENCHMARKS.md measures the forms in ONNX Runtime):
+
+- ``1`` (streams, edge devices): the specialist is synthesized once per image in the graph, every
+  layer's kernel by one fused matmul over the packed bases (``basisnet.layers.synthesis``), then each
+  layer is one plain Conv / Gemm with a computed weight: the static twin's work plus reading the bases.
+- ``N`` (bulk): per-image kernels for a fixed batch of N: dense 1x1 convs as one batched MatMul, other
+  convs as one grouped Conv over the batch folded into channels (the group count is fixed by N).
+- ``"dynamic"``: any batch; 1x1 convs as a batched MatMul, other basis convs apply every basis kernel
+  and mix the outputs (N times their multiply-adds: a grouped conv would freeze the batch).
+
+BasisNet's BatchNorms after basis convs are folded into the bases first (``deploy.fold``), as ONNX
+Runtime does itself for constant-weight convs. A fixed-batch graph is fed in slices of its batch (the
+last one padded), so ``OnnxStages`` takes any number of images with every form.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..layers import BASIS_LAYERS
+from ..layers import BASIS_LAYERS, BasisConv2d
+from ..models import BasisNet
 from ..models.protocol import MultiExitClassifier, State
+from .fold import fold_basis_batchnorm
 
-__all__ = ["OnnxStages", "StageGraph", "export_stages"]
+__all__ = ["OnnxStages", "StageGraph", "check_export_batch", "export_stages", "softmax_max"]
 
 MANIFEST = "stages.json"
 
@@ -76,12 +89,37 @@ class _Stage(nn.Module):
         return (logits,) if self.last else (logits, *_flatten(next_state)[0])
 
 
+def check_export_batch(batch: int | str) -> int | None:
+    """The batch a graph serves: an int >= 1, or None for ``"dynamic"`` (clear error otherwise)."""
+    if batch == "dynamic":
+        return None
+    try:
+        value = int(batch)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or (isinstance(batch, float) and batch != value):
+        raise ValueError(f"export batch must be a positive integer or 'dynamic', got {batch!r}")
+    return value
+
+
+def export_path(layer: nn.Module, batch: int | None) -> str | None:
+    """A basis layer's exported form at a fixed ``batch`` (None: dynamic); None at batch 1 means the
+    network's fused synthesis (one coefficient set per graph run)."""
+    if batch is None:
+        return layer.dynamic_batch_path()
+    if batch == 1:
+        return None
+    if isinstance(layer, BasisConv2d) and not layer._is_pointwise():
+        return "grouped_aten" if layer._is_depthwise() else "grouped"  # a plain grouped Conv in the graph
+    return "matmul"
+
+
 @contextmanager
-def dynamic_batch_paths(model: nn.Module) -> Iterator[None]:
-    """Every basis layer on its dynamic-batch formulation while the block runs."""
+def export_paths(model: nn.Module, batch: int | None) -> Iterator[None]:
+    """Every basis layer on its exported form for ``batch`` while the block runs."""
     layers = [m for m in model.modules() if isinstance(m, BASIS_LAYERS)]
     for layer in layers:
-        layer.export_path = layer.dynamic_batch_path()
+        layer.export_path = export_path(layer, batch)
     try:
         yield
     finally:
@@ -98,19 +136,21 @@ class StageGraph:
     outputs: list[str]
 
 
-def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int = 2,
+def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | str = "dynamic",
                   opset: int | None = None) -> list[StageGraph]:
     """Write ``stage{k}.onnx`` for every exit and a ``stages.json`` manifest; returns the stages.
 
-    Traced on a random batch of ``batch`` images at ``model.resolution``; dim 0 of every input and
-    output is the dynamic batch axis."""
+    ``batch``: the batch the graphs serve (1, N or ``"dynamic"``; see the module docstring). Traced on
+    random images at ``model.resolution``; with ``"dynamic"``, dim 0 of every input and output is a
+    dynamic batch axis."""
+    fixed = check_export_batch(batch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = fold_basis_batchnorm(model) if isinstance(model, BasisNet) else model.eval()
     param = next(model.parameters())
-    x = torch.randn(batch, 3, model.resolution, model.resolution, device=param.device, dtype=param.dtype)
+    x = torch.randn(fixed or 2, 3, model.resolution, model.resolution, device=param.device, dtype=param.dtype)
     stages: list[StageGraph] = []
-    with torch.no_grad(), dynamic_batch_paths(model):
+    with torch.no_grad(), export_paths(model, fixed):
         inputs: list[Tensor] = [x]
         skeleton: Any = None
         for k in range(model.num_exits):
@@ -121,47 +161,91 @@ def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int = 
             last = k == model.num_exits - 1
             out_names = ["logits", *([] if last else [f"state{k + 1}_{i}" for i in range(len(next_tensors))])]
             path = out_dir / f"stage{k}.onnx"
-            batch_dim = torch.export.Dim("batch", min=1)
+            dims = None
+            if fixed is None:
+                batch_dim = torch.export.Dim("batch", min=1)
+                dims = (tuple({0: batch_dim} for _ in inputs),)
             torch.onnx.export(
                 _Stage(model, k, skeleton), tuple(inputs), str(path), input_names=in_names, output_names=out_names,
-                dynamic_shapes=(tuple({0: batch_dim} for _ in inputs),), opset_version=opset, dynamo=True,
-                external_data=False,
+                dynamic_shapes=dims, opset_version=opset, dynamo=True, external_data=False, verbose=False,
             )
             stages.append(StageGraph(str(path.name), in_names, out_names))
             inputs, skeleton = next_tensors, next_skeleton
     manifest = {"num_exits": model.num_exits, "resolution": model.resolution, "num_classes": model.num_classes,
-                "stages": [s.__dict__ for s in stages]}
+                "batch": "dynamic" if fixed is None else fixed, "stages": [s.__dict__ for s in stages]}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return stages
 
 
 class OnnxStages:
     """The exported stages in ONNX Runtime, with early exit on the host: after each stage the images
-    whose confidence reaches ``threshold`` leave; the next stage runs on the rest only."""
+    whose confidence reaches ``threshold`` leave; the next stage runs on the rest only.
 
-    def __init__(self, out_dir: str | Path, threshold: float = 1.0, threads: int | None = None,
+    ``threads``: intra-op threads of every stage, or one count per stage. Sessions open on first use
+    and are not pickled: a copy sent to another process (a stream's stage worker) opens only the
+    stage it runs, there."""
+
+    def __init__(self, out_dir: str | Path, threshold: float = 1.0, threads: int | Sequence[int] | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        import onnxruntime as ort  # optional extra: pip install basisnet[onnx]
+        import onnxruntime  # noqa: F401  optional extra (pip install basisnet[onnx]): fail here, not in a worker
 
-        out_dir = Path(out_dir)
-        manifest = json.loads((out_dir / MANIFEST).read_text())
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = [ort.InferenceSession(str(out_dir / s["path"]), options, providers=list(providers))
-                         for s in manifest["stages"]]
+        self.out_dir = Path(out_dir)
+        manifest_path = self.out_dir / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: no exported stages here (basisnet export RUN --output DIR)")
+        manifest = json.loads(manifest_path.read_text())
         self.stages = [StageGraph(**s) for s in manifest["stages"]]
+        self.num_exits = len(self.stages)
+        self.threads = list(threads) if isinstance(threads, Sequence) else [threads] * self.num_exits
+        if len(self.threads) != self.num_exits:
+            raise ValueError(f"threads: {self.num_exits} counts expected (one per stage), got {self.threads}")
+        self.providers = list(providers)
         self.threshold = threshold
         self.resolution = manifest["resolution"]
+        self.batch = check_export_batch(manifest.get("batch", "dynamic"))  # graphs before the batch forms: dynamic
+        self._sessions: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sessions": {}}
+
+    def session(self, k: int) -> Any:
+        """Stage ``k``'s ``onnxruntime.InferenceSession`` (opened on first use)."""
+        if k not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if self.threads[k]:
+                options.intra_op_num_threads = self.threads[k]
+            self._sessions[k] = ort.InferenceSession(str(self.out_dir / self.stages[k].path), options,
+                                                     providers=self.providers)
+        return self._sessions[k]
+
+    @property
+    def sessions(self) -> list[Any]:
+        return [self.session(k) for k in range(self.num_exits)]
+
+    def _run(self, k: int, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.session(k).run(None, dict(zip(self.stages[k].inputs, inputs)))
 
     def run_stage(self, k: int, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feeds = dict(zip(self.stages[k].inputs, inputs))
-        return self.sessions[k].run(None, feeds)
+        """Stage ``k`` on any number of images; a fixed-batch graph gets them in slices of its batch,
+        the last slice padded with copies of its last image (their outputs dropped)."""
+        size, total = self.batch, inputs[0].shape[0]
+        if size is None or total == size:
+            return self._run(k, inputs)
+        parts = []
+        for start in range(0, total, size):
+            part = [t[start:start + size] for t in inputs]
+            short = size - part[0].shape[0]
+            if short:
+                part = [np.concatenate([t, np.repeat(t[-1:], short, 0)]) for t in part]
+            parts.append([out[:size - short] for out in self._run(k, part)])
+        return [np.concatenate(outs) for outs in zip(*parts)]
 
     def exits(self, images: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits (no early exit), as the PyTorch model's ``forward``."""
         inputs, logits = [images], []
-        for k in range(len(self.stages)):
+        for k in range(self.num_exits):
             out = self.run_stage(k, inputs)
             logits.append(out[0])
             inputs = out[1:]
@@ -172,15 +256,13 @@ class OnnxStages:
         batch = images.shape[0]
         classes = np.zeros(batch, dtype=np.int64)
         conf = np.zeros(batch, dtype=np.float32)
-        stage = np.full(batch, len(self.stages) - 1, dtype=np.int64)
+        stage = np.full(batch, self.num_exits - 1, dtype=np.int64)
         alive = np.arange(batch)
         inputs = [images]
-        for k in range(len(self.stages)):
+        for k in range(self.num_exits):
             out = self.run_stage(k, inputs)
-            logits = out[0] - out[0].max(-1, keepdims=True)
-            probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-            conf[alive], classes[alive] = probs.max(-1), probs.argmax(-1)
-            if k == len(self.stages) - 1:
+            conf[alive], classes[alive] = softmax_max(out[0])
+            if k == self.num_exits - 1:
                 break
             done = conf[alive] >= self.threshold
             stage[alive[done]] = k
@@ -189,3 +271,27 @@ class OnnxStages:
             keep = np.flatnonzero(~done)
             alive, inputs = alive[keep], [t[keep] for t in out[1:]]
         return classes, conf, stage
+
+    def exit_latency_ms(self, repeats: int = 50) -> list[float]:
+        """Milliseconds to answer one image at each exit in ONNX Runtime: stages 1..k at batch 1 plus each
+        exit's softmax on the host, as ``predict`` runs them (median of ``repeats``; cf.
+        ``deploy.latency.exit_latency_ms`` for PyTorch)."""
+        from .latency import median_ms
+
+        x = np.random.default_rng(0).standard_normal((1, 3, self.resolution, self.resolution)).astype(np.float32)
+
+        def through(k: int) -> None:
+            inputs = [x]
+            for j in range(k + 1):
+                out = self.run_stage(j, inputs)
+                softmax_max(out[0])
+                inputs = out[1:]
+
+        return [median_ms(lambda k=k: through(k), torch.device("cpu"), repeats=repeats) for k in range(self.num_exits)]
+
+
+def softmax_max(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (top softmax probability) and class of each row of ``logits``."""
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = shifted / shifted.sum(-1, keepdims=True)
+    return probs.max(-1), probs.argmax(-1)

@@ -8,10 +8,14 @@ exception in any stage stops every stage and is raised to the consumer; nothing 
 
 Workers are processes by default: at batch 1 an eager model spends much of its time in Python
 dispatch, which threads of one interpreter serialize on the GIL (BENCHMARKS.md measures both).
+
+The stages are a PyTorch model's (``step``) or the graphs ``basisnet export`` wrote, in ONNX Runtime
+(``OnnxStages``; each worker opens only its own stage's session, with its own thread count).
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import multiprocessing as mp
 import queue
@@ -27,6 +31,7 @@ from torch import Tensor
 
 from ..models.protocol import MultiExitClassifier, map_state
 from .early_exit import check_threshold
+from .onnx_export import OnnxStages, softmax_max
 
 __all__ = ["FrameResult", "StreamPredictor"]
 
@@ -48,17 +53,20 @@ class _Failure:
 
 
 class StreamPredictor:
-    """Runs ``model`` staged over single frames (``(3, H, W)`` normalized tensors), one thread per stage.
+    """Runs ``model`` staged over single frames (``(3, H, W)`` normalized tensors), one worker per stage.
 
-    ``stage_threads``: torch intra-op threads of each stage's thread (default 1 each); ``queue_size``:
+    ``model``: a multi-exit PyTorch model or exported stages (``OnnxStages``, best exported at batch 1).
+    ``stage_threads``: intra-op threads of each stage's worker (default 1 each); ``queue_size``:
     frames waiting between two stages at most (bounds memory and latency). ``parallel=False`` runs the
     same stages one after the other in the caller's thread, the baseline the parallel form is measured
     against.
     """
 
-    def __init__(self, model: MultiExitClassifier, threshold: float, stage_threads: Sequence[int] | None = None,
-                 queue_size: int = 4, parallel: bool = True, workers: str = "process") -> None:
-        self.model = model.eval()
+    def __init__(self, model: MultiExitClassifier | OnnxStages, threshold: float,
+                 stage_threads: Sequence[int] | None = None, queue_size: int = 4, parallel: bool = True,
+                 workers: str = "process") -> None:
+        self.onnx = isinstance(model, OnnxStages)
+        self.model = model if self.onnx else model.eval()
         self.threshold = check_threshold(threshold)
         self.stage_threads = list(stage_threads or [1] * model.num_exits)
         if len(self.stage_threads) != model.num_exits or min(self.stage_threads) < 1:
@@ -68,15 +76,28 @@ class StreamPredictor:
         if workers not in ("process", "thread"):
             raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
         self.queue_size, self.parallel, self.workers = queue_size, parallel, workers
+        if self.onnx:  # a copy with the stream's thread counts (sessions open in the workers)
+            self.model = copy.copy(model)
+            self.model.threads, self.model._sessions = self.stage_threads, {}
+
+    def _frame(self, frame: Tensor) -> object:
+        """A frame as stage 1's input: a batch of one (numpy for ONNX Runtime)."""
+        return frame.unsqueeze(0).numpy() if self.onnx else frame.unsqueeze(0)
 
     def _stage(self, k: int, item: tuple) -> tuple[bool, tuple]:
         """Exit ``k`` on one frame: (answered, result or the item for stage k + 1)."""
         index, start, state = item
-        with torch.inference_mode():
-            logits, state = self.model.step(self.model.start(state) if k == 0 else state, k)
-            conf, cls = logits.softmax(-1).max(-1)
-        if k == self.model.num_exits - 1 or float(conf[0]) >= self.threshold:
-            return True, FrameResult(index, int(cls[0]), float(conf[0]), k, time.perf_counter() - start)
+        if self.onnx:
+            out = self.model.run_stage(k, [state] if k == 0 else state)
+            top, indices = softmax_max(out[0])
+            conf, cls, state = float(top[0]), int(indices[0]), out[1:]
+        else:
+            with torch.inference_mode():
+                logits, state = self.model.step(self.model.start(state) if k == 0 else state, k)
+                top = logits.softmax(-1).max(-1)
+            conf, cls = float(top.values[0]), int(top.indices[0])
+        if k == self.model.num_exits - 1 or conf >= self.threshold:
+            return True, FrameResult(index, cls, conf, k, time.perf_counter() - start)
         return False, (index, start, state)
 
     def predict(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
@@ -87,7 +108,7 @@ class StreamPredictor:
 
     def _sequential(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
         for index, frame in enumerate(frames):
-            item = (index, time.perf_counter(), frame.unsqueeze(0))
+            item = (index, time.perf_counter(), self._frame(frame))
             for k in range(self.model.num_exits):
                 answered, item = self._stage(k, item)
                 if answered:
@@ -103,17 +124,18 @@ class StreamPredictor:
         results = make_queue()
         stop = ctx.Event() if ctx else threading.Event()
         if ctx:
-            workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, True), daemon=True,
+            wired = not self.onnx  # ONNX Runtime states are numpy arrays already
+            workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, wired), daemon=True,
                                    name=f"stream-stage{k}") for k in range(stages)]
         else:
             workers = [threading.Thread(target=_stage_worker, args=(self, k, links, results, stop, False), daemon=True,
                                         name=f"stream-stage{k}") for k in range(stages)]
-        wire = _to_wire if ctx else (lambda state: state)
+        wire = _to_wire if ctx and not self.onnx else (lambda state: state)
 
         def feed() -> None:
             try:
                 for index, frame in enumerate(frames):
-                    if not _put(links[0], (index, time.perf_counter(), wire(frame.unsqueeze(0))), stop):
+                    if not _put(links[0], (index, time.perf_counter(), wire(self._frame(frame))), stop):
                         return
                 _put(links[0], _END, stop)
             except BaseException as err:  # a bad frame source stops the stream like a failing stage
@@ -180,7 +202,8 @@ def _from_wire(state: object) -> object:
 
 def _stage_worker(predictor: StreamPredictor, k: int, links: list, results, stop, wire: bool) -> None:
     """Stage ``k``'s loop: take a frame's state, answer it or pass it on, until the end of the stream."""
-    torch.set_num_threads(predictor.stage_threads[k])
+    if not predictor.onnx:
+        torch.set_num_threads(predictor.stage_threads[k])
     last = k == len(links) - 1
     try:
         while not stop.is_set():

@@ -66,7 +66,7 @@ def count_madds(model: nn.Module, resolution: int | None = None, depth: int = 3,
             continue
         total = sum(ops.values()) // 2
         rel = name[len(root) + 1:] if name.startswith(root + ".") else name
-        if rel.endswith(MIXER_SUFFIX):
+        if ("." + rel).endswith(MIXER_SUFFIX):  # a layer's mixer or a network's fused one
             synthesis += total
         if rel.count(".") < depth:
             per_module[rel] = total

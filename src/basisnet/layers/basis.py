@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .synthesis import Kernel
+
 PATHS = ("batched", "synthesized", "matmul", "grouped", "grouped_aten", "mix_outputs", "loop")
 # Paths whose forward is another path's: only worth timing where gradients flow.
 BACKWARD_VARIANTS = {"grouped_aten": "grouped"}
@@ -219,7 +221,10 @@ class BasisConv2d(_BasisLayer):
             return ("matmul", "grouped", "loop")
         return ("grouped", "grouped_aten", "loop") if self._is_depthwise() else ("grouped", "loop")
 
-    def forward(self, x: Tensor, coeffs: Tensor, path: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, coeffs: Tensor | Kernel, path: str | None = None) -> Tensor:
+        """``coeffs``: (B, N) per sample, (N,) shared, or the ``Kernel`` a fused synthesis made for it."""
+        if isinstance(coeffs, Kernel):
+            return self._conv(x, coeffs.weight, coeffs.bias, self.groups)
         batch = x.shape[0]
         coeffs = self._check_coeffs(coeffs, batch)
         path = self._choose_path(coeffs, x, path)
@@ -346,9 +351,11 @@ class BasisLinear(_BasisLayer):
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, num_bases={self.num_bases}, bias={self.bias is not None}"
 
-    def forward(self, x: Tensor, coeffs: Tensor, path: str | None = None) -> Tensor:
+    def forward(self, x: Tensor, coeffs: Tensor | Kernel, path: str | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.layer_name}: expected input (batch, {self.in_features}), got {tuple(x.shape)}")
+        if isinstance(coeffs, Kernel):
+            return F.linear(x, coeffs.weight, coeffs.bias)
         batch = x.shape[0]
         coeffs = self._check_coeffs(coeffs, batch)
         path = self._choose_path(coeffs, x, path)

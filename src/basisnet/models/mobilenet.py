@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import (
@@ -25,6 +26,7 @@ from ..layers import (
     make_divisible,
 )
 from ..layers.blocks import coeff_rows
+from ..layers.synthesis import Kernels, PackedBases, PackedMixer
 from .protocol import State, exits_to_run
 from .registry import register_model
 
@@ -207,6 +209,10 @@ class MobileNet(nn.Module):
                 m.eps = norm_eps
         _init_weights(self)
         name_basis_layers(self)
+        # One fused synthesis for a shared coefficient set at inference (a packed copy of the bases,
+        # rebuilt when they change); per-layer mixing where gradients flow or coefficients differ per image.
+        self.mixer = PackedMixer() if self.num_basis_layers else None
+        self._packed: PackedBases | None = None
 
     def _coeff_users(self) -> Iterator[nn.Module]:
         yield self.stem
@@ -237,9 +243,28 @@ class MobileNet(nn.Module):
             )
         check_finite_coefficients(coeffs, type(self).__name__)
 
-    def forward_features(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:
-        """Pooled features before the classifier head."""
+    def packed_bases(self) -> PackedBases:
+        """The packed copy of the bases for the fused synthesis, rebuilt if a parameter changed since.
+        While tracing (compile, export) the copy made before is taken as it is: a constant of the graph."""
+        layers = [m for m in self.modules() if isinstance(m, BASIS_LAYERS)]
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if self._packed is None or (not tracing and not self._packed.matches(layers)):
+            self._packed = PackedBases(layers)
+        return self._packed
+
+    def kernels(self, x: Tensor, coeffs: Tensor | Kernels | None) -> Tensor | Kernels | None:
+        """Checked coefficients, or the synthesized ``Kernels`` where the fused synthesis applies: one
+        coefficient set for the whole batch, no gradient wanted."""
+        if isinstance(coeffs, Kernels):
+            return coeffs
         self._check_coeffs(x, coeffs)
+        if coeffs is None or torch.is_grad_enabled() or (coeffs.dim() == 3 and coeffs.shape[0] != 1):
+            return coeffs
+        return self.mixer(self.packed_bases(), coeffs.reshape(coeffs.shape[-2:]))
+
+    def forward_features(self, x: Tensor, coeffs: Tensor | Kernels | None = None) -> Tensor:
+        """Pooled features before the classifier head."""
+        coeffs = self.kernels(x, coeffs)
         row = 0
         for module in [self.stem, *self.blocks, self.last_conv]:
             n = module.num_basis_layers
@@ -247,7 +272,7 @@ class MobileNet(nn.Module):
             row += n
         return x.mean((2, 3))
 
-    def forward_head(self, features: Tensor, coeffs: Tensor | None = None) -> Tensor:
+    def forward_head(self, features: Tensor, coeffs: Tensor | Kernels | None = None) -> Tensor:
         x, row = features, self.num_basis_layers - sum(m.num_basis_layers for m in self.head)
         for i, layer in enumerate(self.head):
             if i == len(self.head) - 1:
@@ -261,6 +286,7 @@ class MobileNet(nn.Module):
     ) -> list[Tensor]:
         """``[logits]``; with ``return_features`` also the pooled features: ``[logits, features]``."""
         exits_to_run(max_exits, 1)
+        coeffs = self.kernels(x, coeffs)
         features = self.forward_features(x, coeffs)
         logits = self.forward_head(features, coeffs)
         return [logits, features] if return_features else [logits]

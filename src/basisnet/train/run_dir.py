@@ -56,6 +56,10 @@ class RunDir:
     def sweep(self, split: str, suffix: str) -> Path:
         return self.path / f"sweep_{split}{suffix}"
 
+    def onnx(self, batch: int | str) -> Path:
+        """The run's stages exported for ``batch`` (1, N or dynamic): a folder with ``stages.json``."""
+        return self.path / f"onnx_batch{batch}"
+
     def evaluation(self, protocol: str) -> Path:
         return self.path / f"evaluation_{protocol}.json"
 

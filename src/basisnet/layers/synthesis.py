@@ -1,0 +1,122 @@
+"""One fused kernel synthesis for a whole network: every basis layer mixed by a single batched matmul.
+
+Mixing layer by layer costs one small matmul per basis layer (32-44 of them in the bundled specialists);
+at batch 1 their overheads, not their multiply-adds, set the time. ``PackedBases`` copies every layer's
+bases (weights, then biases) into one buffer cut into chunks of equal length, each chunk belonging to one
+layer: shape (K, N, C). A coefficient set (L, N) becomes one row per chunk by a gather, and one
+``bmm((K, 1, N), (K, N, C))`` writes every layer's kernel, read back as views. The bases are read once,
+which is the floor of any synthesis. The same arithmetic is what the exported batch-1 graph runs.
+
+``Kernels`` is what a network passes down where coefficients would go once they are mixed: it slices
+along the layer axis like a coefficient tensor, and a basis layer given its ``Kernel`` runs one plain
+conv / linear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Kernel", "Kernels", "PackedBases", "PackedMixer"]
+
+
+class Kernel(NamedTuple):
+    """One layer's synthesized weight and bias."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+
+class Kernels:
+    """Synthesized kernels of consecutive basis layers, indexed like the layer axis (-2) of coefficients."""
+
+    def __init__(self, kernels: Sequence[Kernel]) -> None:
+        self.kernels = list(kernels)
+
+    def __len__(self) -> int:
+        return len(self.kernels)
+
+    def narrow(self, dim: int, start: int, length: int) -> Kernels:
+        return Kernels(self.kernels[start:start + length])
+
+    def select(self, dim: int, index: int) -> Kernel:
+        return self.kernels[index]
+
+
+def _chunk_size(sizes: Sequence[int]) -> int:
+    """Chunk length: a power of two from 16 up, at most 1/(8L) of the total so that padding (below one
+    chunk per layer) stays under about 1/8 of the bases; longer chunks mean fewer, larger matmuls."""
+    limit = sum(sizes) / (8 * len(sizes))
+    chunk = 16
+    while chunk * 2 <= min(limit, 4096):
+        chunk *= 2
+    return chunk
+
+
+class PackedBases:
+    """A packed copy of the bases of ``layers`` (basis layers of one network, in coefficient-row order).
+
+    A snapshot: ``matches`` tells whether the layers' parameters changed since (an optimizer step, a
+    load, a move)."""
+
+    def __init__(self, layers: Sequence[nn.Module], chunk: int | None = None) -> None:
+        if not layers:
+            raise ValueError("PackedBases needs at least one basis layer")
+        n = layers[0].num_bases
+        if any(layer.num_bases != n for layer in layers):
+            raise ValueError("PackedBases: every layer must have the same number of bases")
+        with torch.no_grad():
+            flats = [torch.cat([p.reshape(n, -1) for p in self._params(layer)], 1) for layer in layers]
+        self.chunk = chunk or _chunk_size([f.shape[1] for f in flats])
+        counts = [-(-f.shape[1] // self.chunk) for f in flats]
+        padded = [nn.functional.pad(f, (0, c * self.chunk - f.shape[1])) for f, c in zip(flats, counts)]
+        # (N, K * C) -> (K, N, C): each chunk's N basis rows next to each other
+        self.packed = torch.cat(padded, 1).view(n, -1, self.chunk).transpose(0, 1).contiguous()
+        self.chunk_layer = torch.repeat_interleave(torch.arange(len(layers), device=self.packed.device),
+                                                   torch.tensor(counts, device=self.packed.device))
+        self.shapes = [[tuple(p.shape[1:]) for p in self._params(layer)] for layer in layers]
+        # One split of the mixed buffer: per layer its weight, its bias if any, then the padding.
+        self.pieces: list[int] = []
+        for shapes, count in zip(self.shapes, counts):
+            sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+            self.pieces += [*sizes, count * self.chunk - sum(sizes)]
+        self.num_bases = n
+        self._versions = self._version_key(layers)
+
+    @staticmethod
+    def _params(layer: nn.Module) -> list[Tensor]:
+        return [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+
+    @classmethod
+    def _version_key(cls, layers: Sequence[nn.Module]) -> tuple:
+        return tuple((id(p), p._version, p.device, p.dtype) for layer in layers for p in cls._params(layer))
+
+    def matches(self, layers: Sequence[nn.Module]) -> bool:
+        """Whether the copy still holds ``layers``' current bases (no optimizer step, load or move since)."""
+        return self._versions == self._version_key(layers)
+
+    def mix(self, coeffs: Tensor) -> Tensor:
+        """Every layer's kernel, flat and padded, for one coefficient set (L, N): one gather, one bmm."""
+        rows = coeffs.to(self.packed.dtype)[self.chunk_layer]  # (K, N)
+        return torch.bmm(rows.unsqueeze(1), self.packed).reshape(-1)
+
+    def unpack(self, flat: Tensor) -> Kernels:
+        """Per-layer views of ``mix``'s output (one split: a single node in an exported graph)."""
+        pieces = iter(flat.split(self.pieces))
+        kernels = []
+        for shapes in self.shapes:
+            tensors = [next(pieces).view(shape) for shape in shapes]
+            next(pieces)  # padding
+            kernels.append(Kernel(tensors[0], tensors[1] if len(tensors) > 1 else None))
+        return Kernels(kernels)
+
+
+class PackedMixer(nn.Module):
+    """The fused synthesis as a module of its own (no parameters), so multiply-add counters report it
+    as kernel synthesis (``<network>.mixer``), like the per-layer ``BasisMixer``."""
+
+    def forward(self, packed: PackedBases, coeffs: Tensor) -> Kernels:
+        return packed.unpack(packed.mix(coeffs))
