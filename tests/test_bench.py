@@ -184,3 +184,23 @@ def test_ablation_trains_named_candidates_and_reports_the_shortcut(cifar_tree, t
     assert table.count("\n") == 3 and "| scratch |" in table
     with pytest.raises(ValueError, match="unknown ablation candidates"):
         run_ablation(["nope"], cifar_tree, tmp_path / "runs", results)
+
+
+def test_deploy_forms_ratios_and_targets():
+    """bench deploy: each record's ratios against the static twin and the synthesis floor, and the issue's
+    targets read from them (1 thread only)."""
+    from basisnet.bench.deploy_forms import deploy_targets, format_forms_table, ratios
+
+    base = {"workload": "imagenet224", "variant": "v", "threads": 1, "synthesis_floor_ms": 2.0}
+    b1 = {**base, "runtime": "onnxruntime", "form": "1", "batch": 1, "lightweight_ms": 3.0, "specialist_ms": 15.0,
+          "static_ms": 10.0}
+    b8 = {**base, "runtime": "onnxruntime", "form": "8", "batch": 8, "lightweight_ms": 20.0, "specialist_ms": 160.0,
+          "static_ms": 100.0}
+    eager = {**base, "runtime": "pytorch eager", "form": "-", "batch": 1, "lightweight_ms": 5.0, "whole_ms": 30.0,
+             "static_ms": 20.0}
+    assert ratios(b1) == {"whole / floor": 18 / 15, "specialist / (static + synthesis)": 15 / 12,
+                          "specialist / static": 1.5}
+    assert ratios(b8)["specialist / static"] == 1.6  # the per-image floor is stated at batch 1 only
+    targets = deploy_targets([b1, b8, eager, {**b1, "threads": 2, "specialist_ms": 99.0}], "v")
+    assert [(t["ratio"], t["met"]) for t in targets] == [(1.2, True), (1.25, True), (1.6, False), (1.111, False)]
+    assert "imagenet224" in format_forms_table([b1, b8, eager])

@@ -329,8 +329,16 @@ def _bench_speed(args: argparse.Namespace, command: str) -> int:
 def _bench_deploy(args: argparse.Namespace, command: str) -> int:
     from .bench.deploy import format_deploy_tables, run_deploy_benchmark
 
-    if not args.run:
-        raise ValueError("bench deploy needs --run RUN_DIR (a trained BasisNet run)")
+    if not args.run:  # the exported forms at random initialisation
+        from .bench.deploy_forms import DeployPlan, deploy_targets, run_forms_benchmark
+
+        plan = DeployPlan.quick_plan() if args.quick else DeployPlan()
+        records = run_forms_benchmark(args.results or f"benchmarks/results/deploy_forms{'_quick' if args.quick else ''}.json",
+                                      plan, command=command)
+        for variant in plan.variants:
+            for t in deploy_targets(records, variant):
+                print(f"{'MET   ' if t['met'] else 'MISSED'} [{variant}] {t['target']}: {t['ratio']:.2f}")
+        return 0
     out = run_deploy_benchmark(args.run, args.data, args.results or "benchmarks/results/deploy.json",
                                static_run=args.static_run, command=command)
     print(format_deploy_tables(out))
@@ -478,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
-                       "(milliseconds side by side with multiply-adds), deploy (a trained run: ONNX Runtime, cameras), loader "
+                       "(milliseconds side by side with multiply-adds), deploy (exported forms in ONNX Runtime vs the static twin; --run: a trained run per stage, cameras), loader "
                        "(streaming images/s against bare JPEG decoding), train (basisnet train against a bare "
                        "loop, images/s), transfer (a pretrained static net fine-tuned vs a BasisNet upcycled from it, on 5 "
                        "new CIFAR-10 classes) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
@@ -509,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-epochs", type=int, help="transfer: epochs of the pretrained sources (default 15; "
                    "--quick: 1)")
     p.add_argument("--per-class", type=int, help="transfer: target training images per class (default 500; --quick: 40)")
-    p.add_argument("--run", help="deploy: a trained BasisNet run directory")
+    p.add_argument("--run", help="deploy: a trained BasisNet run directory (ONNX Runtime per stage, cameras); "
+                   "without it: the exported forms against the static twin at random initialisation")
     p.add_argument("--static-run", help="deploy: a trained static backbone run, for the camera table")
     p.set_defaults(func=_bench)
     return parser

@@ -109,14 +109,14 @@ def _images(batch: int, resolution: int, device: torch.device) -> Tensor:
         memory_format=torch.channels_last)
 
 
-def _build(config: str, device: torch.device) -> nn.Module:
-    """A bundled config's model whose confidences spread over images as a trained model's do, so that
-    thresholds split a batch: BatchNorm statistics set from a batch of the benchmark's inputs (at
-    initialisation deep features hardly differ between images) and exit classifiers re-drawn (at
-    initialisation every softmax is near uniform and one threshold would stop all or none)."""
+def build_calibrated(config: str, device: torch.device, **kwargs: Any) -> nn.Module:
+    """A bundled config's model (``kwargs`` override its model kwargs) whose confidences spread over images
+    as a trained model's do, so that thresholds split a batch: BatchNorm statistics set from a batch of the
+    benchmark's inputs (at initialisation deep features hardly differ between images) and exit classifiers
+    re-drawn (at initialisation every softmax is near uniform and one threshold would stop all or none)."""
     cfg = load_config(bundled_config(config))
     torch.manual_seed(0)
-    model = to_channels_last(create_model(cfg.model.name, **cfg.model.kwargs).to(device))
+    model = to_channels_last(create_model(cfg.model.name, **{**cfg.model.kwargs, **kwargs}).to(device))
     widen_classifiers(model, model.num_classes)
     return measure_batchnorm(model, _images(16, model.resolution, device))
 
@@ -268,14 +268,14 @@ def run_workload(rec: Recorder, name: str, plan: SpeedPlan) -> None:
     wl = WORKLOADS[name]
     rec.workload = name
     device = rec.device
-    net = _build(wl.basisnet, device)
+    net = build_calibrated(wl.basisnet, device)
     if not isinstance(net, BasisNet):
         raise ValueError(f"{wl.basisnet} is not a BasisNet config")
     static_and_basis_specialist(rec, net, plan)
     forward_batches(rec, "BasisNet (no early exit)", net, plan)
     basisnet_batch1_floor(rec, net)
     early_exit(rec, "BasisNet", net, plan)
-    peers = [(config, _build(config, device)) for config in wl.peers]
+    peers = [(config, build_calibrated(config, device)) for config in wl.peers]
     for config, model in peers:
         forward_batches(rec, config, model, plan)
         if model.num_exits > 1:

@@ -26,6 +26,7 @@ last one padded), so ``OnnxStages`` takes any number of images with every form.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,6 +145,8 @@ def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | 
     random images at ``model.resolution``; with ``"dynamic"``, dim 0 of every input and output is a
     dynamic batch axis."""
     fixed = check_export_batch(batch)
+    for name in ("onnx_ir", "onnxscript"):  # a line per deduplicated constant otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = fold_basis_batchnorm(model) if isinstance(model, BasisNet) else model.eval()

@@ -3,7 +3,8 @@
 Counted in eager mode under ``no_grad``: convolutions and matmuls (conv, linear, and the matmul that
 mixes basis kernels). BatchNorm, activations, pooling and element-wise ops are not counted, as in the
 MobileNet, BasisNet, MSDNet and RANet papers' conv + linear counts. The mixing of basis kernels runs in
-each basis layer's ``mixer`` submodule, so its cost is reported as ``synthesis``.
+each basis layer's ``mixer`` submodule, or for one coefficient set at inference in the network's fused
+``mixer`` (its chunks' padding included), so its cost is reported as ``synthesis``.
 """
 
 from __future__ import annotations

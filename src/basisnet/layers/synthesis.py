@@ -46,14 +46,19 @@ class Kernels:
         return self.kernels[index]
 
 
-def _chunk_size(sizes: Sequence[int]) -> int:
-    """Chunk length: a power of two from 16 up, at most 1/(8L) of the total so that padding (below one
-    chunk per layer) stays under about 1/8 of the bases; longer chunks mean fewer, larger matmuls."""
-    limit = sum(sizes) / (8 * len(sizes))
-    chunk = 16
-    while chunk * 2 <= min(limit, 4096):
-        chunk *= 2
-    return chunk
+# What one more chunk costs beside the floats it reads, in floats: a small matmul's fixed cost (about
+# 0.2 us in ONNX Runtime and PyTorch on CPU) at a memory rate of about 25 GB/s (BENCHMARKS.md).
+CHUNK_COST_FLOATS = 1024
+
+
+def _chunk_size(sizes: Sequence[int], num_bases: int) -> int:
+    """Chunk length (a power of two, 16 to 8192) that minimises the floats read, padding included, plus a
+    fixed cost per chunk: short chunks waste little padding but each is one more small matmul."""
+    def cost(chunk: int) -> int:
+        chunks = sum(-(-size // chunk) for size in sizes)
+        return num_bases * chunks * chunk + CHUNK_COST_FLOATS * chunks
+
+    return min((2**i for i in range(4, 14)), key=cost)
 
 
 class PackedBases:
@@ -70,7 +75,7 @@ class PackedBases:
             raise ValueError("PackedBases: every layer must have the same number of bases")
         with torch.no_grad():
             flats = [torch.cat([p.reshape(n, -1) for p in self._params(layer)], 1) for layer in layers]
-        self.chunk = chunk or _chunk_size([f.shape[1] for f in flats])
+        self.chunk = chunk or _chunk_size([f.shape[1] for f in flats], n)
         counts = [-(-f.shape[1] // self.chunk) for f in flats]
         padded = [nn.functional.pad(f, (0, c * self.chunk - f.shape[1])) for f, c in zip(flats, counts)]
         # (N, K * C) -> (K, N, C): each chunk's N basis rows next to each other
