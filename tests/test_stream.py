@@ -105,7 +105,7 @@ def test_cli_predict_stream(tmp_path, capsys):
     assert main(["predict", str(run), "--stream", str(frames), "--threshold", "0.5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines[:-1]] == [str(frames / f"{i:03d}.png") for i in range(6)]
-    assert "6 frames" in lines[-1] and "in parallel, process workers" in lines[-1]
+    assert "6 frames" in lines[-1] and "in parallel, thread workers, ONNX Runtime" in lines[-1]
     assert main(["predict", str(run), "--stream", str(frames), "--sequential", "--summary", "--runtime", "torch"]) == 0
-    assert "one after the other" in capsys.readouterr().out
+    assert "one after the other, PyTorch eager" in capsys.readouterr().out
     assert main(["predict", str(run)]) == 2

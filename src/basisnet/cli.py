@@ -144,10 +144,14 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
     import time
 
+    from .workflow import resolve_runtime
+
+    runtime = resolve_runtime(args.runtime)
+    workers = args.workers if args.workers != "auto" else ("thread" if runtime == "onnx" else "process")
     start, latencies, first = time.perf_counter(), [], None
     for row in predict_stream(args.run_dir, args.stream, args.threshold, parallel=not args.sequential,
-                              stage_threads=args.stage_threads, limit=args.limit, workers=args.workers,
-                              runtime=args.runtime):
+                              stage_threads=args.stage_threads, limit=args.limit, workers=workers,
+                              runtime=runtime):
         first = first or time.perf_counter()
         latencies.append(row["latency_ms"])
         if not args.summary:
@@ -158,7 +162,8 @@ def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
         raise ValueError(f"no frames in {args.stream}")
     latencies.sort()
     steady = (len(latencies) - 1) / (end - first) if len(latencies) > 1 and end > first else float("nan")
-    how = "stages one after the other" if args.sequential else f"stages in parallel, {args.workers} workers"
+    how = "stages one after the other" if args.sequential else f"stages in parallel, {workers} workers"
+    how += f", {'ONNX Runtime' if runtime == 'onnx' else 'PyTorch eager'}"
     print(f"{len(latencies)} frames in {end - start:.2f} s: {len(latencies) / (end - start):.1f} frames/s "
           f"({steady:.1f} after the first answer), latency mean {sum(latencies) / len(latencies):.2f} ms, "
           f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms ({how})")
@@ -444,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", metavar="DIR_OR_GLOB", help="a stream of frames (sorted files): each stage in its own "
                    "thread, the lightweight model on frame t+1 while the specialist works on frame t")
     p.add_argument("--sequential", action="store_true", help="stream: the stages one after the other (baseline)")
-    p.add_argument("--workers", choices=["process", "thread"], default="process",
-                   help="stream: stage workers (default process: threads share the GIL)")
+    p.add_argument("--workers", choices=["auto", "process", "thread"], default="auto",
+                   help="stream: stage workers (auto: threads for ONNX Runtime, which runs without the GIL; processes "
+                   "for PyTorch, whose threads would share it)")
     p.add_argument("--stage-threads", type=int, nargs="+", help="stream: threads per stage (default 1 each)")
     p.add_argument("--runtime", choices=["onnx", "torch"], help="stream: ONNX Runtime (the stages exported at batch "
                    "1 into RUN_DIR/onnx_batch1, again when the weights are newer; the default where onnxruntime is "

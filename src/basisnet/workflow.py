@@ -237,7 +237,9 @@ class _LatencyRunner:
         if runtime == "onnx":
             from .deploy.onnx_export import OnnxStages
 
-            self.stages = OnnxStages(exported_stages(run_dir, 1), threads=torch.get_num_threads())
+            # One intra-op thread, as a stream stage runs: with 2 on 2 cores the pool's wake-ups put a
+            # long tail on batch-1 times (CIFAR-10: mean 2.3 ms against a median of 1.6; BENCHMARKS.md).
+            self.stages = OnnxStages(exported_stages(run_dir, 1), threads=1)
 
     def exit_latency_ms(self) -> list[float]:
         return self.stages.exit_latency_ms() if self.runtime == "onnx" else exit_latency_ms(self.model)
@@ -385,7 +387,7 @@ def export_run(run_dir: str | Path, output: str | Path, batch: int | str = "dyna
 
 def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
                    stage_threads: Sequence[int] | None = None, limit: int | None = None,
-                   workers: str = "process", runtime: str | None = None) -> Iterator[dict[str, Any]]:
+                   workers: str = "auto", runtime: str | None = None) -> Iterator[dict[str, Any]]:
     """Per frame of a folder or glob (sorted: a stream), its answer with early exit, the stages running
     in parallel workers (``basisnet.deploy.stream``) or one after the other, in ONNX Runtime (the stages
     exported at batch 1, once per weights) or PyTorch eager."""

@@ -6,8 +6,9 @@ the next by a bounded queue: while the specialist works on frame t, the lightwei
 previews frame t+1. Frames that exit early skip the later stages; results come out in input order. An
 exception in any stage stops every stage and is raised to the consumer; nothing is left running.
 
-Workers are processes by default: at batch 1 an eager model spends much of its time in Python
-dispatch, which threads of one interpreter serialize on the GIL (BENCHMARKS.md measures both).
+Workers are processes for a PyTorch model: at batch 1 an eager model spends much of its time in Python
+dispatch, which threads of one interpreter serialize on the GIL; threads for ONNX Runtime, which runs a
+graph without the GIL and so saves the processes' pickling (BENCHMARKS.md measures both).
 
 The stages are a PyTorch model's (``step``) or the graphs ``basisnet export`` wrote, in ONNX Runtime
 (``OnnxStages``; each worker opens only its own stage's session, with its own thread count).
@@ -59,12 +60,12 @@ class StreamPredictor:
     ``stage_threads``: intra-op threads of each stage's worker (default 1 each); ``queue_size``:
     frames waiting between two stages at most (bounds memory and latency). ``parallel=False`` runs the
     same stages one after the other in the caller's thread, the baseline the parallel form is measured
-    against.
+    against. ``workers``: ``auto`` (threads for ONNX Runtime, processes for PyTorch), ``process`` or ``thread``.
     """
 
     def __init__(self, model: MultiExitClassifier | OnnxStages, threshold: float,
                  stage_threads: Sequence[int] | None = None, queue_size: int = 4, parallel: bool = True,
-                 workers: str = "process") -> None:
+                 workers: str = "auto") -> None:
         self.onnx = isinstance(model, OnnxStages)
         self.model = model if self.onnx else model.eval()
         self.threshold = check_threshold(threshold)
@@ -73,8 +74,10 @@ class StreamPredictor:
             raise ValueError(f"stage_threads needs {model.num_exits} counts >= 1, got {self.stage_threads}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if workers not in ("process", "thread"):
-            raise ValueError(f"workers must be 'process' or 'thread', got {workers!r}")
+        if workers not in ("auto", "process", "thread"):
+            raise ValueError(f"workers must be 'auto', 'process' or 'thread', got {workers!r}")
+        if workers == "auto":  # ONNX Runtime releases the GIL while it runs; eager PyTorch at batch 1 does not
+            workers = "thread" if self.onnx else "process"
         self.queue_size, self.parallel, self.workers = queue_size, parallel, workers
         if self.onnx:  # a copy with the stream's thread counts (sessions open in the workers)
             self.model = copy.copy(model)
