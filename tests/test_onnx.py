@@ -55,6 +55,11 @@ def test_basisnet_fixed_batch_forms_equal_pytorch(batch, tmp_path):
     model = spread_logits(_model("basisnet"))
     export_stages(model, tmp_path, batch=batch)
     assert json.loads((tmp_path / "stages.json").read_text())["batch"] == batch
+    if batch == 1:  # the specialist synthesized once: one MatMul mixes every kernel, none per layer
+        import onnx
+
+        ops = [node.op_type for node in onnx.load(str(tmp_path / "stage1.onnx")).graph.node]
+        assert ops.count("MatMul") == 1 and "Split" in ops
     runtime = OnnxStages(tmp_path)
     x = torch.randn(7, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():

@@ -230,16 +230,17 @@ class _LatencyRunner:
     """A run's early exit at batch 1 in one runtime: each exit's latency, and the mean time per test image
     of a threshold, measured by answering the images one by one."""
 
-    def __init__(self, run_dir: Path, runtime: str) -> None:
-        self.run_dir, self.runtime = run_dir, runtime
-        self.model, self.cfg = load_run(run_dir)
-        self.model = to_channels_last(self.model)
-        if runtime == "onnx":
+    def __init__(self, run_dir: str | Path, runtime: str) -> None:
+        self.runtime = runtime
+        self.cfg = load_config(RunDir(run_dir).require_config())
+        if runtime == "onnx":  # the graphs only: the PyTorch model is built just to export them, if at all
             from .deploy.onnx_export import OnnxStages
 
             # One intra-op thread, as a stream stage runs: with 2 on 2 cores the pool's wake-ups put a
-            # long tail on batch-1 times (CIFAR-10: mean 2.3 ms against a median of 1.6; BENCHMARKS.md).
+            # long tail on batch-1 times (BENCHMARKS.md).
             self.stages = OnnxStages(exported_stages(run_dir, 1), threads=1)
+        else:
+            self.model = to_channels_last(load_run(run_dir)[0])
 
     def exit_latency_ms(self) -> list[float]:
         return self.stages.exit_latency_ms() if self.runtime == "onnx" else exit_latency_ms(self.model)

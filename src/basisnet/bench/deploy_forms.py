@@ -150,6 +150,8 @@ def deploy_targets(records: list[dict[str, Any]], variant: str) -> list[dict[str
 
 
 def run_forms_benchmark(results: str | Path, plan: DeployPlan, command: str = "") -> list[dict[str, Any]]:
+    import onnxruntime  # the onnx extra, as the export
+
     start = time.time()
     threads_before = torch.get_num_threads()
     copy_rate = {}
@@ -169,7 +171,7 @@ def run_forms_benchmark(results: str | Path, plan: DeployPlan, command: str = ""
     finally:
         torch.set_num_threads(threads_before)
     meta = {"seconds": round(time.time() - start), "command": command, "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
+            "onnxruntime": onnxruntime.__version__,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "plan": plan.__dict__,
             "copy_gb_per_s": copy_rate, "targets": {v: deploy_targets(records, v) for v in plan.variants}}
     save_records(results, records, meta)

@@ -25,6 +25,7 @@ last one padded), so ``OnnxStages`` takes any number of images with every form.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -199,9 +200,7 @@ class OnnxStages:
         manifest = json.loads(manifest_path.read_text())
         self.stages = [StageGraph(**s) for s in manifest["stages"]]
         self.num_exits = len(self.stages)
-        self.threads = list(threads) if isinstance(threads, Sequence) else [threads] * self.num_exits
-        if len(self.threads) != self.num_exits:
-            raise ValueError(f"threads: {self.num_exits} counts expected (one per stage), got {self.threads}")
+        self.threads = self._thread_counts(threads)
         self.providers = list(providers)
         self.threshold = threshold
         self.resolution = manifest["resolution"]
@@ -210,6 +209,18 @@ class OnnxStages:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_sessions": {}}
+
+    def with_threads(self, threads: int | Sequence[int]) -> OnnxStages:
+        """The same stages with other thread counts (sessions open anew, on first use)."""
+        other = copy.copy(self)
+        other.threads, other._sessions = self._thread_counts(threads), {}
+        return other
+
+    def _thread_counts(self, threads: int | Sequence[int] | None) -> list[int | None]:
+        counts = list(threads) if isinstance(threads, Sequence) else [threads] * self.num_exits
+        if len(counts) != self.num_exits:
+            raise ValueError(f"threads: {self.num_exits} counts expected (one per stage), got {counts}")
+        return counts
 
     def session(self, k: int) -> Any:
         """Stage ``k``'s ``onnxruntime.InferenceSession`` (opened on first use)."""

@@ -16,7 +16,6 @@ The stages are a PyTorch model's (``step``) or the graphs ``basisnet export`` wr
 
 from __future__ import annotations
 
-import copy
 import heapq
 import multiprocessing as mp
 import queue
@@ -79,9 +78,8 @@ class StreamPredictor:
         if workers == "auto":  # ONNX Runtime releases the GIL while it runs; eager PyTorch at batch 1 does not
             workers = "thread" if self.onnx else "process"
         self.queue_size, self.parallel, self.workers = queue_size, parallel, workers
-        if self.onnx:  # a copy with the stream's thread counts (sessions open in the workers)
-            self.model = copy.copy(model)
-            self.model.threads, self.model._sessions = self.stage_threads, {}
+        if self.onnx:  # with the stream's thread counts (sessions open in the workers)
+            self.model = model.with_threads(self.stage_threads)
 
     def _frame(self, frame: Tensor) -> object:
         """A frame as stage 1's input: a batch of one (numpy for ONNX Runtime)."""

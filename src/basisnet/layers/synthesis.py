@@ -88,7 +88,6 @@ class PackedBases:
         for shapes, count in zip(self.shapes, counts):
             sizes = [int(torch.Size(shape).numel()) for shape in shapes]
             self.pieces += [*sizes, count * self.chunk - sum(sizes)]
-        self.num_bases = n
         self._versions = self._version_key(layers)
 
     @staticmethod

@@ -209,6 +209,10 @@ class MobileNet(nn.Module):
                 m.eps = norm_eps
         _init_weights(self)
         name_basis_layers(self)
+        # Fixed once built; counted here, not per forward (at batch 1 walking the modules costs as much
+        # as a conv layer).
+        self.num_basis_layers = sum(m.num_basis_layers for m in self._coeff_users())
+        self._basis_layers = tuple(m for m in self.modules() if isinstance(m, BASIS_LAYERS))
         # One fused synthesis for a shared coefficient set at inference (a packed copy of the bases,
         # rebuilt when they change); per-layer mixing where gradients flow or coefficients differ per image.
         self.mixer = PackedMixer() if self.num_basis_layers else None
@@ -219,11 +223,6 @@ class MobileNet(nn.Module):
         yield from self.blocks
         yield self.last_conv
         yield from self.head
-
-    @property
-    def num_basis_layers(self) -> int:
-        """L: coefficient rows ``forward`` expects (0 for static and CondConv networks)."""
-        return sum(m.num_basis_layers for m in self._coeff_users())
 
     def basis_layers_per_block(self) -> list[int]:
         """Coefficient rows per coefficient-consuming module, in order (for per-block sharing)."""
@@ -246,10 +245,9 @@ class MobileNet(nn.Module):
     def packed_bases(self) -> PackedBases:
         """The packed copy of the bases for the fused synthesis, rebuilt if a parameter changed since.
         While tracing (compile, export) the copy made before is taken as it is: a constant of the graph."""
-        layers = [m for m in self.modules() if isinstance(m, BASIS_LAYERS)]
         tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if self._packed is None or (not tracing and not self._packed.matches(layers)):
-            self._packed = PackedBases(layers)
+        if self._packed is None or (not tracing and not self._packed.matches(self._basis_layers)):
+            self._packed = PackedBases(self._basis_layers)
         return self._packed
 
     def kernels(self, x: Tensor, coeffs: Tensor | Kernels | None) -> Tensor | Kernels | None:
@@ -264,7 +262,9 @@ class MobileNet(nn.Module):
 
     def forward_features(self, x: Tensor, coeffs: Tensor | Kernels | None = None) -> Tensor:
         """Pooled features before the classifier head."""
-        coeffs = self.kernels(x, coeffs)
+        return self._features(x, self.kernels(x, coeffs))
+
+    def _features(self, x: Tensor, coeffs: Tensor | Kernels | None) -> Tensor:
         row = 0
         for module in [self.stem, *self.blocks, self.last_conv]:
             n = module.num_basis_layers
@@ -286,8 +286,8 @@ class MobileNet(nn.Module):
     ) -> list[Tensor]:
         """``[logits]``; with ``return_features`` also the pooled features: ``[logits, features]``."""
         exits_to_run(max_exits, 1)
-        coeffs = self.kernels(x, coeffs)
-        features = self.forward_features(x, coeffs)
+        coeffs = self.kernels(x, coeffs)  # checked once; forward_head takes them as they are
+        features = self._features(x, coeffs)
         logits = self.forward_head(features, coeffs)
         return [logits, features] if return_features else [logits]
 
@@ -312,8 +312,7 @@ class MobileNet(nn.Module):
             raise ValueError(f"synthesize needs one coefficient set of shape {expected}, got {tuple(coeffs.shape)}")
         static = MobileNet(**{**self.config, "num_bases": 0}).to(next(self.parameters()).device)
         state = {k: v for k, v in self.state_dict().items()}
-        basis = [m for m in self.modules() if isinstance(m, BASIS_LAYERS)]
-        for layer, row in zip(basis, coeffs.unbind(0)):
+        for layer, row in zip(self._basis_layers, coeffs.unbind(0)):
             for key, value in layer.synthesized_state(row).items():
                 state[f"{layer.layer_name}.{key}"] = value
         static.load_state_dict(state)
