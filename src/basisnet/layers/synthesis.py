@@ -47,7 +47,7 @@ class Kernels:
 
 
 # What one more chunk costs beside the floats it reads, in floats: a small matmul's fixed cost (about
-# 0.2 us in ONNX Runtime and PyTorch on CPU) at a memory rate of about 25 GB/s (BENCHMARKS.md).
+# 0.2 us in ONNX Runtime on this project's 2-core CPU, timed by hand) at a memory rate of about 20 GB/s.
 CHUNK_COST_FLOATS = 1024
 
 
