@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench import (PEERS, format_compare_table, format_compare_targets, format_table, format_targets,
-                            format_train_minutes, format_verdicts, run_accuracy_benchmark, run_compare_benchmark)
+from basisnet.bench import (PEERS, format_compare_table, format_compare_targets, format_distill_table,
+                            format_regime_table, format_seed_table, format_table, format_targets, format_train_minutes,
+                            format_verdicts, run_accuracy_benchmark, run_compare_benchmark, run_distill_benchmark,
+                            run_regime_benchmark)
+from basisnet.bench.compare import seed_spread, targets
 from basisnet.configs import bundled_config
 from basisnet.bench.runs import train_minutes
 from basisnet.evaluate import best_within, compare_curves, exit_accuracy
@@ -126,6 +129,50 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert meta2["train_minutes"] == meta["train_minutes"]
     with pytest.raises(ValueError, match="unknown --models"):
         run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY, models=["resnet"])
+    # The regime and self-distillation studies reuse these runs (same folder, same length) and train the rest.
+    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 2], quick=True,
+                                  overrides=TINY)
+    gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
+    assert [g["epochs"] for g in gains] == [1, 2] and (out / "basisnet_e2").is_dir() and not (out / "basisnet_e1").exists()
+    last = {(r["model"], r["epochs"]): r["top1"] for r in regime if r["exit"] == r["num_exits"]}
+    assert last[basisnet, 1] == full and gains[0]["gain_over_static_pt"] == round(full - static, 2)
+    assert format_regime_table(regime).count("\n") == 3 and (tmp_path / "regime.png").stat().st_size > 0
+    distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
+    assert (out / "basisnet_sd0").is_dir() and (out / "msdnet_sd0").is_dir() and not (out / "static_w0.5_sd0").exists()
+    assert {r["model"] for r in distill} == {"BasisNet, self-distill 0.5", "BasisNet, no self-distill",
+                                            "MSDNet, self-distill 0.5", "MSDNet, no self-distill",
+                                            "RANet, self-distill 0.5", "RANet, no self-distill"}
+    rows = json.loads((tmp_path / "distill_meta.json").read_text())["budgets"]
+    assert {r["model"] for r in rows} == {"BasisNet", "MSDNet", "RANet"} and len(rows) == 2 + 3 + 3
+    assert all(r["change_pt"] == round(r["top1_on"] - r["top1_off"], 2) for r in rows)
+    assert format_distill_table(distill).count("\n") == len(rows) + 1
+
+
+def test_compare_reports_the_spread_of_seeds_and_the_targets(tmp_path):
+    """Targets from records alone: means over seeds, worst BasisNet seed against the best static seed."""
+    def anytime(model, top1, madds, seed, exit=1, exits=1):
+        return {"model": model, "protocol": "anytime", "top1": top1, "madds": madds, "seed": seed, "exit": exit,
+                "num_exits": exits}
+
+    records = []
+    for seed, (light, full, static) in enumerate([(70.0, 84.0, 81.0), (71.0, 85.0, 82.5), (72.0, 83.0, 81.5)]):
+        records += [anytime("BasisNet", light, 1.0, seed, 1, 2), anytime("BasisNet", full, 7.0, seed, 2, 2),
+                    anytime(PEERS[1].label, static, 5.5, seed),
+                    {"model": "BasisNet", "protocol": "early-exit", "top1": full - 0.2, "madds": 4.9, "seed": seed,
+                     "threshold": 0.8}]
+    records += [anytime(PEERS[2].label, 83.5, 7.5, 0),
+                *({"model": "BasisNet", "protocol": "budgeted-batch", "top1": t, "madds": m, "seed": 0}
+                  for m, t in [(2.0, 75.0), (4.0, 81.7), (7.5, 83.9)])]
+    spread = seed_spread(records)
+    assert spread["BasisNet"][1] == {"exit": 2, "madds": 7.0, "top1": [84.0, 85.0, 83.0], "mean": 84.0, "min": 83.0,
+                                     "max": 85.0}
+    t = targets(records)
+    assert t["gain_over_static_pt"] == round(84.0 - 81.67, 2) and t["worst_minus_best_static_pt"] == 0.5
+    assert t["early_exit_saving"] == 0.3 and t["early_exit_loss_pt"] == 0.2 and t["lightweight_top1"] == 71.0
+    assert t["curve_reaches_static_at_madds_ratio"] == round(4.0 / 5.5, 3) and t["curve_minus_condconv_pt"] == 0.4
+    table = format_seed_table(spread)
+    assert "| BasisNet | 2 | 7.00 | 84.00, 85.00, 83.00 | 84.00 | 83.00-85.00 |" in table
+    assert PEERS[2].label not in table  # one seed: no spread to show
 
 
 def test_config_diff_counts_a_key_the_saved_config_lacks_as_its_default():

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
 from basisnet.train import (
     CheckpointError, CheckpointMismatchError, ConfigError, ModelEma, MultiExitLoss, NonFiniteLossError, RunConfig,
-    atomic_write_bytes, config_help, config_to_dict, create_optimizer, create_scheduler, fit, init_distributed_device,
+    TrainConfig, atomic_write_bytes, build_parts, config_help, config_to_dict, create_optimizer, create_scheduler, fit,
+    init_distributed_device,
     kd_loss, load_config, load_run_model, load_state, load_weights, param_groups, save_config, save_weights,
 )
 from basisnet.train import checkpoint as checkpoint_module
@@ -203,6 +204,24 @@ def test_kd_and_multi_exit_loss() -> None:
     a, b = torch.randn(4, 5), torch.randn(4, 5)
     ce = nn.functional.cross_entropy
     assert MultiExitLoss(0.5)([a, b], target).item() == pytest.approx((ce(b, target) + 0.5 * ce(a, target)).item())
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_self_distillation_teaches_earlier_exits_the_detached_last_exit(weight: float) -> None:
+    """``train.self_distill`` reaches the loss the loop trains with, and its gradients are the textbook ones:
+    an earlier exit is pulled towards the last exit's softened prediction (d KD / d z = T (softmax(z/T) -
+    softmax(teacher/T)) / B), the last exit only by its labels. Fails when self-distillation is switched off."""
+    t, batch = 3.0, 6
+    parts = build_parts(ToyNet(), TrainConfig(self_distill=weight, self_distill_temperature=t, aux_weight=0.5), 1)
+    gen = torch.Generator().manual_seed(0)
+    early, last = (torch.randn(batch, 5, generator=gen, requires_grad=True) for _ in range(2))
+    target = torch.arange(batch) % 5
+    parts.criterion([early, last], target).backward()
+    soft, hard = nn.functional.softmax, nn.functional.one_hot(target, 5).float()
+    from_labels = (soft(early, -1) - hard) / batch
+    from_last = t * (soft(early / t, -1) - soft(last / t, -1)) / batch
+    torch.testing.assert_close(early.grad, 0.5 * ((1 - weight) * from_labels + weight * from_last))
+    torch.testing.assert_close(last.grad, (soft(last, -1) - hard) / batch)
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -217,16 +217,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 # Options that belong to one benchmark only: given to another, they are an error rather than ignored.
 _BENCH_OPTIONS = {
-    "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation", "subset": "ablation",
-    "models": "compare", "json": "speed", "threads": "speed", "device": "speed", "run": "deploy",
+    "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation",
+    "subset": ("ablation", "compare", "regime", "distill"), "seeds": "compare", "teacher": ("compare", "regime", "distill"),
+    "lengths": "regime", "models": "compare", "json": "speed", "threads": "speed", "device": "speed", "run": "deploy",
     "static_run": "deploy", "source_epochs": "transfer", "per_class": "transfer",
 }
 
 
 def _bench(args: argparse.Namespace) -> int:
     for option, owner in _BENCH_OPTIONS.items():
-        if getattr(args, option) and args.which != owner:
-            raise ValueError(f"--{option.replace('_', '-')} belongs to 'bench {owner}'")
+        owners = (owner,) if isinstance(owner, str) else owner
+        if getattr(args, option) and args.which not in owners:
+            raise ValueError(f"--{option.replace('_', '-')} belongs to " + " or ".join(f"'bench {o}'" for o in owners))
     if args.data is None:  # the GPU check carries no data set with it: SHAPES is generated
         args.data = "shapes" if args.which == "gpu" else "../shared/data/cifar10"
     return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))
@@ -283,19 +285,55 @@ def _bench_transfer(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _bench_compare(args: argparse.Namespace, command: str) -> int:
-    from .bench import (format_compare_table, format_compare_targets, format_train_minutes, format_verdicts,
-                        run_compare_benchmark)
+def _study(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The suffix of the runs folder and results of compare / regime / distill, and the overrides it stands for:
+    the three share runs, so one set of options names one folder."""
+    suffix = ("_quick" if args.quick else "") + (f"_n{args.subset}" if args.subset else "") + ("_kd" if args.teacher else "")
+    return suffix, [f"data.subset={args.subset}"] if args.subset else []
 
-    suffix = "_quick" if args.quick else ""
+
+def _bench_compare(args: argparse.Namespace, command: str) -> int:
+    from .bench import (format_compare_table, format_compare_targets, format_seed_table, format_train_minutes,
+                        format_verdicts, run_compare_benchmark)
+
+    suffix, overrides = _study(args)
     results = Path(args.results or f"benchmarks/results/compare{suffix}.json")
     records, _ = run_compare_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
-                                       quick=args.quick, epochs=args.epochs, command=command, models=args.models)
+                                       quick=args.quick, epochs=args.epochs, overrides=overrides, command=command,
+                                       models=args.models, seeds=args.seeds or 1, teacher=args.teacher)
     print(format_compare_table(records))
     meta = _read_meta(results)
+    if (args.seeds or 1) > 1:
+        print(format_seed_table(meta["seed_spread"]))
     print(format_verdicts(meta["verdicts"]))
     print(format_compare_targets(meta))
     print(format_train_minutes(meta["train_minutes"]))
+    return 0
+
+
+def _bench_regime(args: argparse.Namespace, command: str) -> int:
+    from .bench import format_regime_table, format_train_minutes, run_regime_benchmark
+
+    suffix, overrides = _study(args)
+    results = Path(args.results or f"benchmarks/results/regime{suffix}.json")
+    records = run_regime_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
+                                   lengths=args.lengths, quick=args.quick, overrides=overrides, command=command,
+                                   teacher=args.teacher)
+    print(format_regime_table(records))
+    print(format_train_minutes(_read_meta(results)["train_minutes"]))
+    return 0
+
+
+def _bench_distill(args: argparse.Namespace, command: str) -> int:
+    from .bench import format_distill_table, format_train_minutes, run_distill_benchmark
+
+    suffix, overrides = _study(args)
+    results = Path(args.results or f"benchmarks/results/distill{suffix}.json")
+    records = run_distill_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
+                                    quick=args.quick, epochs=args.epochs, overrides=overrides, command=command,
+                                    teacher=args.teacher)
+    print(format_distill_table(records))
+    print(format_train_minutes(_read_meta(results)["train_minutes"]))
     return 0
 
 
@@ -370,7 +408,7 @@ def _bench_gpu(args: argparse.Namespace, command: str) -> int:
     return 0 if summary["ok"] else 1
 
 
-_BENCHES = {"compare": _bench_compare, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
+_BENCHES = {"compare": _bench_compare, "regime": _bench_regime, "distill": _bench_distill, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
             "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu,
             "transfer": _bench_transfer}
 
@@ -490,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols), ablation "
+    p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols; --seeds, --teacher), "
+                       "regime (BasisNet's gain over static and CondConv against training length), distill (the "
+                       "multi-exit models with and without self-distillation), ablation "
                        "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
                        "(milliseconds side by side with multiply-adds), deploy (exported forms in ONNX Runtime vs the static twin; --run: a trained run per stage, cameras), loader "
                        "(streaming images/s against bare JPEG decoding), train (basisnet train against a bare "
@@ -515,7 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", help="compare: re-run only these peers (run names: basisnet, static_w0.5, "
                    "condconv, msdnet, ranet), keeping the others' records from --results")
     p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
-    p.add_argument("--subset", type=int, help="ablation: train on N images of the training split (default: all)")
+    p.add_argument("--subset", type=int, help="ablation, compare, regime, distill: train on N images of the training "
+                   "split (default: all; runs go to runs/bench_cifar10_n<N>)")
+    p.add_argument("--seeds", type=int, help="compare: train BasisNet and its static backbone with this many seeds "
+                   "(train.seed 0..N-1; mean and min-max reported; default 1)")
+    p.add_argument("--teacher", help="compare, regime, distill: every run distils from this trained run directory "
+                   "(train.kd_teacher; runs go to a folder ending in _kd)")
+    p.add_argument("--lengths", type=int, nargs="+", help="regime: training lengths in epochs (default 3 6 12)")
     p.add_argument("--threads", type=int, help="speed: torch threads (default: torch's own choice)")
     p.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="speed: devices (default: cpu, and cuda "
                    "when present)")

@@ -41,11 +41,14 @@ def plot_models(
     xlabel: str = "MAdds (M)",
     ylabel: str = "top-1 (%)",
     emphasis: str | None = None,
+    spread: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None,
 ) -> Path:
     """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
     markers (e.g. anytime exits), so a method's two protocols read together. The model named by
-    ``emphasis`` is drawn bold and on top."""
+    ``emphasis`` is drawn bold and on top. ``spread``: per model, ``(x, mean, min, max)`` points drawn
+    as a filled marker with a min-max bar (the seeds of one model)."""
     ax, save = _axes(title, xlabel, ylabel)
+    spread = spread or {}
     for label, (curve, points) in models.items():
         line, marks = model_series(label, curve, points)
         colour = None
@@ -55,6 +58,10 @@ def plot_models(
             colour = drawn.get_color()
         if marks:
             ax.plot(*_columns(marks[1]), "o", mfc="none", color=colour, linestyle="none", label=marks[0])
+        if spread.get(label):
+            x, mean, lo, hi = zip(*spread[label])
+            ax.errorbar(x, mean, yerr=[[m - v for m, v in zip(mean, lo)], [v - m for m, v in zip(mean, hi)]], fmt="s",
+                        color=colour, capsize=4, label=f"{label}: mean, min-max over seeds")
     return save(path, bool(models))
 
 

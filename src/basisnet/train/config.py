@@ -108,6 +108,9 @@ class TrainConfig:
                                "net (bases tied, coefficients uniform) before every basis becomes its kernel plus "
                                "init_noise and the coefficient head starts learning; 0 = bases mixed from the first "
                                "step. Skipped when init_from starts the specialist (it is upcycled already).")
+    self_distill: float = _opt(0.0, "Self-distillation weight w of every non-final exit: its loss is (1 - w) * CE + "
+                               "w * KD from the last exit's detached prediction (every multi-exit model); 0 = off.")
+    self_distill_temperature: float = _opt(4.0, "Softmax temperature of the self-distillation term.")
     kd_teacher: Union[str, None] = _opt(None, "Run directory or weights file of a distillation teacher; null = no KD.")
     kd_weight: float = _opt(0.5, "With a teacher: loss = (1 - kd_weight) * CE part + kd_weight * KD (final exit).")
     kd_temperature: float = _opt(4.0, "Softmax temperature of the distillation term.")
@@ -307,6 +310,8 @@ def validate_config(cfg: RunConfig) -> None:
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 disables the EMA)", t.ema_decay)
     _check(0 <= t.kd_weight <= 1, "train.kd_weight", "in [0, 1]", t.kd_weight)
     _check(t.kd_teacher is None or bool(t.kd_teacher), "train.kd_teacher", "a path or null", t.kd_teacher)
+    _check(0 <= t.self_distill <= 1, "train.self_distill", "in [0, 1]", t.self_distill)
+    _check(t.self_distill_temperature > 0, "train.self_distill_temperature", "> 0", t.self_distill_temperature)
     _check(t.kd_temperature > 0, "train.kd_temperature", "> 0", t.kd_temperature)
     for key in ("weight_decay", "aux_weight", "grad_clip", "checkpoint_every_steps"):
         _check(getattr(t, key) >= 0, f"train.{key}", ">= 0", getattr(t, key))

@@ -196,8 +196,9 @@ def build_parts(model: nn.Module, tc: TrainConfig, steps_per_epoch: int, teacher
     if teacher is not None:
         teacher.eval()
     forward = torch.compile(model, backend="inductor" if tc.compile is True else tc.compile) if tc.compile else model
+    criterion = MultiExitLoss(tc.aux_weight, tc.label_smoothing, tc.self_distill, tc.self_distill_temperature)
     return TrainParts(model, forward, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16"),
-                      ema, MultiExitLoss(tc.aux_weight, tc.label_smoothing),
+                      ema, criterion,
                       teacher if teacher is not None and tc.kd_weight > 0 else None, torch.Generator(),
                       _autocast(device, tc.amp), tc)
 
