@@ -251,3 +251,16 @@ def test_deploy_forms_ratios_and_targets():
     targets = deploy_targets([b1, b8, eager, {**b1, "threads": 2, "specialist_ms": 99.0}], "v")
     assert [(t["ratio"], t["met"]) for t in targets] == [(1.2, True), (1.25, True), (1.6, False), (1.111, False)]
     assert "imagenet224" in format_forms_table([b1, b8, eager])
+
+
+def test_cli_study_options_belong_to_the_studies(capsys, tmp_path):
+    from basisnet.cli import main
+
+    assert main(["bench", "speed", "--seeds", "3"]) == 2
+    assert "--seeds belongs to 'bench compare'" in capsys.readouterr().err
+    assert main(["bench", "accuracy", "--teacher", "runs/t"]) == 2
+    assert "--teacher belongs to 'bench compare' or 'bench regime' or 'bench distill'" in capsys.readouterr().err
+    assert main(["bench", "compare", "--teacher", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "compare", "--seeds", "0", "--output", str(tmp_path)]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err

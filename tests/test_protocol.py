@@ -7,6 +7,7 @@ from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import exit_madds
 from basisnet.models import MultiExitClassifier, create_model, list_models, select_state
 from basisnet.models.calibration import measure_batchnorm, widen_classifiers
+from basisnet.train import MultiExitLoss
 
 MOBILE = dict(num_classes=5, resolution=32, drop_strides=2, width=0.35)
 # Every registered model at a size a test can afford; a new model must add itself here.
@@ -83,6 +84,24 @@ def test_model_keeps_the_multi_exit_contract(name: str) -> None:
             alive, state = alive[keep], select_state(state, keep)
     costs = exit_madds(model)
     assert len(costs) == model.num_exits and costs == sorted(costs) and costs[0] > 0
+
+
+@pytest.mark.parametrize("name", [name for name in list_models() if _model(name).num_exits > 1])
+def test_self_distillation_teaches_every_earlier_exit_and_leaves_the_last_alone(name: str) -> None:
+    """One loss module serves every multi-exit model: with ``self_distill`` each earlier exit's gradient
+    changes (it now follows the last exit too), the last exit's does not (its prediction is detached)."""
+    model = _model(name).train()
+    x, y = torch.randn(4, 3, model.resolution, model.resolution), torch.arange(4) % model.num_classes
+    grads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)  # the same dropout masks in both passes
+        logits = model(x)
+        for z in logits:
+            z.retain_grad()
+        MultiExitLoss(self_distill=weight)(logits, y).backward()
+        grads[weight] = [z.grad for z in logits]
+    torch.testing.assert_close(grads[1.0][-1], grads[0.0][-1])
+    assert all(not torch.allclose(a, b) for a, b in zip(grads[1.0][:-1], grads[0.0][:-1]))
 
 
 @pytest.mark.parametrize("name", list_models())

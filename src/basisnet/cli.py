@@ -300,10 +300,11 @@ def _bench_compare(args: argparse.Namespace, command: str) -> int:
     results = Path(args.results or f"benchmarks/results/compare{suffix}.json")
     records, _ = run_compare_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
                                        quick=args.quick, epochs=args.epochs, overrides=overrides, command=command,
-                                       models=args.models, seeds=args.seeds or 1, teacher=args.teacher)
+                                       models=args.models, seeds=1 if args.seeds is None else args.seeds,
+                                       teacher=args.teacher)
     print(format_compare_table(records))
     meta = _read_meta(results)
-    if (args.seeds or 1) > 1:
+    if (args.seeds or 0) > 1:
         print(format_seed_table(meta["seed_spread"]))
     print(format_verdicts(meta["verdicts"]))
     print(format_compare_targets(meta))
