@@ -264,3 +264,30 @@ def test_cli_study_options_belong_to_the_studies(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "compare", "--seeds", "0", "--output", str(tmp_path)]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "regime", "--epochs", "3"]) == 2
+    assert "--epochs does not apply" in capsys.readouterr().err
+
+
+def test_cli_regime_and_distill_print_their_tables(monkeypatch, tmp_path, capsys):
+    import basisnet.bench as bench
+    from basisnet.cli import main
+
+    seen = {}
+
+    def fake(name):
+        def run(data, output, results, **kwargs):
+            seen[name] = (output, results, kwargs)
+            results.with_name(results.stem + "_meta.json").write_text(json.dumps({"train_minutes": {"a": 1.0}}))
+            return [name]
+        return run
+
+    for name in ("regime", "distill"):
+        monkeypatch.setattr(bench, f"run_{name}_benchmark", fake(name))
+        monkeypatch.setattr(bench, f"format_{name}_table", lambda records: f"table of {records[0]}")
+    assert main(["bench", "regime", "--subset", "500", "--lengths", "2", "4", "--results", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["table of regime", "training: 1.0 min in all (a 1.0)"]
+    output, _, kwargs = seen["regime"]
+    assert output == "runs/bench_cifar10_n500" and kwargs["lengths"] == [2, 4] and kwargs["overrides"] == ["data.subset=500"]
+    assert main(["bench", "distill", "--teacher", "t", "--epochs", "3", "--results", str(tmp_path / "d.json")]) == 0
+    output, _, kwargs = seen["distill"]
+    assert output == "runs/bench_cifar10_kd" and kwargs["epochs"] == 3 and kwargs["teacher"] == "t"

@@ -312,29 +312,21 @@ def _bench_compare(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _bench_regime(args: argparse.Namespace, command: str) -> int:
-    from .bench import format_regime_table, format_train_minutes, run_regime_benchmark
+def _bench_study(args: argparse.Namespace, command: str) -> int:
+    """bench regime / distill: studies over compare's runs folder (same options, same runs)."""
+    from . import bench
 
+    run, table = {"regime": (bench.run_regime_benchmark, bench.format_regime_table),
+                  "distill": (bench.run_distill_benchmark, bench.format_distill_table)}[args.which]
+    length = {"lengths": args.lengths} if args.which == "regime" else {"epochs": args.epochs}
+    if args.which == "regime" and args.epochs:
+        raise ValueError("bench regime trains every --lengths; --epochs does not apply")
     suffix, overrides = _study(args)
-    results = Path(args.results or f"benchmarks/results/regime{suffix}.json")
-    records = run_regime_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
-                                   lengths=args.lengths, quick=args.quick, overrides=overrides, command=command,
-                                   teacher=args.teacher)
-    print(format_regime_table(records))
-    print(format_train_minutes(_read_meta(results)["train_minutes"]))
-    return 0
-
-
-def _bench_distill(args: argparse.Namespace, command: str) -> int:
-    from .bench import format_distill_table, format_train_minutes, run_distill_benchmark
-
-    suffix, overrides = _study(args)
-    results = Path(args.results or f"benchmarks/results/distill{suffix}.json")
-    records = run_distill_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
-                                    quick=args.quick, epochs=args.epochs, overrides=overrides, command=command,
-                                    teacher=args.teacher)
-    print(format_distill_table(records))
-    print(format_train_minutes(_read_meta(results)["train_minutes"]))
+    results = Path(args.results or f"benchmarks/results/{args.which}{suffix}.json")
+    records = run(args.data, args.output or f"runs/bench_cifar10{suffix}", results, quick=args.quick,
+                  overrides=overrides, command=command, teacher=args.teacher, **length)
+    print(table(records))
+    print(bench.format_train_minutes(_read_meta(results)["train_minutes"]))
     return 0
 
 
@@ -409,7 +401,7 @@ def _bench_gpu(args: argparse.Namespace, command: str) -> int:
     return 0 if summary["ok"] else 1
 
 
-_BENCHES = {"compare": _bench_compare, "regime": _bench_regime, "distill": _bench_distill, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
+_BENCHES = {"compare": _bench_compare, "regime": _bench_study, "distill": _bench_study, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
             "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu,
             "transfer": _bench_transfer}
 
