@@ -133,7 +133,8 @@ def test_types_checked() -> None:
     ("train.lr=0", "train.lr"), ("train.epochs=0", "train.epochs"), ("train.ema_decay=1.0", "train.ema_decay"),
     ("train.label_smoothing=1", "train.label_smoothing"), ("train.weight_decay=-1e-4", "train.weight_decay"),
     ("data.batch_size=0", "data.batch_size"), ("data.val_size=1.5", "data.val_size"), ("data.std=[1, 0, 1]", "data.std"),
-    ("train.kd_weight=2", "train.kd_weight"), ("train.min_lr=1", "train.min_lr"),
+    ("train.kd_weight=2", "train.kd_weight"), ("train.self_distill=1.5", "train.self_distill"),
+    ("train.self_distill_temperature=0", "train.self_distill_temperature"), ("train.min_lr=1", "train.min_lr"),
 ])
 def test_out_of_range(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"'{key}' must be"):
