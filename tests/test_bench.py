@@ -291,3 +291,28 @@ def test_cli_regime_and_distill_print_their_tables(monkeypatch, tmp_path, capsys
     assert main(["bench", "distill", "--teacher", "t", "--epochs", "3", "--results", str(tmp_path / "d.json")]) == 0
     output, _, kwargs = seen["distill"]
     assert output == "runs/bench_cifar10_kd" and kwargs["epochs"] == 3 and kwargs["teacher"] == "t"
+
+
+def test_compare_gives_every_peer_the_teacher_and_each_seed_its_own_run(monkeypatch, tmp_path):
+    import basisnet.bench.compare as compare
+
+    teacher, trained = tmp_path / "teacher", []
+    teacher.mkdir()
+
+    class Stop(Exception):
+        pass
+
+    def train(config, run, overrides):
+        trained.append((run.name, list(overrides)))
+        if len(trained) == 3:
+            raise Stop
+        return 0.0
+
+    monkeypatch.setattr(compare, "train_or_reuse", train)
+    monkeypatch.setattr(compare, "evaluate_peer", lambda *args, **kwargs: [])
+    with pytest.raises(Stop):
+        run_compare_benchmark("data", tmp_path / "runs", tmp_path / "c.json", seeds=3, teacher=teacher)
+    assert [name for name, _ in trained] == ["basisnet", "basisnet_seed1", "basisnet_seed2"]
+    assert all(f"train.kd_teacher={teacher}" in overrides for _, overrides in trained)
+    assert [[o for o in overrides if o.startswith("train.seed")] for _, overrides in trained] == \
+        [[], ["train.seed=1"], ["train.seed=2"]]
