@@ -138,7 +138,7 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert last[basisnet, 1] == full and gains[0]["gain_over_static_pt"] == round(full - static, 2)
     assert format_regime_table(regime).count("\n") == 3 and (tmp_path / "regime.png").stat().st_size > 0
     distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
-    assert (out / "basisnet_sd0").is_dir() and (out / "msdnet_sd0").is_dir() and not (out / "static_w0.5_sd0").exists()
+    assert (out / "basisnet_sd0.5").is_dir() and (out / "msdnet_sd0").is_dir() and not (out / "static_w0.5_sd0").exists()
     assert {r["model"] for r in distill} == {"BasisNet, self-distill 0.5", "BasisNet, no self-distill",
                                             "MSDNet, self-distill 0.5", "MSDNet, no self-distill",
                                             "RANet, self-distill 0.5", "RANet, no self-distill"}
