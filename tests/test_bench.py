@@ -137,6 +137,14 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     last = {(r["model"], r["epochs"]): r["top1"] for r in regime if r["exit"] == r["num_exits"]}
     assert last[basisnet, 1] == full and gains[0]["gain_over_static_pt"] == round(full - static, 2)
     assert format_regime_table(regime).count("\n") == 3 and (tmp_path / "regime.png").stat().st_size > 0
+    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 3], quick=True,
+                                  overrides=TINY, models=["basisnet", "static_w0.5"])  # CondConv where it exists
+    assert not (out / "condconv_e3").exists() and "| 3 | " in format_regime_table(regime)
+    gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
+    assert gains[1]["gain_over_condconv_pt"] is None and gains[0]["gain_over_condconv_pt"] is not None
+    with pytest.raises(ValueError, match="must name BasisNet and its static backbone"):
+        run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1], quick=True, overrides=TINY,
+                             models=["condconv"])
     distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
     assert (out / "basisnet_sd0.5").is_dir() and (out / "msdnet_sd0").is_dir() and not (out / "static_w0.5_sd0").exists()
     assert {r["model"] for r in distill} == {"BasisNet, self-distill 0.5", "BasisNet, no self-distill",
@@ -288,6 +296,7 @@ def test_cli_regime_and_distill_print_their_tables(monkeypatch, tmp_path, capsys
     assert capsys.readouterr().out.splitlines() == ["table of regime", "training: 1.0 min in all (a 1.0)"]
     output, _, kwargs = seen["regime"]
     assert output == "runs/bench_cifar10_n500" and kwargs["lengths"] == [2, 4] and kwargs["overrides"] == ["data.subset=500"]
+    assert kwargs["models"] is None
     assert main(["bench", "distill", "--teacher", "t", "--epochs", "3", "--results", str(tmp_path / "d.json")]) == 0
     output, _, kwargs = seen["distill"]
     assert output == "runs/bench_cifar10_kd" and kwargs["epochs"] == 3 and kwargs["teacher"] == "t"

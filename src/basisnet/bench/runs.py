@@ -23,7 +23,7 @@ from ..train import RunDir, config_diff, config_to_dict, load_config
 from ..workflow import exit_logits, load_run, run_exit_madds, train_run
 from .records import meta_path
 
-__all__ = ["MAX_DROP", "BasisNetResult", "Plan", "basisnet_records", "format_train_minutes", "plan", "record",
+__all__ = ["MAX_DROP", "BasisNetResult", "Plan", "basisnet_records", "epochs_done", "format_train_minutes", "plan", "record",
            "train_or_reuse", "train_minutes", "write_meta"]
 
 MAX_DROP = 0.3  # points of top-1 early exit may cost against the last exit (the issues' target)
@@ -64,7 +64,7 @@ def train_or_reuse(config: str, run_dir: Path, overrides: Sequence[str]) -> floa
         if diffs:
             raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs)}): "
                              "pass another --output or remove that directory")
-    if len(_epoch_log(run_dir)) >= cfg.train.epochs:
+    if epochs_done(run_dir) >= cfg.train.epochs:
         print(f"[bench] {run_dir.name}: already trained, reusing", flush=True)
     else:
         print(f"[bench] training {run_dir.name} ({cfg.train.epochs} epochs)", flush=True)
@@ -79,6 +79,11 @@ def _epoch_log(run_dir: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs a run directory has finished (0 when there is none)."""
+    return len(_epoch_log(run_dir))
 
 
 def train_minutes(run_dir: Path) -> float:
