@@ -146,7 +146,9 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
         run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1], quick=True, overrides=TINY,
                              models=["condconv"])
     distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
-    assert (out / "basisnet_sd0.5").is_dir() and (out / "msdnet_sd0").is_dir() and not (out / "static_w0.5_sd0").exists()
+    for peer in PEERS:  # the other setting than the bundled config's trains beside compare's run
+        bundled = load_config(bundled_config(peer.config)).train.self_distill
+        assert (out / f"{peer.run}_sd{0 if bundled else 0.5:g}").is_dir() == (peer.label in ("BasisNet", "MSDNet", "RANet"))
     assert {r["model"] for r in distill} == {"BasisNet, self-distill 0.5", "BasisNet, no self-distill",
                                             "MSDNet, self-distill 0.5", "MSDNet, no self-distill",
                                             "RANet, self-distill 0.5", "RANet, no self-distill"}
