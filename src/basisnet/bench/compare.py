@@ -6,7 +6,9 @@ logits under both protocols of MSDNet / RANet: anytime prediction (every exit) a
 classification (thresholds fitted on the validation split, applied to test). BasisNet's targets
 (gain over its static backbone and CondConv, early-exit saving, the shortcut diagnostic) go to the
 meta file. Runs share a directory with ``bench accuracy`` (the static x0.5 is the same run), are reused
-when finished with the same config and resumed when interrupted.
+when finished with the same config and resumed when interrupted. ``seeds`` > 1 trains the headline pair
+(BasisNet, its static backbone) once per seed, so a gain can be told from the spread of seeds;
+``bench regime`` and ``bench distill`` read and extend the same runs folder.
 """
 
 from __future__ import annotations
