@@ -156,6 +156,11 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     assert {r["model"] for r in rows} == {"BasisNet", "MSDNet", "RANet"} and len(rows) == 2 + 3 + 3
     assert all(r["change_pt"] == round(r["top1_on"] - r["top1_off"], 2) for r in rows)
     assert format_distill_table(distill).count("\n") == len(rows) + 1
+    only = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY,
+                                 models=["ranet"])
+    assert {r["base_model"] for r in only} == {"RANet"}
+    with pytest.raises(ValueError, match="unknown --models"):
+        run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, models=["condconv"])
 
 
 def test_compare_reports_the_spread_of_seeds_and_the_targets(tmp_path):
@@ -302,6 +307,8 @@ def test_cli_regime_and_distill_print_their_tables(monkeypatch, tmp_path, capsys
     assert main(["bench", "distill", "--teacher", "t", "--epochs", "3", "--results", str(tmp_path / "d.json")]) == 0
     output, _, kwargs = seen["distill"]
     assert output == "runs/bench_cifar10_kd" and kwargs["epochs"] == 3 and kwargs["teacher"] == "t"
+    assert main(["bench", "distill", "--models", "ranet", "--results", str(tmp_path / "d.json")]) == 0
+    assert seen["distill"][2]["models"] == ["ranet"]
 
 
 def test_compare_gives_every_peer_the_teacher_and_each_seed_its_own_run(monkeypatch, tmp_path):

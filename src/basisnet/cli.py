@@ -219,7 +219,8 @@ def _demo(args: argparse.Namespace) -> int:
 _BENCH_OPTIONS = {
     "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation",
     "subset": ("ablation", "compare", "regime", "distill"), "seeds": "compare", "teacher": ("compare", "regime", "distill"),
-    "lengths": "regime", "models": ("compare", "regime"), "json": "speed", "threads": "speed", "device": "speed", "run": "deploy",
+    "lengths": "regime", "models": ("compare", "regime", "distill"), "json": "speed", "threads": "speed", "device": "speed",
+    "run": "deploy",
     "static_run": "deploy", "source_epochs": "transfer", "per_class": "transfer",
 }
 
@@ -318,13 +319,13 @@ def _bench_study(args: argparse.Namespace, command: str) -> int:
 
     run, table = {"regime": (bench.run_regime_benchmark, bench.format_regime_table),
                   "distill": (bench.run_distill_benchmark, bench.format_distill_table)}[args.which]
-    length = {"lengths": args.lengths, "models": args.models} if args.which == "regime" else {"epochs": args.epochs}
+    length = {"lengths": args.lengths} if args.which == "regime" else {"epochs": args.epochs}
     if args.which == "regime" and args.epochs:
         raise ValueError("bench regime trains every --lengths; --epochs does not apply")
     suffix, overrides = _study(args)
     results = Path(args.results or f"benchmarks/results/{args.which}{suffix}.json")
     records = run(args.data, args.output or f"runs/bench_cifar10{suffix}", results, quick=args.quick,
-                  overrides=overrides, command=command, teacher=args.teacher, **length)
+                  overrides=overrides, command=command, teacher=args.teacher, models=args.models, **length)
     print(table(records))
     print(bench.format_train_minutes(_read_meta(results)["train_minutes"]))
     return 0
@@ -547,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 6; --quick: 1)")
     p.add_argument("--models", nargs="+", help="compare: re-run only these peers (run names: basisnet, static_w0.5, "
                    "condconv, msdnet, ranet), keeping the others' records from --results; regime: the peers trained at "
-                   "every length (default basisnet static_w0.5 condconv; a peer left out is read where its run exists)")
+                   "every length (default basisnet static_w0.5 condconv; a peer left out is read where its run exists); distill: "
+                   "the multi-exit peers to study (default basisnet msdnet ranet)")
     p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
     p.add_argument("--subset", type=int, help="ablation, compare, regime, distill: train on N images of the training "
                    "split (default: all; runs go to runs/bench_cifar10_n<N>)")
