@@ -104,6 +104,35 @@ def test_self_distillation_teaches_every_earlier_exit_and_leaves_the_last_alone(
     assert all(not torch.allclose(a, b) for a, b in zip(grads[1.0][:-1], grads[0.0][:-1]))
 
 
+_BALANCED = [name for name in list_models() if hasattr(_model(name), "gradient_equilibrium")]
+
+
+def test_models_with_a_shared_trunk_offer_gradient_equilibrium() -> None:
+    assert {"msdnet", "ranet"} <= set(_BALANCED)
+
+
+@pytest.mark.parametrize("name", _BALANCED)
+def test_gradient_equilibrium_gives_the_trunk_the_mean_of_its_exits_gradients(name: str) -> None:
+    """Forward unchanged; each head keeps its own gradient; the image, which feeds every exit, gets the mean of
+    the exits' gradients instead of their sum (by induction over the exits' split points: exactly 1/n)."""
+    model = _model(name).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4) % model.num_classes
+    runs = {}
+    for on in (False, True):
+        model.gradient_equilibrium = on
+        model.zero_grad()
+        image = x.clone().requires_grad_()
+        logits = model(image)
+        sum(torch.nn.functional.cross_entropy(z, y) for z in logits).backward()
+        runs[on] = ([z.detach() for z in logits], image.grad, [p.grad.clone() for p in model.heads.parameters()])
+    (plain, plain_x, plain_heads), (balanced, balanced_x, balanced_heads) = runs[False], runs[True]
+    for a, b in zip(plain, balanced):
+        torch.testing.assert_close(b, a)
+    torch.testing.assert_close(balanced_x, plain_x / model.num_exits)
+    for a, b in zip(plain_heads, balanced_heads):
+        torch.testing.assert_close(b, a)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_model_compiles_as_one_graph(name: str) -> None:
     """torch.compile captures the whole forward: no host sync or data-dependent branch anywhere."""

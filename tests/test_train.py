@@ -225,6 +225,17 @@ def test_self_distillation_teaches_earlier_exits_the_detached_last_exit(weight: 
     torch.testing.assert_close(last.grad, (soft(last, -1) - hard) / batch)
 
 
+def test_gradient_equilibrium_reaches_models_with_a_shared_trunk_and_refuses_others() -> None:
+    from basisnet.models import create_model
+
+    msdnet = create_model("msdnet", num_classes=5, num_blocks=2, base=1, step=1, num_channels=8, growth_rate=4)
+    assert not msdnet.gradient_equilibrium
+    build_parts(msdnet, TrainConfig(gradient_equilibrium=True), 1)
+    assert msdnet.gradient_equilibrium
+    with pytest.raises(ConfigError, match="train.gradient_equilibrium: ToyNet has no trunk shared by its exits"):
+        build_parts(ToyNet(), TrainConfig(gradient_equilibrium=True), 1)
+
+
 # ------------------------------------------------------------------ checkpoints
 
 

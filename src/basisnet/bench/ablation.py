@@ -52,6 +52,17 @@ ABLATIONS: dict[str, Candidate] = {
                                            "train.init_noise=0.1", light=(32, 1)),
     "static_phase_light32_quarter": _basis(0.25, "static phase for a quarter of the epochs, lightweight on 32x32",
                                            light=(32, 1)),
+    # A stronger first exit within 1.5x of the x0.35 lightweight model's MAdds (the early-exit share follows it).
+    "light_w0.40": _basis(0.5, "the bundled recipe, lightweight model x0.40", "model.kwargs.lightweight_width=0.4",
+                          light=(32, 1)),
+    "light_w0.45": _basis(0.5, "the bundled recipe, lightweight model x0.45", "model.kwargs.lightweight_width=0.45",
+                          light=(32, 1)),
+    # Gradient equilibrium (IMTA) on the multi-exit peers: every shared block gets the mean of its exits' gradients.
+    "msdnet": Candidate("cifar10_msdnet", ("train.gradient_equilibrium=false",), "MSDNet, bundled config"),
+    "msdnet_ge": Candidate("cifar10_msdnet", ("train.gradient_equilibrium=true",),
+                           "MSDNet with gradient equilibrium"),
+    "ranet": Candidate("cifar10_ranet", ("train.gradient_equilibrium=false",), "RANet, bundled config"),
+    "ranet_ge": Candidate("cifar10_ranet", ("train.gradient_equilibrium=true",), "RANet with gradient equilibrium"),
 }
 
 

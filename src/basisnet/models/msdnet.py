@@ -39,6 +39,7 @@ from ..layers.densenet import (
     init_weights,
     stem_side,
 )
+from .equilibrium import split_exit
 from .protocol import State, run_exits
 from .registry import register_model
 
@@ -213,6 +214,7 @@ class MSDNet(nn.Module):
             heads.append(head_for(channels * gr_factor[-1], num_classes, variant))
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList(heads)
+        self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
 
     @property
@@ -229,7 +231,10 @@ class MSDNet(nn.Module):
     def step(self, state: State, k: int) -> tuple[Tensor, State]:
         """Block ``k`` (block 0 holds the stem) on the maps of block ``k - 1``, then its exit."""
         maps = self.blocks[k](state)
-        return self.heads[k](maps[-1]), maps
+        feature = maps[-1]
+        if self.gradient_equilibrium:
+            feature, maps = split_exit(feature, maps, k, self.num_exits)
+        return self.heads[k](feature), maps
 
 
 def register_with_presets(name: str, cls: type[nn.Module], presets: Mapping[str, Mapping[str, Any]],

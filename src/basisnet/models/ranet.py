@@ -36,6 +36,7 @@ from ..layers.densenet import (
     stem_side,
 )
 from .msdnet import STEPMODES, compressed, register_with_presets
+from .equilibrium import split_exit
 from .protocol import State, run_exits
 
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
@@ -228,6 +229,7 @@ class RANet(nn.Module):
             low_channels = next_low
         self.flows = nn.ModuleList(flows)
         self.heads = nn.ModuleList(heads)
+        self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
 
     @property
@@ -256,20 +258,18 @@ class RANet(nn.Module):
             else:
                 h = s["h"]
             block = flow[j]
-            logits = None
-            if isinstance(block, FusionBlock):
-                h, f = block(h, s["low"][j])
-            else:
-                h, f = block(h)
-                logits = self.heads[k](h)
+            exits = not isinstance(block, FusionBlock)
+            h, f = block(h) if exits else block(h, s["low"][j])
             feats = [*s["feats"], f]
             if j + 1 == len(flow):  # the next flow fuses this one's features
                 s.update(flow=s["flow"] + 1, block=0, h=None, feats=[], low=feats)
             else:
                 s.update(block=j + 1, h=h, feats=feats)
-            if logits is not None:
+            if exits:
                 s["exit"] = k + 1
-                return logits, s
+                if self.gradient_equilibrium:
+                    h, s = split_exit(h, s, k, self.num_exits)
+                return self.heads[k](h), s
 
 
 register_with_presets("ranet", RANet, RANET_PRESETS)

@@ -111,6 +111,8 @@ class TrainConfig:
     self_distill: float = _opt(0.0, "Self-distillation weight w of every non-final exit: its loss is (1 - w) * CE + "
                                "w * KD from the last exit's detached prediction (every multi-exit model); 0 = off.")
     self_distill_temperature: float = _opt(4.0, "Softmax temperature of the self-distillation term.")
+    gradient_equilibrium: bool = _opt(False, "Multi-exit models with a shared trunk (msdnet, ranet): every trunk block "
+                                      "gets the mean, not the sum, of its exits' gradients (IMTA); forward unchanged.")
     kd_teacher: Union[str, None] = _opt(None, "Run directory or weights file of a distillation teacher; null = no KD.")
     kd_weight: float = _opt(0.5, "With a teacher: loss = (1 - kd_weight) * CE part + kd_weight * KD (final exit).")
     kd_temperature: float = _opt(4.0, "Softmax temperature of the distillation term.")

@@ -187,6 +187,11 @@ def build_parts(model: nn.Module, tc: TrainConfig, steps_per_epoch: int, teacher
     """Optimizer, schedule, EMA, loss, mixed precision and compiled forward for ``model`` (on its device)."""
     net = _unwrap(model)
     device = next(net.parameters()).device
+    if tc.gradient_equilibrium:
+        if not hasattr(net, "gradient_equilibrium"):
+            raise ConfigError(f"train.gradient_equilibrium: {type(net).__name__} has no trunk shared by its exits; "
+                              "it applies to msdnet and ranet")
+        net.gradient_equilibrium = True
     if tc.channels_last:
         to_channels_last(net)
     optimizer = create_optimizer(net, tc, fused=device.type == "cuda" and tc.amp == "fp16"
