@@ -105,7 +105,7 @@ def run_ablation(
 
 def format_ablation_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per candidate (validation top-1 of each exit, MAdds, shortcut diagnostic)."""
-    lines = ["| candidate | what | val top-1 lightweight / final (%) | MAdds (M) | specialist, mean coeffs (%) "
+    lines = ["| candidate | what | val top-1 per exit, first to last (%) | MAdds (M) | specialist, mean coeffs (%) "
              "| shortcut drop (pt) |", "|---|---|---:|---:|---:|---:|"]
     for r in records:
         top1 = " / ".join(f"{a:.2f}" for a in r["val_top1"])
