@@ -35,8 +35,8 @@ from ..layers.densenet import (
     init_weights,
     stem_side,
 )
-from .msdnet import STEPMODES, compressed, register_with_presets
 from .equilibrium import split_exit
+from .msdnet import STEPMODES, compressed, register_with_presets
 from .protocol import State, run_exits
 
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
