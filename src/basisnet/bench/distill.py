@@ -60,16 +60,17 @@ def run_distill_benchmark(
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every multi-exit peer (or those ``models`` names) with self-distillation on and off;
     records, budgets and one plot."""
-    peers = [peer for peer in PEERS if peer.label in DISTILLED]
-    unknown = sorted(set(models or ()) - {peer.run for peer in peers})
+    every = [peer for peer in PEERS if peer.label in DISTILLED]
+    unknown = sorted(set(models or ()) - {peer.run for peer in every})
     if unknown:
-        raise ValueError(f"unknown --models {unknown}; choose from {[peer.run for peer in peers]}")
+        raise ValueError(f"unknown --models {unknown}; choose from {[peer.run for peer in every]}")
+    peers = [peer for peer in every if not models or peer.run in models]
     p = plan(quick, epochs, data, [*overrides, *([f"train.kd_teacher={teacher}"] if teacher else [])])
     out, results = Path(out), Path(results)
     start = time.time()
     records: list[dict[str, Any]] = []
     minutes: dict[str, float] = {}
-    for peer in (peer for peer in peers if not models or peer.run in models):
+    for peer in peers:
         bundled = load_config(bundled_config(peer.config)).train.self_distill
         other = 0.0 if bundled else _OTHER_WEIGHT
         for weight, name, extra in ((bundled, peer.run, []),
