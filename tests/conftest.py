@@ -6,7 +6,8 @@ worker), so a verdict could change with the selection or the order of the tests.
 ``make test`` runs the suite in two pytest-xdist workers (``-n 2 --dist loadgroup``): each worker computes
 with one torch thread (two workers with two threads each would fight over two cores; OpenMP's
 spin-waiting makes that 5-10x slower), and child processes inherit ``OMP_NUM_THREADS=1``. Tests that share
-an expensive module fixture carry ``pytest.mark.xdist_group`` so it is computed once.
+an expensive module fixture carry ``pytest.mark.xdist_group`` so it is computed once. Shared helpers (tiny
+models, thresholds, toy networks, the subprocess launcher) live in ``helpers.py``; shared runs here.
 """
 
 import os
@@ -15,6 +16,14 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Hypothesis draws the same examples on every run (derandomize: a seed from each test's source), with no example
+# database carried between runs and no deadline (a loaded 2-core machine is slow, never wrong): a property test
+# passes or fails on the code alone.
+settings.register_profile("basisnet", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("basisnet")
 
 WORKER_THREADS = 1
 
@@ -42,3 +51,12 @@ def _seeded_and_threads_restored() -> None:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny trained BasisNet run directory (``helpers.train_tiny_shapes``), shared by every test that reads a
+    run (evaluate, export, predict, stream) and changes nothing in it."""
+    from helpers import train_tiny_shapes
+
+    return train_tiny_shapes(tmp_path_factory.mktemp("shared") / "shapes")
