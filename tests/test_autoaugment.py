@@ -53,11 +53,46 @@ def test_randaugment_magnitude_zero_geometric_is_identity(name: str) -> None:
     assert AUGMENT_OPS[name](img, magnitude, random.Random(0)).tobytes() == img.tobytes()
 
 
-def test_geometric_ops_change_image_and_fill_grey() -> None:
-    img = Image.new("RGB", (16, 16), (255, 0, 0))
-    out = AUGMENT_OPS["TranslateX"](img, 4.0, random.Random(0))
-    assert out.tobytes() != img.tobytes()
-    assert (128, 128, 128) in {color for _count, color in out.getcolors()}
+def _low_contrast(seed: int, size: tuple[int, int] = (24, 16)) -> Image.Image:
+    """Random pixels in 60..180: not yet stretched (AutoContrast) nor flat in histogram (Equalize)."""
+    gen = random.Random(seed)
+    return Image.frombytes("RGB", size, bytes(60 + gen.randrange(121) for _ in range(size[0] * size[1] * 3)))
+
+
+@pytest.mark.parametrize("name", [n for n in AUGMENT_OPS if n != "Identity"])
+def test_every_op_at_a_nonzero_magnitude_changes_the_image(name: str) -> None:
+    """Each op does something, in both directions of a signed op (seeds 0..3 draw both signs)."""
+    img = _low_contrast(0)
+    for seed in range(4):
+        out = AUGMENT_OPS[name](img, _op_magnitude(name), random.Random(seed))
+        assert out.tobytes() != img.tobytes(), (name, seed)
+
+
+def test_identity_returns_the_image_unchanged_as_a_copy() -> None:
+    img = _low_contrast(1)
+    out = AUGMENT_OPS["Identity"](img, 0.4, random.Random(0))
+    assert out.tobytes() == img.tobytes() and out is not img
+
+
+def test_pixel_ops_compute_their_formula() -> None:
+    """Posterize keeps the top bits, Solarize inverts at and above the threshold, TranslateX shifts by whole
+    pixels and fills grey, Brightness scales (to within PIL's rounding)."""
+    img = _low_contrast(2)
+    raw = img.tobytes()
+    assert AUGMENT_OPS["Posterize"](img, 3.0, random.Random(0)).tobytes() == bytes(v & 0b11100000 for v in raw)
+    assert AUGMENT_OPS["Solarize"](img, 100.0, random.Random(0)).tobytes() == bytes(
+        255 - v if v >= 100 else v for v in raw)
+    red = Image.new("RGB", (16, 16), (255, 0, 0))
+    moved = [AUGMENT_OPS["TranslateX"](red, 4.0, random.Random(seed)) for seed in range(4)]
+    for out in moved:  # 4 columns of grey on one side, red elsewhere
+        columns = [out.getpixel((x, 8)) for x in range(16)]
+        assert columns.count((128, 128, 128)) == 4 and columns.count((255, 0, 0)) == 12
+        assert columns[:4] == [(128, 128, 128)] * 4 or columns[12:] == [(128, 128, 128)] * 4
+    assert {out.getpixel((0, 8)) for out in moved} == {(128, 128, 128), (255, 0, 0)}  # both directions drawn
+    for seed in range(4):
+        out = AUGMENT_OPS["Brightness"](img, 0.4, random.Random(seed)).tobytes()
+        ratios = {round(o / v, 1) for o, v in zip(out, raw) if v >= 100}
+        assert ratios in ({0.6}, {1.4}), ratios
 
 
 @pytest.mark.parametrize("policy", [RandAugment(), RandAugment(num_ops=3, magnitude=20), TrivialAugmentWide()])

@@ -117,12 +117,24 @@ def test_synthesize_linear():
     torch.testing.assert_close(linear(x), layer(x, coeffs))
 
 
-def test_one_hot_coefficients_select_one_basis():
-    layer = BasisConv2d(4, 6, 3, 3, padding=1, bias=True)
-    x = torch.randn(2, 4, 5, 5)
-    out = layer(x, torch.tensor([[0.0, 1.0, 0.0]] * 2))
-    ref = nn.functional.conv2d(x, layer.weight[1], layer.bias[1], padding=1)
-    torch.testing.assert_close(out, ref)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_each_image_gets_the_kernel_its_own_coefficients_mix(case):
+    """Against plain conv2d, image by image (the paths are compared with each other above; this pins them
+    all to the definition): out[i] = conv(x[i], sum_k c[i, k] W_k, sum_k c[i, k] b_k)."""
+    torch.manual_seed(6)
+    layer = make_conv(case, bases=3)
+    x = torch.randn(3, case[0], 9, 11)
+    coeffs = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.2, 0.5, 0.3]])  # one-hot, other one-hot, a mix
+    expected = []
+    for xi, ci in zip(x, coeffs):
+        weight = torch.einsum("k,k...->...", ci, layer.weight)
+        bias = ci @ layer.bias if layer.bias is not None else None
+        expected.append(nn.functional.conv2d(xi[None], weight, bias, layer.stride, layer.padding, layer.dilation,
+                                             layer.groups))
+    expected = torch.cat(expected)
+    for path in {"loop", "batched", *layer.per_sample_paths(), layer.dynamic_batch_path()}:
+        torch.testing.assert_close(layer(x, coeffs, path=path), expected, rtol=1e-5, atol=1e-5, msg=path)
+    torch.testing.assert_close(layer(x, coeffs), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bases_initialised_independently_like_a_conv():

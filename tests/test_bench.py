@@ -1,6 +1,7 @@
 """Both CIFAR-10 benchmarks end to end on a tiny CIFAR-shaped tree, plus the curve comparison they report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,12 +11,11 @@ from basisnet.bench import (PEERS, format_compare_table, format_compare_targets,
                             format_regime_table, format_seed_table, format_table, format_targets, format_train_minutes,
                             format_verdicts, run_accuracy_benchmark, run_compare_benchmark, run_distill_benchmark,
                             run_regime_benchmark)
-from basisnet.bench.compare import seed_spread, targets
+from basisnet.bench.compare import BUDGETS, seed_spread, targets
 from basisnet.configs import bundled_config
 from basisnet.bench.runs import train_minutes
-from basisnet.evaluate import best_within, compare_curves, exit_accuracy
-from basisnet.workflow import exit_logits
-from basisnet.models import create_model
+from basisnet.evaluate import best_within, compare_curves, count_params, exit_accuracy, threshold_sweep
+from basisnet.workflow import exit_logits, load_run, run_exit_madds
 from basisnet.train import load_config
 
 TINY = ["model.kwargs.num_classes=3", "data.subset=30", "data.val_size=12", "data.batch_size=10", "data.eval_batch_size=32",
@@ -67,15 +67,24 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     init = json.loads((out / "basisnet_warm" / "init.json").read_text())
     assert init["specialist"]["epochs"] == 1 and init["specialist"]["source"].endswith("static_w0.5")
     assert json.loads(results.read_text()) == records and results.with_suffix(".png").stat().st_size > 0
-    assert "| basisnet (no early exit) |" in format_table(records)
     meta = json.loads(results.with_name("cifar10_meta.json").read_text())
     full = next(r for r in records if r["model"] == "basisnet (no early exit)")
+    # the records are the runs' test numbers, and the table shows them
+    basis_top1 = exit_accuracy(exit_logits(out / "basisnet_warm", "test"))
+    assert (full["top1"], full["madds"]) == (round(basis_top1[1], 2), round(run_exit_madds(out / "basisnet_warm")[1], 3))
+    assert f"| basisnet (no early exit) | {full['top1']:.2f} | {full['madds']:.2f} | {full['params'] / 1e6:.2f}M |  |  |" \
+        in format_table(records).splitlines()
     assert meta["targets"]["gain_over_control_pt"] == round(full["top1"] - control["top1"], 2)
     early = next(r for r in records if r["threshold"] is not None)
     assert meta["targets"]["early_exit_saving"] == pytest.approx(1 - early["madds"] / full["madds"], abs=1e-3)
     assert meta["targets"]["early_exit_loss_pt"] == pytest.approx(full["top1"] - early["top1"], abs=0.011)
     static = {r["model"]: r for r in records if r["model"].startswith("mobilenetv3")}
-    assert meta["targets"]["curve_vs_static_family"]["budgets"] >= 1
+    # the sweep of BasisNet's thresholds on test against the static family's points (x0.35, x0.5; not the control)
+    family = sorted((run_exit_madds(out / f"static_w{w}")[-1], exit_accuracy(exit_logits(out / f"static_w{w}", "test"))[-1])
+                    for w in (0.35, 0.5))
+    sweep = [(r["madds"], r["top1"]) for r in threshold_sweep(exit_logits(out / "basisnet_warm", "test"),
+                                                               run_exit_madds(out / "basisnet_warm"))]
+    assert meta["targets"]["curve_vs_static_family"] == json.loads(json.dumps(compare_curves(sweep, family)))
     lines = format_targets(meta).splitlines()
     assert lines[0].startswith(f"BasisNet - control: {meta['targets']['gain_over_control_pt']:+.2f} pt")
     assert f"saves {100 * meta['targets']['early_exit_saving']:.1f}%" in lines[1]
@@ -86,26 +95,70 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
         run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=3, overrides=TINY)
 
 
-def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp_path):
+@pytest.fixture
+def tiny_peers(monkeypatch, tmp_path):
+    """Every peer's bundled config with tiny model kwargs (``helpers.TINY``; recipe and training keys kept): what
+    the benchmarks book-keep (records, reuse, verdicts) does not depend on the models' size."""
+    import yaml
+
+    import basisnet.bench.runs as runs
+    from helpers import TINY as TINY_MODELS
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for peer in PEERS:
+        cfg = yaml.safe_load(bundled_config(peer.config).read_text())
+        cfg["model"]["kwargs"] = dict(TINY_MODELS[cfg["model"]["name"]])
+        (folder / f"{peer.config}.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(runs, "bundled_config", lambda name: folder / f"{name}.yaml" if (folder / f"{name}.yaml").is_file()
+                        else bundled_config(name))
+    return folder
+
+
+def _trained(out: str) -> list[str]:
+    """The runs train_or_reuse trained (not reused), from what it printed."""
+    return re.findall(r"^\[bench\] training (\S+) ", out, flags=re.M)
+
+
+def _saved(out):
+    """Modification times of every run's weights and state: a reused run keeps them."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for pattern in ("*/best.safetensors", "*/last.state.pt")
+            for p in out.glob(pattern)}
+
+
+def _budgeted(records, label):
+    return [(r["madds"], r["top1"]) for r in records if r["model"] == label and r["protocol"] == "budgeted-batch"]
+
+
+def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp_path, tiny_peers, capsys):
     out, results = tmp_path / "runs", tmp_path / "compare.json"
     records, verdicts = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY)
+    assert _trained(capsys.readouterr().out) == [peer.run for peer in PEERS]
     for peer in PEERS:
         rows = [r for r in records if r["model"] == peer.label]
         anytime = [r for r in rows if r["protocol"] == "anytime"]
         budgeted = [r for r in rows if r["protocol"] == "budgeted-batch"]
-        assert [r["exit"] for r in anytime] == list(range(1, len(anytime) + 1))
-        assert [r["madds"] for r in anytime] == sorted(r["madds"] for r in anytime)
+        # anytime: one record per exit of the trained model, its test top-1 and MAdds
+        model = load_run(out / peer.run)[0]
+        top1, madds = exit_accuracy(exit_logits(out / peer.run, "test")), run_exit_madds(out / peer.run)
+        assert [(r["exit"], r["top1"], r["madds"]) for r in anytime] == \
+            [(k + 1, round(t, 2), round(m, 3)) for k, (t, m) in enumerate(zip(top1, madds))]
+        assert len(anytime) == getattr(model, "num_exits", 1) and all(r["params"] == count_params(model) for r in rows)
         assert budgeted and all(abs(sum(r["exit_fraction"]) - 1) < 1e-3 for r in budgeted)
         assert all(len(r["threshold"]) == len(anytime) and r["threshold"][-1] == 0.0 for r in budgeted)
-    ranet = load_config(bundled_config("cifar10_ranet")).model
-    assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == \
-        create_model(ranet.name, **ranet.kwargs).num_exits == 6
+        # each budgeted row's MAdds are its exit fractions weighted by the exits' MAdds
+        assert all(r["madds"] == pytest.approx(sum(f * m for f, m in zip(r["exit_fraction"], madds)), abs=2e-3)
+                   for r in budgeted)
+    assert len([r for r in records if r["model"] == "RANet" and r["protocol"] == "anytime"]) == 4  # tiny RANet
     basisnet = "BasisNet"
     assert PEERS[0].label == basisnet  # the table and the plot lead with it
     rows = [r for r in records if r["model"] == basisnet]
-    assert len([r for r in rows if r["protocol"] == "anytime"]) == 2
     early = next(r for r in rows if r["protocol"] == "early-exit")
-    assert set(verdicts) == {"RANet vs MSDNet"} | {f"{basisnet} vs {p.label}" for p in PEERS if p.label != basisnet}
+    # the verdicts are the budgeted curves compared, RANet against MSDNet and BasisNet against every other peer
+    expected = {"RANet vs MSDNet": compare_curves(_budgeted(records, "RANet"), _budgeted(records, "MSDNet"))}
+    expected |= {f"{basisnet} vs {p.label}": compare_curves(_budgeted(records, basisnet), _budgeted(records, p.label))
+                 for p in PEERS if p.label != basisnet}
+    assert verdicts == expected
     meta = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
     assert meta["train_minutes"] == {peer.run: train_minutes(out / peer.run) for peer in PEERS}
@@ -117,48 +170,90 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
                                                                abs=0.01)
     assert format_compare_targets(meta).startswith(f"BasisNet - static backbone: {meta['targets']['gain_over_static_pt']:+.2f} pt")
     lines = format_verdicts(verdicts).splitlines()
-    assert len(lines) == len(verdicts) and lines[0].startswith("RANet vs MSDNet: ")
-    table = format_compare_table(records)
-    assert table.count("\n") == len(PEERS) + 1 and "| RANet |" in table
-    # --models: re-run BasisNet alone, keep every other peer's records and minutes as they were
+    v = verdicts["RANet vs MSDNet"]
+    assert len(lines) == len(verdicts) and lines[0] == (
+        f"RANet vs MSDNet: RANet better at {v['a_wins']}/{v['budgets']} budgets in {v['range'][0]:.2f}-"
+        f"{v['range'][1]:.2f}M MAdds (margin {v['min_margin']:+.2f} to {v['max_margin']:+.2f} pt)")
+    table = format_compare_table(records).splitlines()
+    anytime = [r for r in rows if r["protocol"] == "anytime"]
+    assert len(table) == len(PEERS) + 2 and table[2].startswith(
+        f"| BasisNet | {rows[0]['params'] / 1e6:.2f}M | 2 | "
+        + ", ".join(f"{r['top1']:.1f}@{r['madds']:.1f}" for r in anytime) + " | ")
+    cells = [c.strip() for c in table[2].split("|")[5:-1]]  # best budgeted top-1 within each budget
+    assert cells == ["-" if (b := best_within(_budgeted(records, basisnet), budget)) is None else f"{b:.2f}"
+                     for budget in BUDGETS]
+    saved = _saved(out)
+
+    # --models: re-run BasisNet alone (reused, re-evaluated), keep every other peer's records and minutes as they were
     again, _ = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY,
                                      models=["basisnet"])
+    assert _trained(capsys.readouterr().out) == [] and _saved(out) == saved
     assert [r for r in again if r["model"] != basisnet] == [r for r in records if r["model"] != basisnet]
+    assert [r for r in again if r["model"] == basisnet] == rows
     meta2 = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta2["kept_from_earlier_run"] == sorted(p.run for p in PEERS[1:])
     assert meta2["train_minutes"] == meta["train_minutes"]
     with pytest.raises(ValueError, match="unknown --models"):
         run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY, models=["resnet"])
-    # The regime and self-distillation studies reuse these runs (same folder, same length) and train the rest.
+
+    # The regime study reuses compare's runs at their length (1) and trains the peers it names at the others;
+    # CondConv, left out, is read where a run of that length exists.
     regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 2], quick=True,
-                                  overrides=TINY)
+                                  overrides=TINY, models=["basisnet", "static_w0.5"])
+    assert _trained(capsys.readouterr().out) == ["basisnet_e2", "static_w0.5_e2"] and _saved(out).items() >= saved.items()
+    assert not (out / "condconv_e2").exists() and not (out / "basisnet_e1").exists()
     gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
-    assert [g["epochs"] for g in gains] == [1, 2] and (out / "basisnet_e2").is_dir() and not (out / "basisnet_e1").exists()
+    assert [g["epochs"] for g in gains] == [1, 2]
     last = {(r["model"], r["epochs"]): r["top1"] for r in regime if r["exit"] == r["num_exits"]}
-    assert last[basisnet, 1] == full and gains[0]["gain_over_static_pt"] == round(full - static, 2)
-    assert format_regime_table(regime).count("\n") == 3 and (tmp_path / "regime.png").stat().st_size > 0
-    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 3], quick=True,
-                                  overrides=TINY, models=["basisnet", "static_w0.5"])  # CondConv where it exists
-    assert not (out / "condconv_e3").exists() and "| 3 | " in format_regime_table(regime)
+    condconv = next(r for r in records if r["model"] == PEERS[2].label and r["protocol"] == "anytime")["top1"]
+    assert last[basisnet, 1] == full and last[PEERS[1].label, 1] == static and last[PEERS[2].label, 1] == condconv
+    assert gains[0] == {"epochs": 1, "gain_over_static_pt": round(full - static, 2),
+                        "gain_over_condconv_pt": round(full - condconv, 2)}
+    assert gains[1] == {"epochs": 2, "gain_over_static_pt": round(last[basisnet, 2] - last[PEERS[1].label, 2], 2),
+                        "gain_over_condconv_pt": None}
+    assert format_regime_table(regime).splitlines()[3] == (
+        f"| 2 | {last[basisnet, 2]:.2f} | {last[PEERS[1].label, 2]:.2f} | - | "
+        f"{gains[1]['gain_over_static_pt']:+.2f} | - |") and (tmp_path / "regime.png").stat().st_size > 0
+    saved = _saved(out)
+    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 2], quick=True,
+                                  overrides=TINY)  # every studied peer: only CondConv is missing at 2 epochs
+    assert _trained(capsys.readouterr().out) == ["condconv_e2"] and _saved(out).items() >= saved.items()
     gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
-    assert gains[1]["gain_over_condconv_pt"] is None and gains[0]["gain_over_condconv_pt"] is not None
+    assert gains[1]["gain_over_condconv_pt"] is not None
     with pytest.raises(ValueError, match="must name BasisNet and its static backbone"):
         run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1], quick=True, overrides=TINY,
                              models=["condconv"])
+
+    # Self-distillation: the bundled setting is compare's run (reused), the other trains beside it.
+    saved = _saved(out)
     distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
+    assert _trained(capsys.readouterr().out) == ["basisnet_sd0.5", "msdnet_sd0.5", "ranet_sd0.5"]
+    assert _saved(out).items() >= saved.items()
     for peer in PEERS:  # the other setting than the bundled config's trains beside compare's run
         bundled = load_config(bundled_config(peer.config)).train.self_distill
         assert (out / f"{peer.run}_sd{0 if bundled else 0.5:g}").is_dir() == (peer.label in ("BasisNet", "MSDNet", "RANet"))
     assert {r["model"] for r in distill} == {"BasisNet, self-distill 0.5", "BasisNet, no self-distill",
                                             "MSDNet, self-distill 0.5", "MSDNet, no self-distill",
                                             "RANet, self-distill 0.5", "RANet, no self-distill"}
+    for label in ("BasisNet", "MSDNet", "RANet"):  # "no self-distill" is compare's run: the same numbers
+        assert [(r["protocol"], r["top1"], r["madds"]) for r in distill if r["model"] == f"{label}, no self-distill"] \
+            == [(r["protocol"], r["top1"], r["madds"]) for r in records if r["model"] == label
+                and r["protocol"] != "early-exit"]
     rows = json.loads((tmp_path / "distill_meta.json").read_text())["budgets"]
     assert {r["model"] for r in rows} == {"BasisNet", "MSDNet", "RANet"} and len(rows) == 2 + 3 + 3
-    assert all(r["change_pt"] == round(r["top1_on"] - r["top1_off"], 2) for r in rows)
-    assert format_distill_table(distill).count("\n") == len(rows) + 1
+    for row in rows:  # the best top-1 within each budget, with and without
+        on = [(r["madds"], r["top1"]) for r in distill if r["model"] == f"{row['model']}, self-distill 0.5"]
+        off = [(r["madds"], r["top1"]) for r in distill if r["model"] == f"{row['model']}, no self-distill"]
+        assert (row["top1_on"], row["top1_off"]) == (best_within(on, row["budget"]), best_within(off, row["budget"]))
+        assert row["change_pt"] == round(row["top1_on"] - row["top1_off"], 2)
+    assert format_distill_table(distill).splitlines()[2] == (
+        f"| BasisNet | 0.5 | {rows[0]['budget']:.2f} | {rows[0]['top1_on']:.2f} | {rows[0]['top1_off']:.2f} | "
+        f"{rows[0]['change_pt']:+.2f} |")
+    saved = _saved(out)
     only = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY,
                                  models=["ranet"])
-    assert {r["base_model"] for r in only} == {"RANet"}
+    assert {r["base_model"] for r in only} == {"RANet"} and _trained(capsys.readouterr().out) == []
+    assert _saved(out) == saved
     with pytest.raises(ValueError, match="unknown --models"):
         run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, models=["condconv"])
 
@@ -242,8 +337,16 @@ def test_ablation_trains_named_candidates_and_reports_the_shortcut(cifar_tree, t
     assert len(static["val_top1"]) == 1 and "shortcut" not in static
     assert len(scratch["val_top1"]) == 2 and scratch["shortcut"]["specialist"] == pytest.approx(scratch["val_top1"][1], abs=0.02)
     assert "train.static_phase=0.0" in ABLATIONS["scratch"].overrides
-    table = format_ablation_table(records)
-    assert table.count("\n") == 3 and "| scratch |" in table
+    # the records are the runs' validation numbers, and the table's rows show them
+    assert scratch["val_top1"] == [round(a, 2) for a in exit_accuracy(exit_logits(tmp_path / "runs" / "scratch", "val"))]
+    assert scratch["madds"] == [round(m, 3) for m in run_exit_madds(tmp_path / "runs" / "scratch")]
+    table = format_ablation_table(records).splitlines()
+    s = scratch["shortcut"]
+    assert table[2:] == [
+        f"| static | {static['what']} | {static['val_top1'][0]:.2f} | {static['madds'][-1]:.2f} |  |  |",
+        f"| scratch | {scratch['what']} | {scratch['val_top1'][0]:.2f} / {scratch['val_top1'][1]:.2f} | "
+        f"{scratch['madds'][-1]:.2f} | {s['specialist_mean_coeffs']:.2f} | {s['drop']:+.2f} |"]
+    assert s["drop"] == pytest.approx(s["specialist"] - s["specialist_mean_coeffs"], abs=0.011)
     with pytest.raises(ValueError, match="unknown ablation candidates"):
         run_ablation(["nope"], cifar_tree, tmp_path / "runs", results)
 

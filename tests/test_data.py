@@ -34,7 +34,11 @@ from basisnet.data import (
 )
 from basisnet.data import folder as folder_module
 
-HYPOTHESIS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# On top of the derandomized profile of conftest.py (same examples every run, no deadline): 40 examples, and the
+# function-scoped tmp_path shared by the examples (each example rewrites the file it reads).
+HYPOTHESIS = settings(max_examples=40, suppress_health_check=[*settings.default.suppress_health_check,
+                                                              HealthCheck.function_scoped_fixture])
+assert HYPOTHESIS.derandomize and HYPOTHESIS.database is None and HYPOTHESIS.deadline is None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -298,6 +302,26 @@ def test_folder_bad_file_raises_or_is_skipped(tmp_path: Path, bad_name: str) -> 
         dataset = _load(tmp_path, skip_bad=True)
     assert dataset.targets.tolist() == [0, 1]
     assert torch.equal(dataset.images[1], torch.from_numpy(_rgb(6)).permute(2, 0, 1))
+
+
+def test_skip_bad_config_key_skips_a_corrupt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data.skip_bad=true``, set as a config key, reaches the reader: the corrupt file is left out with a
+    warning; without it loading fails naming the file."""
+    from basisnet.inputs import load_splits
+    from basisnet.train import load_config
+
+    monkeypatch.setenv("BASISNET_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    for c in ("a", "b"):
+        for i in range(4):
+            _save(tree / "train" / c / f"{i}.png", _rgb(20 + 4 * (c == "b") + i))
+    (tree / "train" / "b" / "corrupt.png").write_bytes(_encoded(_rgb(30), "PNG")[:40])
+    keys = [f"data.source={tree}", "data.val_size=2", "data.image_size=8"]
+    with pytest.raises(ValueError, match="corrupt.png"):
+        load_splits(load_config(None, keys))
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*corrupt\.png"):
+        splits = load_splits(load_config(None, [*keys, "data.skip_bad=true"]))
+    assert len(splits.train) + len(splits.val) == 8 and len(splits.val) == 2
 
 
 def test_folder_all_bad_is_an_error(tmp_path: Path) -> None:

@@ -1,14 +1,16 @@
 """The loader and training-loop benchmarks run end to end on tiny inputs and write their records."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from basisnet.bench.loader import LoaderPlan, format_loader_table, generate_jpegs, run_loader_benchmark
-from basisnet.bench.train_speed import TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
+from basisnet.bench.train_speed import TARGET, TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
 
 
 def test_loader_benchmark_records_every_recipe_and_worker_count(tmp_path: Path) -> None:
@@ -37,5 +39,15 @@ def test_train_benchmark_compares_the_loop_with_a_bare_loop(tmp_path: Path) -> N
     records = run_train_speed_benchmark("shapes", tmp_path / "train.json", plan, scratch=tmp_path / "runs")
     (r,) = records
     assert (r["config"], r["batch"], r["steps"], r["device"]) == ("cifar10_static", 8, 2, "cpu")
-    assert r["train_images_per_s"] > 0 and r["bare_images_per_s"] > 0 and r["ratio"] > 0
-    assert "cifar10_static" in format_train_speed_table(records)
+    # the loop's rate is the one its training run measured (the run's summary), the ratio that of the two rates
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("cifar10_static_cpu_")
+    summary = list(csv.DictReader((run_dir / "summary.csv").open()))
+    assert r["train_images_per_s"] == pytest.approx(float(summary[0]["images_per_s"]), abs=0.051)
+    assert r["bare_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["train_images_per_s"] / r["bare_images_per_s"], rel=1e-3, abs=1e-3)
+    assert json.loads((tmp_path / "train.json").read_text()) == records
+    assert json.loads((tmp_path / "train_meta.json").read_text())["target_ratio"] == TARGET
+    header, rule, row = format_train_speed_table(records).splitlines()
+    assert row == (f"| cifar10_static | cpu | {r['amp']} | 8 | 2 | {r['train_images_per_s']:.0f} | "
+                   f"{r['bare_images_per_s']:.0f} | {r['ratio']:.2f} |")

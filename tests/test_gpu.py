@@ -19,12 +19,28 @@ TINY = ["train.epochs=2", "train.warmup_epochs=0", "data.subset=128", "data.val_
         "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", "train.device=cuda", "train.log_interval=3"]
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}
+
+
+@pytest.mark.parametrize("amp", sorted(AMP_DTYPES))
 def test_basisnet_trains_on_the_gpu(tmp_path: Path, amp: str) -> None:
-    result = train_run(load_config(bundled_config("shapes_demo"), [*TINY, f"train.amp={amp}"]), tmp_path / amp,
-                       progress=False)
+    """``train.amp`` reaches the GPU forward: every linear layer (the exits' classifiers among them) computes
+    in the asked dtype, in training and validation alike. Fails when the setting is ignored."""
+    seen = set()
+
+    def record(module: torch.nn.Module, args: object, out: object) -> None:
+        if isinstance(module, torch.nn.Linear) and isinstance(out, torch.Tensor) and out.is_cuda:
+            seen.add((module.training, out.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = train_run(load_config(bundled_config("shapes_demo"), [*TINY, f"train.amp={amp}"]), tmp_path / amp,
+                           progress=False)
+    finally:
+        handle.remove()
     assert result["global_step"] == 2 * 128 // 32
     assert all(math.isfinite(row["train_loss"]) for row in result["history"])
+    assert seen == {(True, AMP_DTYPES[amp]), (False, AMP_DTYPES[amp])}, seen
 
 
 def test_streaming_batches_come_pinned(tmp_path: Path) -> None:

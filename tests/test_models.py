@@ -5,8 +5,11 @@ import torch
 
 from basisnet.layers import BasisConv2d, BasisLinear
 from basisnet.models import BasisNet, MobileNet, create_model, list_models
+from basisnet.models.calibration import measure_batchnorm
 
-TINY = dict(num_classes=5, resolution=32, drop_strides=2, width=0.35)
+import helpers
+
+TINY = helpers.MOBILE
 
 
 def test_registry_lists_models_and_rejects_unknowns():
@@ -86,19 +89,43 @@ def test_model_rejects_bad_coefficients():
 
 
 def test_condconv_routing_blocks_route_themselves():
-    model = create_model("mobilenetv3_small", num_bases=3, routing=True, **TINY)
+    """Each routed block mixes its kernel from its own input, per image: two images get different routing
+    weights, an image's output does not depend on the batch it is in, and it differs from the output with
+    the other image's (a shared) kernel. The router is trained by the loss."""
+    torch.manual_seed(0)
+    model = create_model("mobilenetv3_small", num_bases=3, routing=True, **TINY).eval()
     assert model.num_basis_layers == 0
-    assert all(b.router is not None for b in model.blocks)
-    out = model(torch.randn(2, 3, 32, 32))[0]
-    out.sum().backward()
-    assert model.blocks[0].router.fc.weight.grad is not None
+    routed = [b for b in model.blocks if b.router is not None]
+    assert routed == list(model.blocks)
+    for block in routed:  # wide routing weights, so the images' kernels differ clearly
+        torch.nn.init.normal_(block.router.fc.weight, std=1.0)
+    measure_batchnorm(model, torch.randn(16, 3, 32, 32))  # activations of a real scale (at init they fade)
+    inputs, weights = {}, {}
+    for i, block in enumerate(routed):
+        block.register_forward_pre_hook(lambda mod, args, i=i: inputs.update({i: args[0]}))  # the latest call's
+        block.router.register_forward_hook(lambda mod, args, out, i=i: weights.update({i: out}))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        alone = torch.cat([model(x[k:k + 1])[0] for k in range(2)])
+        out = model(x)[0]
+        for i in weights:  # two images, two sets of routing weights in every block
+            assert (weights[i][0] - weights[i][1]).abs().max() > 1e-2, i
+        torch.testing.assert_close(out, alone, rtol=1e-4, atol=1e-5)
+        block, h, r = routed[0], inputs[0], weights[0]
+        rows = sum(m.num_basis_layers for m in (block.expand, block.depthwise, block.project) if m is not None)
+        router, block.router = block.router, None
+        own = block(h, r[:, None].expand(-1, rows, -1))
+        shared = block(h, r[:1, None].expand(2, rows, -1))  # image 0's kernel for both images
+        block.router = router
+        torch.testing.assert_close(block(h), own)  # the router's weights are what the block mixes with
+        assert (shared[1] - own[1]).abs().max() > 1e-3
+    model.train()
+    model(torch.randn(2, 3, 32, 32))[0].sum().backward()
+    assert all(b.router.fc.weight.grad.abs().sum() > 0 for b in routed)
 
 
 def tiny_basisnet(**kw) -> BasisNet:
-    opts = dict(num_classes=5, resolution=32, drop_strides=2, specialist="mobilenetv3_small",
-                specialist_width=0.35, lightweight_width=0.35, num_bases=3)
-    opts.update(kw)
-    return create_model("basisnet", **opts)
+    return create_model("basisnet", **{**helpers.TINY["basisnet"], **kw})
 
 
 def test_basisnet_two_exits_and_coefficients():

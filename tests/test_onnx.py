@@ -1,8 +1,6 @@
 """ONNX export per stage: every exported model equals PyTorch in ONNX Runtime at any batch size, and the
 ONNX runtime's early exit answers as the PyTorch predictor does."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -15,7 +13,7 @@ pytest.importorskip("onnxscript")
 from basisnet.deploy import EarlyExitPredictor  # noqa: E402
 from basisnet.deploy.onnx_export import OnnxStages, check_export_batch, export_stages  # noqa: E402
 
-from test_protocol import _model, spread_logits, threshold_between  # noqa: E402
+from helpers import decisive, exit_confidences, spread_logits, threshold_between, tiny_model as _model  # noqa: E402
 
 
 @pytest.mark.slow
@@ -41,26 +39,37 @@ def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
     assert np.array_equal(stage, reference.stage.numpy())
     with torch.no_grad():  # classes must agree wherever the top two probabilities are not a numerical tie
         probs = torch.stack([z.softmax(-1) for z in model(x)])[reference.stage, torch.arange(8)]
-    top2 = probs.topk(2, dim=-1).values
-    decisive = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
-    assert np.array_equal(classes[decisive], reference.classes.numpy()[decisive])
+    clear = decisive(probs).numpy()
+    assert clear.sum() >= 6 and np.array_equal(classes[clear], reference.classes.numpy()[clear])
     assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
 
 
+@pytest.fixture(scope="module")
+def basisnet_at_batch1(tmp_path_factory):
+    """The tiny BasisNet (spread logits) and its stages exported at batch 1: the stream's form."""
+    model = spread_logits(_model("basisnet"))
+    out = tmp_path_factory.mktemp("batch1")
+    export_stages(model, out, batch=1)
+    return model, out
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("onnx_batch1")
 @pytest.mark.parametrize("batch", [1, 3])
-def test_basisnet_fixed_batch_forms_equal_pytorch(batch, tmp_path):
+def test_basisnet_fixed_batch_forms_equal_pytorch(batch, basisnet_at_batch1, tmp_path):
     """Batch 1 (fused synthesis, a plain Conv per layer) and a bulk batch (per-image kernels): equal to
     PyTorch, fed any number of images (slices of the graph's batch, the last one padded)."""
-    model = spread_logits(_model("basisnet"))
-    export_stages(model, tmp_path, batch=batch)
-    assert json.loads((tmp_path / "stages.json").read_text())["batch"] == batch
+    model, folder = basisnet_at_batch1
+    if batch != 1:
+        folder = tmp_path
+        export_stages(model, folder, batch=batch)
+    assert json.loads((folder / "stages.json").read_text())["batch"] == batch
     if batch == 1:  # the specialist synthesized once: one MatMul mixes every kernel, none per layer
         import onnx
 
-        ops = [node.op_type for node in onnx.load(str(tmp_path / "stage1.onnx")).graph.node]
+        ops = [node.op_type for node in onnx.load(str(folder / "stage1.onnx")).graph.node]
         assert ops.count("MatMul") == 1 and "Split" in ops
-    runtime = OnnxStages(tmp_path)
+    runtime = OnnxStages(folder)
     x = torch.randn(7, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = model(x)
@@ -76,42 +85,28 @@ def test_export_batch_must_be_a_positive_integer_or_dynamic():
             check_export_batch(bad)
 
 
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
-    from basisnet.configs import bundled_config
-    from basisnet.train import load_config
-    from basisnet.workflow import train_run
-
-    run = tmp_path_factory.mktemp("runs") / "shapes"
-    train_run(load_config(bundled_config("shapes_demo"), [
-        "train.epochs=1", "train.warmup_epochs=0", "data.subset=64", "data.val_size=32", "data.batch_size=32",
-        "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2"]), run, progress=False)
-    return run
-
-
-@pytest.fixture(scope="module")
-def cli_export(shapes_run, tmp_path_factory):
-    """`basisnet export` of the run (exporting is the slow part: the tests below share it)."""
-    from basisnet.cli import main
-
-    out = tmp_path_factory.mktemp("onnx") / "onnx"
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert main(["export", str(shapes_run), "--output", str(out)]) == 0
-    return out, printed.getvalue()
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("onnx_run")
-def test_cli_export_of_a_run(cli_export):
-    """`basisnet export` writes a run's stages and class names; ONNX Runtime loads them."""
-    out, printed = cli_export
+def test_cli_export_of_a_run(shapes_run_onnx):
+    """`basisnet export --batch 1` writes a run's stages at that batch and its class names; ONNX Runtime loads
+    them and answers as the run's PyTorch model."""
+    from basisnet.workflow import load_run
+
+    run, printed = shapes_run_onnx
+    out = run / "onnx_batch1"
     assert "stage 1:" in printed and "stage 2:" in printed
-    assert (out / "classes.json").is_file()
-    assert len(OnnxStages(out).sessions) == 2
+    assert json.loads((out / "classes.json").read_text()) == json.loads((run / "classes.json").read_text())
+    assert json.loads((out / "stages.json").read_text())["batch"] == 1
+    model, _ = load_run(run)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(x)
+    for ours, theirs in zip(OnnxStages(out).exits(x.numpy()), expected):
+        assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
 
 
 @pytest.mark.xdist_group("onnx_run")
-def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
+def test_deploy_benchmark_tables(shapes_run_onnx, tmp_path):
     """bench deploy: a latency row per stage and batch; per camera, the three models scored on its stream."""
     import json
 
@@ -120,6 +115,7 @@ def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
     from basisnet.bench.deploy import camera_specialization, format_deploy_tables, onnx_latency
     from basisnet.workflow import load_run
 
+    shapes_run, _ = shapes_run_onnx
     classes = json.loads((shapes_run / "classes.json").read_text())
     rng = np.random.default_rng(0)
     for name in classes[:2]:
@@ -128,7 +124,7 @@ def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     model, _ = load_run(shapes_run)
-    latency = onnx_latency(model, cli_export[0], batches=(1, 3), repeats=1, export=False)
+    latency = onnx_latency(model, shapes_run / "onnx_batch1", batches=(1, 3), repeats=1, export=False)
     assert [(r["stage"], r["batch"]) for r in latency] == [(1, 1), (2, 1), (1, 3), (2, 3)]
     assert all(r["pytorch_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in latency)
     cameras = camera_specialization(shapes_run, tmp_path / "data", static_run=None, cameras={"cam": tuple(classes[:2])})
@@ -138,17 +134,17 @@ def test_deploy_benchmark_tables(shapes_run, cli_export, tmp_path):
 
 
 @pytest.mark.slow
-def test_stream_in_onnx_runtime_answers_as_pytorch(tmp_path):
+@pytest.mark.xdist_group("onnx_batch1")
+def test_stream_in_onnx_runtime_answers_as_pytorch(basisnet_at_batch1):
     """The stream on stages exported at batch 1 (stage processes, in order) answers as the PyTorch predictor."""
     from basisnet.deploy.stream import StreamPredictor
 
-    model = spread_logits(_model("basisnet"))
-    export_stages(model, tmp_path, batch=1)
+    model, folder = basisnet_at_batch1
     frames = list(torch.randn(12, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(5)))
     with torch.no_grad():
         conf = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))]).max(-1).values
     threshold = threshold_between(conf)
-    got = list(StreamPredictor(OnnxStages(tmp_path), threshold, queue_size=2).predict(frames))
+    got = list(StreamPredictor(OnnxStages(folder), threshold, queue_size=2).predict(frames))
     reference = EarlyExitPredictor(model, threshold).predict(torch.stack(frames))
     assert [r.index for r in got] == list(range(12))
     assert [r.stage for r in got] == reference.stage.tolist() and 0 < reference.stage.sum() < 12
@@ -156,15 +152,40 @@ def test_stream_in_onnx_runtime_answers_as_pytorch(tmp_path):
 
 
 @pytest.mark.xdist_group("onnx_run")
-def test_latency_target_in_onnx_runtime(shapes_run):
-    """--target-ms in ONNX Runtime: exits measured on the stages exported at batch 1 (once per weights), the
-    picked threshold timed on test images."""
+def test_latency_target_in_onnx_runtime(shapes_run_onnx, tmp_path, monkeypatch):
+    """--target-ms in ONNX Runtime: exits measured on the stages exported at batch 1 (exported once per
+    weights, again when the weights are newer), the picked threshold timed on test images one by one."""
+    import os
+    import shutil
+
+    import basisnet.workflow
     from basisnet.workflow import evaluate_run
 
-    report = evaluate_run(shapes_run, target_ms=1e6, runtime="onnx", latency_images=8)
+    run = shutil.copytree(shapes_run_onnx[0], tmp_path / "run")  # evaluations are written into the run
+    answered, exported = [], []
+    original_predict, original_export = OnnxStages.predict, basisnet.workflow.export_run
+
+    def spy(self, images, **options):
+        if not options:  # an early-exit answer (the exits' latencies are timed with last=k)
+            answered.append((self.threshold, len(images)))
+        return original_predict(self, images, **options)
+
+    def export_spy(run_dir, output, batch="dynamic"):
+        exported.append(batch)
+        return original_export(run_dir, output, batch)
+
+    monkeypatch.setattr(OnnxStages, "predict", spy)
+    monkeypatch.setattr(basisnet.workflow, "export_run", export_spy)
+    report = evaluate_run(run, target_ms=1e6, runtime="onnx", latency_images=8)
     assert report["runtime"] == "onnx" and len(report["exit_ms"]) == 2 and report["measured_ms_test"] > 0
-    manifest = shapes_run / "onnx_batch1" / "stages.json"
-    assert json.loads(manifest.read_text())["batch"] == 1
-    exported_at = manifest.stat().st_mtime
-    evaluate_run(shapes_run, target_ms=1e6, runtime="onnx", latency_images=8)
-    assert manifest.stat().st_mtime == exported_at  # exported once per weights
+    threshold = report["result"]["threshold"]
+    assert answered == [(threshold, 1)] * (3 + 8)  # 3 warm-up answers, then 8 test images, one at a time
+    assert exported == []  # the stages `basisnet export --batch 1` wrote are the ones it runs
+    manifest = run / "onnx_batch1" / "stages.json"
+    weights = next(p for p in (run / "best.safetensors", run / "last.safetensors") if p.is_file())
+    stale = weights.stat().st_mtime - 10
+    os.utime(manifest, (stale, stale))  # an export older than the weights
+    evaluate_run(run, target_ms=1e6, runtime="onnx", latency_images=1)
+    assert exported == [1] and manifest.stat().st_mtime > weights.stat().st_mtime  # exported again, at batch 1
+    evaluate_run(run, target_ms=1e6, runtime="onnx", latency_images=1)
+    assert exported == [1]  # and only once per weights

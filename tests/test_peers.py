@@ -83,13 +83,17 @@ def test_max_exits_returns_the_first_exits_of_the_full_forward(reference_models,
 
 @pytest.mark.parametrize("name", ["msdnet", "ranet"])
 def test_imagenet_preset_builds_and_runs_its_first_exit(name):
+    """Built once (RANet's preset holds 88M parameters), with 10 classes: the official 1000-class counts are
+    these plus what 990 more outputs add to every exit's classifier (the option overrides the preset)."""
     torch.manual_seed(0)
-    model = create_model(name, preset="imagenet").eval()
+    model = create_model(name, preset="imagenet", num_classes=10).eval()
     exit1_madds, params = IMAGENET[name]
-    assert model.resolution == 224 and model.num_classes == 1000
-    assert count_params(model) == params
-    assert count_madds(model, max_exits=1).madds / 1e6 == pytest.approx(exit1_madds, rel=1e-4)  # one 224x224 pass
-    assert create_model(name, preset="imagenet", num_classes=10).heads[0].fc.out_features == 10  # options override
+    assert model.resolution == 224 and model.num_classes == 10
+    fcs = [head.fc for head in model.heads]
+    assert len(fcs) == model.num_exits and all(fc.out_features == 10 for fc in fcs)
+    assert count_params(model) + sum((fc.in_features + 1) * 990 for fc in fcs) == params
+    madds = count_madds(model, max_exits=1).madds + fcs[0].in_features * 990  # one 224x224 pass to exit 1
+    assert madds / 1e6 == pytest.approx(exit1_madds, rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ["msdnet", "ranet"])

@@ -22,6 +22,9 @@ from basisnet.workflow import train_run
 from reference_models import reference_modules
 
 TOLERANCE = 1e-4  # max abs logit difference after import (the bound)
+# Every network here ends in adaptive pooling, so a name map or epsilon that is wrong shows at any input size:
+# 64 px, not the 224 px of ImageNet (12x fewer multiply-adds).
+SIZE = 64
 
 
 def reference(name: str, **kwargs) -> torch.nn.Module:
@@ -31,7 +34,7 @@ def reference(name: str, **kwargs) -> torch.nn.Module:
                 "torchvision:mobilenet_v3_small": tv3.mobilenet_v3_small}
     source, model_name = name.split(":")
     model = builders[name](**kwargs) if source == "torchvision" else timm.create_model(model_name, **kwargs)
-    return measure_batchnorm(model, torch.randn(8, 3, 224, 224))
+    return measure_batchnorm(model, torch.randn(8, 3, SIZE, SIZE))
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -42,7 +45,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_imported_network_gives_the_source_logits(name):
     source = reference(name)
     ours = load_pretrained(name, source)
-    x = torch.randn(4, 3, 224, 224)
+    x = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
         expected, got = source(x), ours(x)[0]
     assert expected.std() > 1e-3, "calibration failed: logits without scale compare trivially"
@@ -59,7 +62,7 @@ def test_checkpoint_files_convert_from_the_command_line(tmp_path):
     save_file(source.state_dict(), tmp_path / "model.safetensors")  # the hub's file format
     tv = reference("torchvision:mobilenet_v3_small")
     torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, tmp_path / "tv.pth")
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, SIZE, SIZE)
     for spec, module in ((f"timm:mobilenetv3_small_100={tmp_path / 'model.safetensors'}", source),
                          (f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}", tv)):
         out = tmp_path / "converted.safetensors"
@@ -170,7 +173,7 @@ def test_name_map_round_trip_without_the_reference_libraries(name):
     assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
 
 
-def test_source_names_files_and_notes(tmp_path):
+def test_source_names_files_and_notes(tmp_path, capsys):
     assert parse_source("runs/c10_w0.5") is None  # a run directory, not a pretrained name
     assert parse_source("timm:mobilenetv3_small_100=a=b.pth") == ("timm:mobilenetv3_small_100", "a=b.pth")
     with pytest.raises(PretrainedError, match="unsupported pretrained model 'torchvision:resnet50'"):
@@ -195,7 +198,9 @@ def test_source_names_files_and_notes(tmp_path):
                                                                                       renamed))
     assert notes == ["BatchNorm eps 1e-05 vs 0.001 in torchvision:mobilenet_v3_small: set norm_eps=0.001 for the "
                      "source's exact outputs"]
+    capsys.readouterr()
     assert main(["convert", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == sorted(PRETRAINED)  # every supported name, one a line
 
 
 def _rename(key: str, name: str) -> str:

@@ -5,59 +5,9 @@ import torch
 
 from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import exit_madds
-from basisnet.models import MultiExitClassifier, create_model, list_models, select_state
-from basisnet.models.calibration import measure_batchnorm, widen_classifiers
+from basisnet.models import MultiExitClassifier, list_models, select_state
 from basisnet.train import MultiExitLoss
-
-MOBILE = dict(num_classes=5, resolution=32, drop_strides=2, width=0.35)
-# Every registered model at a size a test can afford; a new model must add itself here.
-TINY = {
-    "basisnet": dict(num_classes=5, resolution=32, drop_strides=2, specialist="mobilenetv3_small",
-                     specialist_width=0.35, lightweight_width=0.35, num_bases=3),
-    "msdnet": dict(num_classes=5, num_blocks=3, base=1, step=1, num_channels=8, growth_rate=4),
-    "ranet": dict(num_classes=5, num_blocks=1, block_step=1, step=1, num_channels=8, growth_rate=4),  # 4 flows, 4 exits
-    **{name: {**MOBILE, "num_bases": 2} for name in list_models() if name.startswith("condconv_")},
-    **{name: MOBILE for name in ("mobilenetv2", "mobilenetv3_large", "mobilenetv3_small")},
-}
-
-
-def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name, **TINY[name]).eval()
-    if name == "basisnet":  # non-uniform coefficients, so a mix-up of images between stages would show
-        torch.nn.init.normal_(model.coeff_head.weight, std=0.5)
-    return model
-
-
-def spread_logits(model: torch.nn.Module) -> torch.nn.Module:
-    """Logits that differ between images, so thresholds split a batch: BatchNorm statistics measured on one
-    random batch (at initialisation activations fade to ~1e-5 through a MobileNet and every image gets the
-    same, uniform answer), then the exit classifiers re-drawn wide."""
-    measure_batchnorm(model, torch.randn(32, 3, model.resolution, model.resolution,
-                                         generator=torch.Generator().manual_seed(0)))
-    return widen_classifiers(model, model.num_classes)
-
-
-def threshold_between(conf: torch.Tensor, min_gap: float = 1e-3) -> float:
-    """A threshold that splits the images and lies far from every deciding confidence.
-
-    ``conf`` holds (exits, batch) confidences (or one exit's). A threshold at one image's own confidence (a
-    median of an even count) makes that image exit or not on the last bit of float rounding, so the verdict
-    of a test would be random across runtimes and machines; the midpoint of the widest gap between two
-    confidences is not. Every exit but the last decides, so all of them must stay clear of the threshold.
-    """
-    conf = conf.detach().reshape(-1, conf.shape[-1]).double()
-    deciding = conf[:-1] if len(conf) > 1 else conf
-    values = deciding.flatten().sort().values
-    best, best_gap = None, 0.0
-    for low, high in zip(values[:-1].tolist(), values[1:].tolist()):
-        t = (low + high) / 2
-        leaving = int((deciding[0] >= t).sum())
-        if 0 < leaving < conf.shape[-1] and high - low > best_gap:
-            best, best_gap = t, high - low
-    assert best is not None and best_gap >= min_gap, f"no threshold splits these images clearly: {values}"
-    return best
-
+from helpers import TINY, exit_confidences, spread_logits, threshold_between, tiny_model as _model
 
 def test_every_registered_model_has_a_tiny_config() -> None:
     assert set(TINY) == set(list_models())
@@ -178,14 +128,18 @@ def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> N
 
 
 def test_compiled_predictor_matches_eager() -> None:
-    model = _model("basisnet")
-    x = torch.randn(6, 3, 32, 32)
+    """Both stages run compiled: a threshold in the widest gap of spread confidences sends some images on to
+    the specialist, so its compiled stage is exercised and must answer as eager does."""
     from torch._dynamo.utils import counters
 
-    eager = EarlyExitPredictor(model, 0.2).predict(x)
+    model = spread_logits(_model("basisnet"))
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    threshold = threshold_between(exit_confidences(model, x))
+    eager = EarlyExitPredictor(model, threshold).predict(x)
+    assert 0 < int(eager.stage.sum()) < len(x)  # some images answered by each stage
     torch._dynamo.reset()
     counters.clear()
-    compiled = EarlyExitPredictor(model, 0.2, compile="eager").predict(x)
-    assert counters["stats"]["unique_graphs"] > 0  # the stages really went through dynamo
+    compiled = EarlyExitPredictor(model, threshold, compile="eager").predict(x)
+    assert counters["stats"]["unique_graphs"] >= 2  # the lightweight and the specialist stage went through dynamo
     assert torch.equal(compiled.stage, eager.stage) and torch.equal(compiled.classes, eager.classes)
     torch.testing.assert_close(compiled.confidence, eager.confidence)

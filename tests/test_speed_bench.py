@@ -56,11 +56,52 @@ def test_speed_meta_targets_table_and_plot(speed_run):
     names = " ".join(t["target"] for t in meta["targets"])
     for part in ("throughput", "batch 1", "training step", "wall-clock saving"):
         assert part in names
-    assert all(isinstance(t["met"], bool) for t in meta["targets"])
+    for t in meta["targets"]:  # each verdict follows from its number
+        higher_is_better = "throughput" in t["target"] or "saving" in t["target"]
+        assert t["met"] is (t["ratio"] >= t["limit"] if higher_is_better else t["ratio"] <= t["limit"]), t
+    train = next(t for t in meta["targets"] if t["target"].startswith("BasisNet training step"))
+    step_ms = {r["model"]: r["ms"] for r in records if r["mode"] == "train step"}
+    assert train["ratio"] == pytest.approx(step_ms["BasisNet"] / step_ms["static twin"], abs=1e-3)
     assert results.with_name("speed_cpu.png").stat().st_size > 0
     table = format_speed_table(records)
     assert "basis specialist" in table and "synthesis floor" in table
     assert format_speed_targets(meta["targets"]).count("\n") == len(meta["targets"]) - 1
+
+
+def _record(model, mode, batch, ms, **extra):
+    return {"device": "cpu", "workload": "w", "model": model, "mode": mode, "batch": batch, "ms": ms,
+            "images_per_s": batch * 1000 / ms, **extra}
+
+
+def test_speed_targets_state_each_ratio_and_verdict():
+    """Hand-made records: the ratio of each target is the one its records give, and met follows from it."""
+    records = [
+        _record("static twin", "eager NCHW", 4, 10.0), _record("static twin", "channels_last", 4, 8.0),
+        _record("basis specialist", "tuned paths", 4, 9.0), _record("basis specialist", "default paths", 4, 12.0),
+        _record("basis specialist", "shared coeffs (synthesized)", 4, 1.0),  # not a per-image forward: left out
+        _record("basis specialist", "kernel synthesis only", 4, 0.5),
+        _record("floor: lightweight + static + synthesis", "floor", 1, 2.0),
+        _record("BasisNet (no early exit)", "eager", 1, 3.0),
+        _record("BasisNet (no early exit)", "channels_last", 1, 2.1),
+        _record("static twin", "train step", 4, 10.0), _record("BasisNet", "train step", 4, 14.0),
+        _record("cifar10_msdnet", "early exit", 4, 5.0, saving_ratio=0.95),
+        _record("cifar10_ranet", "early exit", 4, 5.0, saving_ratio=0.5),
+    ]
+    at = {"device": "cpu", "workload": "w"}
+    assert speed_targets(records) == [
+        {"target": "basis specialist throughput vs static twin's eager modes (compiled not measured), batch 4",
+         "ratio": 0.889, "limit": 0.9, "met": False, "basis_mode": "tuned paths", "static_mode": "channels_last", **at},
+        {"target": "BasisNet batch 1 vs lightweight + static specialist + synthesis floor", "ratio": 1.05,
+         "limit": 1.10, "met": True, **at},
+        {"target": "BasisNet training step vs static specialist", "ratio": 1.4, "limit": 1.3, "met": False, **at},
+        {"target": "cifar10_msdnet early-exit wall-clock saving / MAdds saving (early exit)", "ratio": 0.95,
+         "limit": 0.9, "met": True, **at},
+        {"target": "cifar10_ranet early-exit wall-clock saving / MAdds saving (early exit)", "ratio": 0.5,
+         "limit": 0.9, "met": False, **at},
+    ]
+    lines = format_speed_targets(speed_targets(records)).splitlines()
+    assert lines[0].startswith("MISSED") and "0.889 (target >= 0.9)" in lines[0]
+    assert lines[1].startswith("MET") and "1.050 (target <= 1.1)" in lines[1]
 
 
 def test_instruments():

@@ -9,7 +9,7 @@ from basisnet.layers import BASIS_LAYERS, ConvNormAct
 from basisnet.layers.synthesis import Kernels, PackedBases
 from basisnet.models import BasisNet, MobileNet
 
-from test_protocol import _model, spread_logits
+from helpers import spread_logits, tiny_model as _model
 
 
 def _specialist(**kwargs) -> MobileNet:

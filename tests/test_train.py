@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
 from basisnet.train import (
@@ -21,52 +22,9 @@ from basisnet.train import (
     kd_loss, load_config, load_run_model, load_state, load_weights, param_groups, save_config, save_weights,
 )
 from basisnet.train import checkpoint as checkpoint_module
+from helpers import PlainDataset, ToyNet
 
 # ------------------------------------------------------------------ helpers
-
-
-class ToyNet(nn.Module):
-    """Two exits on 8x8 inputs, BatchNorm and dropout (so RNG restore matters on resume).
-
-    ``nan_at`` / ``inf_grad_at`` / ``crash_at``: the n-th training forward returns NaN / gives an
-    infinite gradient / raises, to simulate divergence and a killed process.
-    """
-
-    def __init__(self, classes: int = 3, width: int = 4, nan_at: int = 0, crash_at: int = 0, inf_grad_at: int = 0) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU())
-        self.head0 = nn.Linear(width, classes)
-        self.head1 = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, classes))
-        self.nan_at, self.crash_at, self.inf_grad_at, self.calls = nan_at, crash_at, inf_grad_at, 0
-        self.on_nan = lambda: None
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        if self.training:
-            self.calls += 1
-            if self.calls == self.crash_at:
-                raise KeyboardInterrupt("simulated kill")
-        h = self.stem(x)
-        out = [self.head0(h.mean((2, 3))), self.head1(self.body(h).mean((2, 3)))]
-        if self.training and self.calls == self.nan_at:
-            self.on_nan()
-            out[-1] = out[-1] * float("nan")
-        if self.training and self.calls == self.inf_grad_at:  # adds 0 to the loss, inf to the gradient
-            out[-1] = out[-1] + (self.head0.bias - self.head0.bias.detach()).sqrt().sum()
-        return out
-
-
-class PlainDataset(torch.utils.data.Dataset):
-    """Not an ImageTensorDataset, so BatchLoader goes through a torch DataLoader (which draws from the global RNG)."""
-
-    def __init__(self, data: ImageTensorDataset) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.data[i]
 
 
 train_tf = TrainAugment(crop_size=8, padding=1, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -200,7 +158,10 @@ def test_ema_update_math() -> None:
 def test_kd_and_multi_exit_loss() -> None:
     logits = torch.randn(4, 5)
     assert kd_loss(logits, logits.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
-    assert kd_loss(logits, torch.randn(4, 5), 4.0).item() > 0
+    teacher = torch.randn(4, 5)
+    p, q = (teacher / 4).softmax(-1), (logits / 4).softmax(-1)  # KL(teacher || student) at T=4, times T^2
+    expected = 16 * (p * (p.log() - q.log())).sum(-1).mean()
+    assert kd_loss(logits, teacher, 4.0).item() == pytest.approx(expected.item(), rel=1e-5)
     target = torch.tensor([0, 1, 2, 3])
     a, b = torch.randn(4, 5), torch.randn(4, 5)
     ce = nn.functional.cross_entropy
@@ -296,13 +257,75 @@ def test_fit_writes_run_directory(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1", "seconds", "images_per_s"]
-    assert result["global_step"] == 8 and len(result["last_top1"]) == 2 and 0 <= result["best_top1"] <= 100
+    assert result["global_step"] == 8
+    # the summary holds what fit returns: the best epoch is the one with the best last-exit accuracy
+    last_exit = [float(r["val_top1_exit1"]) for r in rows]
+    assert result["best_top1"] == pytest.approx(max(last_exit), abs=1e-3)
+    assert last_exit[result["best_epoch"] - 1] == pytest.approx(result["best_top1"], abs=1e-3)
+    assert result["last_top1"] == pytest.approx([float(rows[-1]["val_top1_exit0"]), last_exit[-1]], abs=1e-3)
     state = load_state(tmp_path / "last.state.pt")  # weights_only=True
     assert state["loop"]["epoch"] == 2 and state["ema"] is not None
     model = load_run_model(tmp_path, lambda name, **kw: ToyNet(**kw))
     assert not model.training
     with pytest.raises(FileExistsError, match="resume=True"):
         run(tmp_path, cfg, teacher=teacher)
+
+
+def _steps(tmp_path: Path, *overrides: str, teacher: nn.Module | None = None) -> list[list[Tensor]]:
+    """The gradients the optimizer steps with, at every step of a tiny fit (the same initial weights and
+    batches in every call)."""
+    seen: list[list[Tensor]] = []
+
+    def before_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        seen.append([p.grad.clone() for group in optimizer.param_groups for p in group["params"]
+                     if p.grad is not None])
+
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        cfg = tiny_cfg(*overrides, *(["train.kd_teacher=teacher-run"] if teacher is not None else []))
+        run(tmp_path / str(len(list(tmp_path.iterdir()))), cfg, teacher=teacher)
+    finally:
+        handle.remove()
+    return seen
+
+
+def _norm(grads: list[Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+
+
+def test_label_smoothing_kd_teacher_and_grad_clip_reach_the_step(tmp_path: Path) -> None:
+    """Each option changes the gradients the optimizer steps with: same weights, same first batch, another
+    loss (label smoothing, distillation) or a clipped norm. Fails when fit ignores any of them."""
+    plain = _steps(tmp_path)
+    assert len(plain) == 8
+    first = plain[0]
+    for overrides in (["train.label_smoothing=0.3"], ["train.kd_weight=0.5"]):
+        teacher = None
+        if overrides == ["train.kd_weight=0.5"]:
+            torch.manual_seed(7)  # another network than the student: its soft labels are not the student's
+            teacher = ToyNet()
+            calls: list[Tensor] = []
+            teacher.register_forward_hook(lambda mod, args, out: calls.append(args[0]))
+        got = _steps(tmp_path, *overrides, teacher=teacher)[0]
+        assert max((a - b).abs().max().item() for a, b in zip(got, first)) > 1e-4, overrides
+        if teacher is not None:  # the teacher saw every training batch, in eval mode
+            assert len(calls) == 8 and not teacher.training
+    clip = 0.1 * min(_norm(g) for g in plain)  # below every unclipped norm
+    clipped = _steps(tmp_path, f"train.grad_clip={clip}")
+    assert len(clipped) == 8 and all(_norm(g) <= clip * (1 + 1e-4) for g in clipped)
+    assert _norm(clipped[0]) == pytest.approx(clip, rel=1e-3)  # scaled down to the bound, not zeroed
+    torch.testing.assert_close(clipped[0], [g * (clip / _norm(first)) for g in first], rtol=1e-3, atol=1e-7)
+
+
+def test_label_smoothing_is_the_criterion_of_every_exit() -> None:
+    parts = build_parts(ToyNet(), TrainConfig(label_smoothing=0.2, aux_weight=0.5), 1)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    target = torch.arange(6) % 3
+    ce = nn.functional.cross_entropy
+    expected = ce(b, target, label_smoothing=0.2) + 0.5 * ce(a, target, label_smoothing=0.2)
+    torch.testing.assert_close(parts.criterion([a, b], target), expected)
+    assert (parts.criterion([a, b], target) - (ce(b, target) + 0.5 * ce(a, target))).abs() > 1e-3
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:

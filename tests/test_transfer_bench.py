@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 
 from basisnet.bench.transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+from basisnet.evaluate import exit_accuracy
 from basisnet.train import RunDir
+from basisnet.workflow import exit_logits
 
-TINY = ["data.batch_size=8", "data.eval_batch_size=32", "train.warmup_epochs=0", "train.log_interval=1"]
+TINY = ["data.batch_size=16", "data.eval_batch_size=32", "train.warmup_epochs=0", "train.log_interval=1"]
 COLOURS = ("a_red", "b_green", "c_blue", "d_grey")
 
 
@@ -50,11 +52,37 @@ def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_
     meta = json.loads(results.with_name("transfer_meta.json").read_text())
     assert meta["source_classes"] == list(COLOURS[:2]) and meta["target_train_per_class"] == 10
     assert results.with_suffix(".png").stat().st_size > 0
-    assert "BasisNet upcycled - static fine-tuned" in format_transfer_targets(meta)
-    assert format_transfer_table(records).count("\n") == 9
+    # each record is its run's test top-1 at its last exit; the targets are differences of those, the verdict
+    # follows from the first
+    by_model = {r["model"]: r for r in records}
+    for label, run in (("static, fine-tuned", "static_finetuned"), ("static, from scratch", "static_scratch"),
+                       ("BasisNet, upcycled (no early exit)", "basisnet_upcycled"),
+                       ("BasisNet, from scratch (no early exit)", "basisnet_scratch")):
+        assert by_model[label]["top1"] == round(exit_accuracy(exit_logits(out / run, "test"))[-1], 2)
+        assert by_model[label]["run"] == run and by_model[label]["epochs"] == 1
+    t = meta["targets"]
+    for key, (a, b) in {"upcycled_minus_finetuned_pt": ("BasisNet, upcycled (no early exit)", "static, fine-tuned"),
+                        "finetuned_minus_scratch_pt": ("static, fine-tuned", "static, from scratch"),
+                        "upcycled_minus_scratch_pt": ("BasisNet, upcycled (no early exit)",
+                                                      "BasisNet, from scratch (no early exit)")}.items():
+        assert t[key] == pytest.approx(by_model[a]["top1"] - by_model[b]["top1"], abs=0.011)
+    verdict = "met" if t["upcycled_minus_finetuned_pt"] >= 1.0 else "missed"
+    assert format_transfer_targets(meta).splitlines()[0] == (
+        f"BasisNet upcycled - static fine-tuned: {t['upcycled_minus_finetuned_pt']:+.2f} pt (target >= +1 pt: {verdict})")
+    for other, verdict in ((1.0, "met"), (0.99, "missed")):
+        shifted = {**meta, "targets": {**t, "upcycled_minus_finetuned_pt": other}}
+        assert format_transfer_targets(shifted).splitlines()[0].endswith(f"(target >= +1 pt: {verdict})")
+    table = format_transfer_table(records).splitlines()
+    assert len(table) == 2 + len(records)
+    for line, r in zip(table[2:], records):
+        assert line.startswith(f"| {r['model']} | {r['top1']:.2f} | {r['madds']:.2f} | {r['params'] / 1e6:.2f}M |")
+    # A second run reuses every run: nothing trained, no weights rewritten, no file added.
+    files = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     again = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
-    assert capsys.readouterr().out.count("already trained, reusing") == 6 and again == records
+    printed = capsys.readouterr().out
+    assert printed.count("already trained, reusing") == 6 and "[bench] training" not in printed and again == records
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
     with pytest.raises(ValueError, match="holds a class split made with other settings"):
         run_transfer_benchmark(tree, out, results, TransferPlan(quick=True, epochs=1, per_class=8, source_per_class=12),
                                overrides=TINY)

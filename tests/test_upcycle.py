@@ -7,17 +7,12 @@ from basisnet import create_model
 from basisnet.models import ARCHS, BasisNet
 from basisnet.models.upcycle import UpcycleError, collapse_bases_, upcycle
 
-KW = dict(num_classes=5, resolution=32, drop_strides=2, dropout=0.0)
-
-
-def _basisnet(**kw) -> BasisNet:
-    return create_model("basisnet", **KW, specialist="mobilenetv3_small", specialist_width=0.35,
-                        lightweight_width=0.35, lightweight_resolution=16, num_bases=3, **kw)
+from helpers import MOBILE, TINY
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_upcycle_every_mobilenet_keeps_its_function(arch):
-    static = create_model(arch, **KW, width=0.35).eval()
+    static = create_model(arch, **MOBILE).eval()
     twin = upcycle(static, num_bases=4, noise=0.0)
     assert twin.num_basis_layers > 0 and not twin.training
     x = torch.randn(3, 3, 32, 32)
@@ -33,14 +28,14 @@ def test_upcycle_every_mobilenet_keeps_its_function(arch):
 
 def test_upcycle_refuses_a_basis_or_routed_network():
     with pytest.raises(UpcycleError, match="needs a static network"):
-        upcycle(create_model("mobilenetv3_small", **KW, width=0.35, num_bases=2), 4)
+        upcycle(create_model("mobilenetv3_small", **MOBILE, num_bases=2), 4)
     with pytest.raises(UpcycleError, match="routing"):
-        upcycle(create_model("condconv_mobilenetv3_small", **KW, width=0.35), 4)
+        upcycle(create_model("condconv_mobilenetv3_small", **MOBILE), 4)
 
 
 def test_static_phase_trains_one_static_specialist_then_upcycles():
     torch.manual_seed(0)
-    model = _basisnet(basis_dropout=0.5).train()
+    model = create_model("basisnet", **TINY["basisnet"], basis_dropout=0.5).train()
     model.begin_static_phase()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
@@ -68,7 +63,7 @@ def test_static_phase_trains_one_static_specialist_then_upcycles():
 
 
 def test_collapse_bases_ties_every_basis_to_the_first():
-    model = create_model("mobilenetv3_small", **KW, width=0.35, num_bases=3)
+    model = create_model("mobilenetv3_small", **MOBILE, num_bases=3)
     first = model.blocks[3].depthwise[0].weight[0].clone()
     collapse_bases_(model)
     assert all(torch.equal(first, w) for w in model.blocks[3].depthwise[0].weight)

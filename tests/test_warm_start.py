@@ -7,23 +7,17 @@ from basisnet import create_model
 from basisnet.models.upcycle import UpcycleError, spread_into_bases
 from basisnet.train import CheckpointMismatchError, save_weights, warm_start
 
-KW = dict(num_classes=5, resolution=32, drop_strides=2, dropout=0.0)
-
-
-def _basisnet(**kw):
-    return create_model("basisnet", **KW, specialist="mobilenetv3_small", specialist_width=0.35,
-                        lightweight_width=0.35, lightweight_resolution=16, num_bases=3, **kw)
-
+from helpers import MOBILE, TINY
 
 def _static(width=0.35):
-    return create_model("mobilenetv3_small", **KW, width=width).eval()
+    return create_model("mobilenetv3_small", **{**MOBILE, "width": width}).eval()
 
 
 def test_noiseless_warm_start_reproduces_the_static_nets(tmp_path):
     specialist, light = _static(), _static()
     save_weights(specialist, tmp_path / "s.safetensors", {"epoch": "7"})
     save_weights(light, tmp_path / "l.safetensors")
-    model = _basisnet()
+    model = create_model("basisnet", **TINY["basisnet"])
     epochs = warm_start(model, {"specialist": tmp_path / "s.safetensors", "lightweight": tmp_path / "l.safetensors"},
                         noise=0.0)
     assert epochs == {"specialist": {"epochs": 7, "notes": []}, "lightweight": {"epochs": None, "notes": []}}
@@ -33,13 +27,14 @@ def test_noiseless_warm_start_reproduces_the_static_nets(tmp_path):
         light_logits, special_logits = model(x)
         # Equal bases: any coefficients give the static kernel, so the specialist is the static net.
         torch.testing.assert_close(special_logits, specialist(x)[0], rtol=1e-4, atol=1e-4)
-        small = torch.nn.functional.interpolate(x, size=16, mode="bilinear", antialias=True, align_corners=False)
+        small = torch.nn.functional.interpolate(x, size=model.lightweight_resolution, mode="bilinear", antialias=True,
+                                                align_corners=False)
         torch.testing.assert_close(light_logits, light(small)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_noise_breaks_the_symmetry_by_the_asked_amount():
     source = _static()
-    model = create_model("mobilenetv3_small", **KW, width=0.35, num_bases=4)
+    model = create_model("mobilenetv3_small", **MOBILE, num_bases=4)
     spread_into_bases(model, source.state_dict(), noise=0.01, generator=torch.Generator().manual_seed(0))
     src = source.state_dict()["blocks.3.expand.0.weight"]
     bases = model.state_dict()["blocks.3.expand.0.weight"]
@@ -51,7 +46,7 @@ def test_noise_breaks_the_symmetry_by_the_asked_amount():
 
 def test_a_source_that_does_not_fit_is_rejected_and_the_model_untouched(tmp_path):
     save_weights(_static(width=0.75), tmp_path / "wide.safetensors")
-    model = _basisnet()
+    model = create_model("basisnet", **TINY["basisnet"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
         warm_start(model, {"specialist": tmp_path / "wide.safetensors"})
@@ -61,9 +56,9 @@ def test_a_source_that_does_not_fit_is_rejected_and_the_model_untouched(tmp_path
 
 
 def test_a_source_with_other_classes_leaves_the_classifier_to_the_model(tmp_path):
-    source = create_model("mobilenetv3_small", **{**KW, "num_classes": 3}, width=0.35)
+    source = create_model("mobilenetv3_small", **{**MOBILE, "num_classes": 3})
     save_weights(source, tmp_path / "three.safetensors")
-    model = _basisnet()
+    model = create_model("basisnet", **TINY["basisnet"])
     own = model.lightweight.head[-1].fc.weight.clone()
     started = warm_start(model, {"lightweight": tmp_path / "three.safetensors"})
     assert started["lightweight"]["notes"] == ["new classifier: the source has 3 classes, the model 5"]
@@ -72,7 +67,7 @@ def test_a_source_with_other_classes_leaves_the_classifier_to_the_model(tmp_path
 
 
 def test_condconv_peer_is_registered_with_its_defaults():
-    model = create_model("condconv_mobilenetv3_small", **KW, width=0.35)
+    model = create_model("condconv_mobilenetv3_small", **MOBILE)
     assert model.config["routing"] and model.config["num_bases"] == 8
     assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 5)
 
@@ -81,7 +76,7 @@ def test_a_source_with_extra_tensors_is_rejected():
     tensors = dict(_static().state_dict())
     tensors["head.extra"] = torch.zeros(1)
     with pytest.raises(UpcycleError, match="not in the model: head.extra"):
-        spread_into_bases(create_model("mobilenetv3_small", **KW, width=0.35), tensors)
+        spread_into_bases(create_model("mobilenetv3_small", **MOBILE), tensors)
 
 
 def test_init_from_override_keeps_awkward_paths_whole():

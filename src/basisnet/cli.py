@@ -230,6 +230,19 @@ def _bench(args: argparse.Namespace) -> int:
         owners = (owner,) if isinstance(owner, str) else owner
         if getattr(args, option) and args.which not in owners:
             raise ValueError(f"--{option.replace('_', '-')} belongs to " + " or ".join(f"'bench {o}'" for o in owners))
+    # Shared options some benchmarks have no use for: refused there rather than dropped (loader and speed
+    # refuse --epochs themselves, ablation --quick).
+    unused = {"epochs": ("train", "gpu", "deploy"), "quick": ("gpu",), "output": ("deploy",), "data": ("speed",)}
+    if args.which == "deploy" and args.run:
+        unused["quick"] = ("gpu", "deploy")  # --quick sizes the forms benchmark, not a trained run's
+    elif args.which == "deploy":
+        unused["data"] = ("speed", "deploy")  # the forms run at random initialisation, on no data
+    for option, benches in unused.items():
+        if getattr(args, option) and args.which in benches:
+            raise ValueError(f"bench {args.which} has no use for --{option}" +
+                             (" (it applies with --run)" if args.which == "deploy" and option == "data" else ""))
+    if args.which == "deploy" and args.static_run and not args.run:
+        raise ValueError("--static-run needs --run: the camera table compares a trained run with it")
     if args.data is None:  # the GPU check carries no data set with it: SHAPES is generated
         args.data = "shapes" if args.which == "gpu" else "../shared/data/cifar10"
     return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))

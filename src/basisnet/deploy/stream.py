@@ -166,10 +166,11 @@ class StreamPredictor:
         finally:
             stop.set()
             feeder.join()
-            for w in workers:
-                w.join(timeout=10)
-                if ctx and w.is_alive():
+            for w in workers:  # a thread sees ``stop`` within one queue poll; a process gets a grace period
+                w.join(timeout=30 if ctx else None)
+                if w.is_alive():
                     w.terminate()
+                    w.join()  # reaped: no child is left to the caller
             if ctx:  # their feeder threads would outlive the stream otherwise
                 for q in [*links, results]:
                     q.cancel_join_thread()
