@@ -4,15 +4,17 @@ and the launcher variables read by ``init_distributed_device``.
 Run as a script (``python -m torch.distributed.run ... tests/test_distributed.py train ...``) this file is
 the ``basisnet`` command with one extra model registered, ``nonorm_toy``: a network without BatchNorm or
 dropout, so a 2-process run must match a 1-process run up to float summation order (BatchNorm would
-normalise each rank's half batch with its own statistics; dropout draws from per-rank streams).
+normalise each rank's half batch with its own statistics; dropout draws from per-rank streams). Two more
+test hooks of the script: every process logs the files it writes (``WRITE_LOG_ENV``), and every training
+state written is also kept as a numbered copy (``SNAPSHOT_ENV``), both outside the run directory.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from helpers import child_env, run_python
 from torch import Tensor, nn
 
 from basisnet.train import load_state
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.xdist_group("distributed")  # one worker computes the s
 HERE = Path(__file__).resolve()
 KILL_AT_ENV = "BASISNET_TEST_KILL_AT"  # SIGKILL rank 0 at its n-th training forward
 SIGNAL_AT_ENV = "BASISNET_TEST_SIGNAL_AT"  # "RANK:N:SIG[+SIG]": that rank sends itself SIG(s) at its n-th forward
+WRITE_LOG_ENV = "BASISNET_TEST_WRITE_LOG"  # a folder: each process logs what it writes into rank<RANK>.log
+SNAPSHOT_ENV = "BASISNET_TEST_SNAPSHOTS"  # a folder: a numbered copy of every training state written
 
 # Global batch 16 over 64 images: 4 steps per epoch at any world size; no random augmentation (its
 # draws are per-rank streams too); a mid-epoch checkpoint every 3 steps.
@@ -71,30 +76,21 @@ class NoNormToy(nn.Module):
         return [self.head0(h.mean((2, 3))), self.head1(torch.relu(self.body(h)).mean((2, 3)))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0, signal_at: str = "") -> subprocess.CompletedProcess:
+def basisnet_train(*args: str, procs: int = 0, kill_at: int = 0, signal_at: str = "", write_log: Path | None = None,
+                   snapshots: Path | None = None) -> subprocess.CompletedProcess:
     """``basisnet train ARGS`` (with ``nonorm_toy``) in 1 plain process, or in ``procs`` under torchrun.
 
-    Always on the CPU with gloo: hiding GPUs keeps a machine with fewer GPUs than processes (one GPU,
-    two ranks) from failing, and the exactness comparisons from depending on GPU kernels."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
-        env.pop(var, None)
-    if kill_at:
-        env[KILL_AT_ENV] = str(kill_at)
-    if signal_at:
-        env[SIGNAL_AT_ENV] = signal_at
-    launcher = [sys.executable]
-    if procs:
-        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
-                     "--master-port", str(free_port())]
-    return subprocess.run([*launcher, str(HERE), "train", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    Always on the CPU with gloo (``helpers.child_env`` hides GPUs): a machine with fewer GPUs than processes
+    (one GPU, two ranks) must not fail, and the exactness comparisons must not depend on GPU kernels."""
+    extra = {KILL_AT_ENV: str(kill_at) if kill_at else "", SIGNAL_AT_ENV: signal_at,
+             WRITE_LOG_ENV: str(write_log or ""), SNAPSHOT_ENV: str(snapshots or "")}
+    return run_python(str(HERE), "train", *args, procs=procs, env=child_env(**{k: v for k, v in extra.items() if v}))
+
+
+def written(log: Path) -> list[tuple[str, str]]:
+    """(event, path) of every file a process of ``basisnet_train(write_log=...)`` created, opened for writing,
+    renamed onto or made as a folder."""
+    return [tuple(line.split("\t", 1)) for line in log.read_text().splitlines()]
 
 
 def weights(run_dir: Path) -> dict[str, dict[str, Tensor]]:
@@ -111,7 +107,8 @@ def val_top1(run_dir: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("ddp")
-    out = basisnet_train("--output", str(tmp / "ddp"), *TRAIN_ARGS, procs=2)
+    (tmp / "writes").mkdir()  # beside the run: what each rank wrote (test_only_rank_0_writes)
+    out = basisnet_train("--output", str(tmp / "ddp"), *TRAIN_ARGS, procs=2, write_log=tmp / "writes")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("best val top-1") == 1  # only rank 0 reports
     assert len(load_state(tmp / "ddp" / "last.state.pt")["rng"]) == 2  # both ranks' random streams were saved
@@ -137,6 +134,22 @@ def test_two_processes_match_one_process(two_process_run: Path, one_process_run:
     assert val_top1(two_process_run) == val_top1(one_process_run)
 
 
+def test_only_rank_0_writes(two_process_run: Path) -> None:
+    """In a real 2-process run, every file of the run directory comes from rank 0; rank 1 writes nothing there."""
+    logs = two_process_run.parent / "writes"
+    assert sorted(p.name for p in logs.iterdir()) == ["rank0.log", "rank1.log"]  # both processes were watched
+    inside = {rank: [(event, path) for event, path in written(logs / f"rank{rank}.log")
+                     if Path(path).is_relative_to(two_process_run)] for rank in (0, 1)}
+    assert inside[1] == []
+    renamed = {Path(path).name for event, path in inside[0] if event == "rename"}
+    assert {"last.state.pt", "last.safetensors", "best.safetensors"} <= renamed  # atomic writes: temp file, rename
+    names = {Path(path).name for _, path in inside[0]}
+    # every file in the run directory is one that rank 0 wrote
+    assert {p.name for p in two_process_run.iterdir()} == {"config.yaml", "classes.json", "summary.csv",
+                                                            "last.state.pt", "last.safetensors", "best.safetensors"}
+    assert {p.name for p in two_process_run.iterdir()} <= names
+
+
 def assert_same_weights(expected_run: Path, run: Path) -> None:
     expected, resumed = weights(expected_run), weights(run)
     for part in ("model", "ema"):
@@ -158,6 +171,8 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(
                f"continue with: {'torchrun ... -m basisnet' if procs else 'basisnet'} train --resume {run}")
     if procs:  # torchrun fails itself, naming its workers' exit codes (once one exits it stops the other)
         assert out.returncode != 0 and f"exitcode  : {code}" in out.stderr, out.stderr
+        # torchrun passes its workers' stderr through: rank 0 (not the signalled rank) prints the stop, once
+        assert out.stderr.splitlines().count(f"basisnet train: {message}") == 1, out.stderr
     else:
         assert out.returncode == code and out.stderr.strip().splitlines()[-1] == f"basisnet train: {message}"
     out = basisnet_train("--resume", str(run), procs=procs)
@@ -224,21 +239,69 @@ def test_init_distributed_reads_the_environment(monkeypatch: pytest.MonkeyPatch)
         init_distributed_device("cpu")
 
 
+def test_basisnet_static_phase_under_ddp(tmp_path: Path) -> None:
+    """DDP wants every parameter in the graph at every step: the static phase (uniform coefficients)
+    keeps the coefficient head in it, and the run crosses into the mixed phase. The state saved at the end of
+    the one static epoch holds tied bases and a coefficient head still at zero; the last one, upcycled bases
+    that differ and a head that has learned."""
+    run, snapshots = tmp_path / "basisnet", tmp_path / "states"
+    snapshots.mkdir()
+    out = basisnet_train("--config", "shapes_demo", "--output", str(run), "data.subset=64", "data.val_size=30",
+                         "data.batch_size=16", "data.eval_batch_size=32", "data.image_size=16",
+                         "model.kwargs.resolution=16", "model.kwargs.lightweight_resolution=8", "train.epochs=2",
+                         "train.warmup_epochs=0", "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2",
+                         "train.static_phase=0.5", procs=2, snapshots=snapshots)
+    assert out.returncode == 0, out.stderr
+    states = [load_state(p) for p in sorted(snapshots.iterdir())]
+    assert [(s["loop"]["epoch"], s["loop"]["batch"]) for s in states] == [(1, 0), (2, 0)]  # the two epoch ends
+    for state, static in zip(states, (True, False)):
+        model = state["model"]
+        bases = [v for k, v in model.items() if k.startswith("specialist.") and k.endswith((".expand.0.weight",
+                                                                                           ".project.0.weight"))]
+        assert bases and all(b.shape[0] == 2 for b in bases)
+        assert all(torch.equal(b[0], b[1]) for b in bases) == static  # tied in the static phase, upcycled after
+        assert bool(model["coeff_head.weight"].abs().sum() == 0) == static  # zero until the mixed phase
+
+
+def _log_writes(folder: Path) -> None:
+    """Log (event, path) of every file this process creates, opens for writing, renames onto or makes as a
+    folder: an audit hook sees them all, whatever module or function does the writing."""
+    log = open(folder / f"rank{os.environ.get('RANK', '0')}.log", "w", buffering=1)  # before the hook: not logged
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            if (any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & write_flags)):
+                log.write(f"open\t{os.path.abspath(os.fsdecode(path))}\n" if isinstance(path, (str, bytes, os.PathLike))
+                          else f"open\tfd {path}\n")
+        elif event in ("os.rename", "os.mkdir", "os.symlink", "os.link"):
+            target = args[1] if event in ("os.rename", "os.link", "os.symlink") else args[0]
+            log.write(f"{event[3:]}\t{os.path.abspath(os.fsdecode(target))}\n")
+
+    sys.addaudithook(hook)
+
+
+def _keep_states(folder: Path) -> None:
+    """A numbered copy of every training state written (rank 0 writes them), outside the run directory."""
+    import basisnet.train.loop as loop
+
+    save_state = loop.save_state
+
+    def keeping(state: dict, path: Path) -> None:
+        save_state(state, path)
+        shutil.copyfile(path, folder / f"{len(list(folder.iterdir())):03d}.state.pt")
+
+    loop.save_state = keeping
+
+
 if __name__ == "__main__":
     from basisnet.cli import main
     from basisnet.models import register_model
 
     register_model("nonorm_toy", NoNormToy)
+    if os.environ.get(WRITE_LOG_ENV):
+        _log_writes(Path(os.environ[WRITE_LOG_ENV]))
+    if os.environ.get(SNAPSHOT_ENV):
+        _keep_states(Path(os.environ[SNAPSHOT_ENV]))
     sys.exit(main(sys.argv[1:]))
-
-
-def test_basisnet_static_phase_under_ddp(tmp_path: Path) -> None:
-    """DDP wants every parameter in the graph at every step: the static phase (uniform coefficients)
-    keeps the coefficient head in it, and the run crosses into the mixed phase."""
-    run = tmp_path / "basisnet"
-    out = basisnet_train("--config", "shapes_demo", "--output", str(run), "data.subset=64", "data.val_size=30",
-                         "data.batch_size=16", "data.eval_batch_size=32", "train.epochs=2", "train.warmup_epochs=0",
-                         "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2", procs=2)
-    assert out.returncode == 0, out.stderr
-    kernel = load_state(run / "last.state.pt")["model"]["specialist.blocks.2.expand.0.weight"]
-    assert not torch.equal(kernel[0], kernel[1])  # upcycled after the one static epoch

@@ -1,35 +1,42 @@
-"""Reliability through the real entry points: a ``basisnet train`` process killed with SIGKILL mid-epoch
-resumes bitwise, divergence stops with the step and the checkpoint, mismatched checkpoints are explained,
-the config parser only ever raises ConfigError/ValueError, and every ImageNet config trains a step."""
+"""Reliability through the real entry points: a ``basisnet train`` process SIGKILLed while it writes a
+checkpoint leaves the previous one whole and resumes bitwise, SIGTERM stops after the step and a resume may
+change bookkeeping keys, divergence stops with the step and the checkpoint, mismatched checkpoints are
+explained and change nothing, the config parser only ever raises ConfigError/ValueError, and every bundled
+config trains with its own recipe."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from helpers import CHILD_TIMEOUT_S, basisnet_cli, child_env, python_command, run_python
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from basisnet.configs import bundled_config
+from basisnet.configs import bundled_config, list_configs
 from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
-from basisnet.models import create_model
+from basisnet.models import MobileNet, create_model
+from basisnet.models.pretrained import PRETRAINED, _module_map
 from basisnet.train import (
-    CheckpointMismatchError, ConfigError, RunConfig, config_help, fit, load_config, load_run_model, load_state,
-    load_weights, validate_config,
+    CheckpointMismatchError, ConfigError, RunConfig, RunDir, config_help, fit, load_config, load_run_model,
+    load_state, load_weights, read_weights_metadata, validate_config,
 )
+from basisnet.train.config import config_to_dict
+from basisnet.workflow import train_run
 
 pytestmark = pytest.mark.xdist_group("reliability")  # one worker computes the shared runs once
 
@@ -45,18 +52,29 @@ TINY = [
 STEPS = 2 * 256 // 16
 
 
-def basisnet_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "basisnet", "train", *args]
-
-
-def child_env() -> dict[str, str]:
-    """One thread (bitwise-comparable runs, and gentle on CI); never inherit a launcher's rank variables."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS")}
-    return {**env, "OMP_NUM_THREADS": "1"}
-
-
 def basisnet_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(basisnet_command(*args), env=child_env(), capture_output=True, text=True, timeout=300)
+    return basisnet_cli("train", *args)
+
+
+# ``basisnet train ARGS`` whose process SIGKILLs itself at the rename of the NTH write of the file NAME: the
+# temporary file is written and fsynced (``atomic_write_bytes``), the old checkpoint not yet replaced.
+KILL_IN_WRITE = """
+import os, signal, sys
+from basisnet.cli import main
+
+name, nth, replace, seen = sys.argv[1], int(sys.argv[2]), os.replace, []
+
+def replace_or_die(src, dst, *args, **kwargs):
+    if os.path.basename(dst) == name:
+        seen.append(dst)
+        if len(seen) == nth:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: what a node failure does
+    return replace(src, dst, *args, **kwargs)
+
+os.replace = replace_or_die
+sys.exit(main(["train", *sys.argv[3:]]))
+"""
+KILLED_AT_WRITE = 3  # checkpoints after global steps 2, 4, 6: killed writing step 6's, step 4's must stay whole
 
 
 def trained_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -78,10 +96,10 @@ def interrupted_run(run: Path, signum: int) -> tuple[subprocess.Popen, str]:
     """``basisnet train`` sent ``signum`` once it has written its first mid-epoch checkpoint; its exit and log."""
     log_path = run.with_suffix(".log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(basisnet_command("--config", "shapes_demo", "--output", str(run), *TINY),
-                                env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(python_command("-m", "basisnet", "train", "--config", "shapes_demo", "--output",
+                                               str(run), *TINY), env=child_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + CHILD_TIMEOUT_S  # only stops a hung child
             while time.monotonic() < deadline and proc.poll() is None:
                 state = run / "last.state.pt"
                 if state.is_file() and load_state(state)["loop"]["batch"] > 0:
@@ -90,37 +108,44 @@ def interrupted_run(run: Path, signum: int) -> tuple[subprocess.Popen, str]:
             assert proc.poll() is None, f"training ended before a mid-epoch checkpoint (log: {log_path})"
         finally:
             proc.send_signal(signum)  # the signal under test (also the clean-up if the wait failed)
-            proc.wait(timeout=120)
+            proc.wait(timeout=CHILD_TIMEOUT_S)
     return proc, log_path.read_text()
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """An uninterrupted run, and the same run SIGKILLed after its first mid-epoch checkpoint."""
+    """An uninterrupted run, and the same run SIGKILLed in the middle of writing its third mid-epoch checkpoint
+    (between the temporary file and the rename)."""
     tmp = tmp_path_factory.mktemp("kill")
     reference = tmp / "reference"
     out = basisnet_train("--config", "shapes_demo", "--output", str(reference), *TINY)
     assert out.returncode == 0, out.stderr
-    proc, _ = interrupted_run(tmp / "killed", signal.SIGKILL)  # no cleanup, no flush: what a node failure does
-    assert proc.returncode == -signal.SIGKILL
-    return {"reference": reference, "killed": tmp / "killed", "loop": load_state(tmp / "killed" / "last.state.pt")["loop"]}
+    killed = tmp / "killed"
+    out = run_python("-c", KILL_IN_WRITE, "last.state.pt", str(KILLED_AT_WRITE), "--config", "shapes_demo",
+                     "--output", str(killed), *TINY)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    return {"reference": reference, "killed": killed, "loop": load_state(killed / "last.state.pt")["loop"],
+            "unrenamed": sorted(killed.glob(".last.state.pt.*.tmp"))}
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_bitwise(runs: dict) -> None:
+def test_killed_mid_epoch_resumes_bitwise(runs: dict, tmp_path: Path) -> None:
     loop = runs["loop"]
-    assert loop["batch"] > 0 and loop["global_step"] < STEPS  # the kill landed in the middle of an epoch
-    out = basisnet_train("--resume", str(runs["killed"]))
+    assert (loop["epoch"], loop["batch"], loop["global_step"]) == (0, 4, 4)  # mid-epoch: the checkpoint before
+    killed = tmp_path / "killed"  # a copy: the fixture's run stays as the kill left it
+    shutil.copytree(runs["killed"], killed)
+    out = basisnet_train("--resume", str(killed))
     assert out.returncode == 0, out.stderr
-    expected, resumed = trained_tensors(runs["reference"]), trained_tensors(runs["killed"])
+    expected, resumed = trained_tensors(runs["reference"]), trained_tensors(killed)
     assert expected.keys() == resumed.keys()
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
-    assert val_history(runs["killed"]) == val_history(runs["reference"])
-    assert load_state(runs["killed"] / "last.state.pt")["loop"]["global_step"] == STEPS
+    assert val_history(killed) == val_history(runs["reference"])
+    assert load_state(killed / "last.state.pt")["loop"]["global_step"] == STEPS
 
 
 def test_sigterm_mid_epoch_resumes_bitwise(runs: dict, tmp_path: Path) -> None:
-    """What a scheduler's preemption does: the step in progress finishes, its checkpoint is written, exit 143."""
+    """What a scheduler's preemption does: the step in progress finishes, its checkpoint is written, exit 143.
+    The resume changes bookkeeping keys (logging, checkpoint interval): accepted, used, and still bitwise."""
     run = tmp_path / "terminated"
     proc, log = interrupted_run(run, signal.SIGTERM)
     loop = load_state(run / "last.state.pt")["loop"]
@@ -129,17 +154,23 @@ def test_sigterm_mid_epoch_resumes_bitwise(runs: dict, tmp_path: Path) -> None:
         f"basisnet train: stopped by SIGTERM after epoch {loop['epoch'] + 1}, step {loop['batch']} (global step "
         f"{loop['global_step']}); checkpoint: {run / 'last.state.pt'}; continue with: basisnet train --resume {run}")
     assert 0 < loop["global_step"] < STEPS
-    out = basisnet_train("--resume", str(run))
+    out = basisnet_train("--resume", str(run), "train.log_interval=3", "train.checkpoint_every_steps=5")
     assert out.returncode == 0, out.stderr
+    assert load_state(run / "last.state.pt")["config"]["train"]["log_interval"] == 3  # the new value ran
     expected, resumed = trained_tensors(runs["reference"]), trained_tensors(run)
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
     assert val_history(run) == val_history(runs["reference"])
 
 
 def test_checkpoint_intact_after_kill(runs: dict) -> None:
-    # the fixture read the state; the weights file beside it must load into the recorded architecture too
-    model = load_run_model(runs["killed"] / "last.safetensors", create_model)
+    """Killed between writing the new checkpoint's temporary file and renaming it: the previous checkpoint
+    (state and weights of global step 4) is whole and loads."""
+    (unrenamed,) = runs["unrenamed"]  # the kill landed after the temporary file was complete ...
+    assert load_state(unrenamed)["loop"]["global_step"] == 6  # ... and before the rename: step 6's state
+    assert runs["loop"]["global_step"] == 4  # the fixture loaded the previous state
+    model = load_run_model(runs["killed"] / "last.safetensors", create_model)  # its weights file beside it
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert read_weights_metadata(runs["killed"] / "last.safetensors")["global_step"] == "4"  # the same checkpoint
 
 
 def test_divergence_stops_naming_step_and_checkpoint(tmp_path: Path) -> None:
@@ -171,14 +202,23 @@ def test_resume_with_another_model_lists_the_difference(runs: dict, tmp_path: Pa
 
 
 def test_checkpoint_of_another_architecture_or_class_count(runs: dict) -> None:
+    """Refused with the differences listed, and the model is left untouched (not even the matching tensors
+    of another class count's checkpoint are loaded)."""
     weights = runs["reference"] / "best.safetensors"
     kwargs = yaml.safe_load((runs["reference"] / "config.yaml").read_text())["model"]["kwargs"]
     differs = r"shape mismatch \(\d+\):\n.*: checkpoint \(10, \d+\) vs model \(7, \d+\)"
+    other_count = create_model("basisnet", **{**kwargs, "num_classes": 7})
+    other_arch = create_model("mobilenetv3_small", num_classes=10, resolution=16)
+    before = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for m in (other_count, other_arch)}
     with pytest.raises(CheckpointMismatchError, match=differs):
-        load_weights(create_model("basisnet", **{**kwargs, "num_classes": 7}), weights)
+        load_weights(other_count, weights)
     with pytest.raises(CheckpointMismatchError) as err:
-        load_weights(create_model("mobilenetv3_small", num_classes=10, resolution=16), weights)
+        load_weights(other_arch, weights)
     assert "missing in checkpoint" in str(err.value) and "unexpected in checkpoint" in str(err.value)
+    for model in (other_count, other_arch):
+        assert [k for k, v in model.state_dict().items() if not torch.equal(v, before[id(model)][k])] == []
+    # (the checkpoint shares tensors with the class-count model: had it loaded, they would differ)
+    assert set(safetensors.torch.load_file(weights)) & set(before[id(other_count)])
 
 
 # ------------------------------------------------------------------ config parser fuzz
@@ -240,13 +280,13 @@ def check_parse(parse: object) -> None:
     validate_config(cfg)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(overrides)
 def test_config_overrides_fuzz(texts: list[str]) -> None:
     check_parse(lambda: load_config(None, texts))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(documents, overrides)
 def test_config_file_fuzz(text: str, texts: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,59 +308,133 @@ def test_config_rejects_values_a_run_cannot_use(override: str) -> None:
     raise AssertionError(f"{override} accepted")
 
 
-# ------------------------------------------------------------------ ImageNet configs
+# ------------------------------------------------------------------ bundled configs
+
+# What makes each bundled config small enough for a test: sizes only (classes, resolution, width, depth, bases).
+# The recipe (optimizer, schedule, EMA, smoothing, loader, crops, augmentation, normalisation, static phase,
+# pretrained starts) stays the config's own.
+SMALL_MODELS = {
+    "cifar10_basisnet": ["model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2"],
+    "cifar10_condconv": ["model.kwargs.width=0.35", "model.kwargs.num_bases=2"],
+    "cifar10_msdnet": ["model.kwargs.num_blocks=2"],
+    "cifar10_ranet": [],
+    "cifar10_static": ["model.kwargs.width=0.35"],
+    "imagenet_basisnet": ["model.kwargs.specialist_width=0.35", "model.kwargs.lightweight_width=0.35",
+                          "model.kwargs.num_bases=2", "model.kwargs.lightweight_resolution=16"],
+    # torchvision's checkpoints are width 1.0: the widths stay, the bases and the resolution shrink
+    "imagenet_basisnet_upcycled": ["model.kwargs.num_bases=2", "model.kwargs.lightweight_resolution=16"],
+    "imagenet_mobilenetv3_large": ["model.kwargs.width=0.35"],
+    # 4 scales (the stem's /4, then /2 per scale) need >= 160 px: the coarsest map must survive the exit heads
+    "imagenet_msdnet": ["data.image_size=160", "model.kwargs.resolution=160", "model.kwargs.num_blocks=2",
+                        "model.kwargs.base=1", "model.kwargs.step=1", "model.kwargs.num_channels=8",
+                        "model.kwargs.growth_rate=4"],
+    "imagenet_ranet": ["data.image_size=160", "model.kwargs.resolution=160", "model.kwargs.step=1",
+                       "model.kwargs.num_channels=8", "model.kwargs.growth_rate=4"],
+    "shapes_demo": ["model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2"],
+}
+SIZE_KEYS = ("data.source", "data.subset", "data.val_size", "data.image_size", "data.batch_size",
+             "data.eval_batch_size", "data.num_workers", "train.epochs", "train.warmup_epochs", "train.device",
+             "train.init_from", "model.kwargs.")
+OPTIMIZER_STATE = {"sgd": "momentum_buffer", "rmsprop": "square_avg", "adamw": "exp_avg"}
 
 
-@pytest.mark.parametrize("name, size, params_m, extra", [
-    ("imagenet_basisnet", 64, 16.49, ["model.kwargs.lightweight_resolution=32"]),
-    ("imagenet_mobilenetv3_large", 64, 5.48, []),
-    # MSDNet needs >= 160 px: its coarsest scale must survive the exit heads' two stride-2 convs
-    ("imagenet_msdnet", 160, None, []),
-])
-def test_imagenet_config_trains_one_step(name: str, size: int, params_m: float | None, extra: list[str],
-                                         tmp_path: Path) -> None:
-    """The recipe as written (optimizer, EMA, smoothing, channels-last, ...) for one step on 2 small images."""
-    cfg = load_config(bundled_config(name), [f"data.image_size={size}", f"model.kwargs.resolution={size}",
-                                             "data.batch_size=2", "data.eval_batch_size=2", "train.epochs=1",
-                                             "train.warmup_epochs=0", *extra])
+def jpeg_tree(root: Path, per_class: int = 4) -> Path:
+    """``root/train/<class>/<i>.jpg``, 3 classes of small JPEGs of varied sizes."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("ant", "bee", "cat")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = [(48, 40), (40, 56), (64, 48), (36, 36)][(i + c) % 4]
+            pixels = rng.integers(0, 96, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] += 128
+            Image.fromarray(pixels).save(root / "train" / name / f"{i}.jpg", quality=85)
+    return root
+
+
+def torchvision_checkpoint(name: str, path: Path) -> str:
+    """A random ``torchvision:NAME`` checkpoint under torchvision's tensor names (no torchvision needed)."""
+    state, prefixes = MobileNet(**PRETRAINED[name].model_kwargs()).state_dict(), _module_map(name)
+    theirs = {}
+    for key, tensor in state.items():
+        mine = next(m for m in prefixes if key.startswith(m + "."))
+        theirs[prefixes[mine] + key[len(mine):]] = tensor
+    torch.save(theirs, path)
+    return f"{name}={path}"
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return jpeg_tree(tmp_path_factory.mktemp("jpegs"))
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_every_bundled_config_trains_with_its_own_recipe(name: str, jpegs: Path, tmp_path: Path) -> None:
+    """``train_run`` builds data, model, optimizer and schedule from the config (as ``basisnet train`` does) and
+    trains two epochs of one step each (so BasisNet's static phase ends and the mixed one starts)."""
+    bundled = load_config(bundled_config(name))
+    small = [f"data.source={jpegs}", "model.kwargs.num_classes=3", "data.val_size=3", "data.batch_size=8",
+             "data.eval_batch_size=8", "data.num_workers=0", "data.image_size=32", "model.kwargs.resolution=32"]
+    if bundled.data.source == "shapes":  # its own synthetic data
+        small = ["data.subset=8", "data.val_size=8", "data.batch_size=8", "data.eval_batch_size=8"]
+    if name == "imagenet_basisnet_upcycled":  # num_classes from the data; pretrained starts are the recipe
+        small.remove("model.kwargs.num_classes=3")
+        sources = {part: torchvision_checkpoint(f"torchvision:mobilenet_v3_{size}", tmp_path / f"{size}.pth")
+                   for part, size in (("specialist", "large"), ("lightweight", "small"))}
+        small.append(f"train.init_from={json.dumps(sources)}")
+    overrides = [*small, *SMALL_MODELS[name], "train.epochs=2", "train.warmup_epochs=0", "train.device=cpu"]
+    assert all(o.split("=")[0].startswith(SIZE_KEYS) for o in overrides)  # sizes only, never the recipe
+    cfg = load_config(bundled_config(name), overrides)
+    result = train_run(cfg, tmp_path / "run", progress=False)
+    assert result["global_step"] == 2 and all(math.isfinite(row["train_loss"]) for row in result["history"])
+    run = RunDir(tmp_path / "run")
+    state = load_state(run.state)
+    recipe = {k: v for k, v in config_to_dict(bundled)["train"].items() if k not in ("epochs", "warmup_epochs",
+                                                                                      "device", "init_from")}
+    assert {k: state["config"]["train"][k] for k in recipe} == recipe  # the recipe ran
+    data = ("loader", "train_crop", "augment", "eval_crop", "crop_padding", "flip", "mean", "std")
+    assert {k: state["config"]["data"][k] for k in data} == {k: config_to_dict(bundled)["data"][k] for k in data}
+    assert state["loader"] == ("StreamLoader" if bundled.data.loader == "stream" else "BatchLoader")
+    assert all(OPTIMIZER_STATE[bundled.train.optimizer] in s for s in state["optimizer"]["state"].values())
+    assert (state["ema"] is not None) == (bundled.train.ema_decay > 0)
+    if bundled.train.init_from:
+        assert set(json.loads(run.init.read_text())) == set(bundled.train.init_from) == {"specialist", "lightweight"}
+    assert load_run_model(run.path, create_model).num_classes == len(json.loads(run.classes.read_text()))
+
+
+@pytest.mark.parametrize("name, params_m", [("imagenet_basisnet", 16.49), ("imagenet_mobilenetv3_large", 5.48)])
+def test_imagenet_config_builds_the_published_architecture(name: str, params_m: float) -> None:
+    cfg = load_config(bundled_config(name))
     assert cfg.model.kwargs["num_classes"] == 1000
-    torch.manual_seed(0)
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
-    if params_m is not None:  # the published architecture (parameters do not depend on the resolution)
-        assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == params_m
-    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-    data = ImageTensorDataset(images, torch.tensor([3, 997]), [str(i) for i in range(1000)])
-    d = cfg.data
-    result = fit(model, BatchLoader(data, 2, shuffle=True, drop_last=True), BatchLoader(data, 2, shuffle=False), cfg,
-                 tmp_path, TrainAugment(size, d.crop_padding, d.flip, d.mean, d.std), EvalTransform(d.mean, d.std),
-                 progress=False)
-    assert result["global_step"] == 1 and math.isfinite(result["history"][0]["train_loss"])
+    model = create_model(cfg.model.name, **cfg.model.kwargs)  # parameters do not depend on the resolution
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == params_m
 
 
-def test_imagenet_ranet_builds_and_runs() -> None:
-    """RANet's preset (88M parameters) is built and run once at 224 px: a training step would write ~1.7 GB of
-    checkpoints, too slow for CI; the loop itself is the same as above."""
-    cfg = load_config(bundled_config("imagenet_ranet"))
-    model = create_model(cfg.model.name, **cfg.model.kwargs).eval()
-    with torch.no_grad():
-        exits = model(torch.randn(1, 3, 224, 224))
-    assert len(exits) == 8 and all(z.shape == (1, 1000) and torch.isfinite(z).all() for z in exits)
-
-
-def test_nan_coefficients_inside_basisnet_stop_with_step_and_checkpoint(tmp_path) -> None:
-    """A diverged coefficient head makes a basis layer refuse NaN coefficients; fit turns that into the
-    same stop as a NaN loss, naming the step."""
-    import torch
-
-    from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
-    from basisnet.models import create_model
-    from basisnet.train import NonFiniteLossError, fit
+def test_nan_coefficients_inside_basisnet_stop_with_step_and_checkpoint(tmp_path: Path) -> None:
+    """A coefficient head that diverges at step 3 makes a basis layer refuse NaN coefficients; fit turns that
+    into the same stop as a NaN loss: it names step 3 and the checkpoint of step 2, which holds finite weights,
+    and nothing is saved after it."""
+    from basisnet.train import NonFiniteLossError
 
     model = create_model("basisnet", num_classes=2, resolution=16, drop_strides=2, specialist="mobilenetv3_small",
                          specialist_width=0.35, lightweight_width=0.35, num_bases=2)
-    torch.nn.init.constant_(model.coeff_head.bias, float("nan"))
-    data = ImageTensorDataset(torch.randint(0, 255, (8, 3, 16, 16), dtype=torch.uint8), torch.arange(8) % 2, ["a", "b"])
-    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.image_size=16", "data.batch_size=4"])
-    with pytest.raises(NonFiniteLossError, match="coefficients .*epoch 1, step 1"):
+    calls = []
+
+    def diverge(head: torch.nn.Module, args: tuple) -> None:
+        calls.append(head.training)
+        if calls.count(True) == 3:
+            torch.nn.init.constant_(head.bias, float("nan"))
+
+    model.coeff_head.register_forward_pre_hook(diverge)
+    data = ImageTensorDataset(torch.randint(0, 255, (16, 3, 16, 16), dtype=torch.uint8), torch.arange(16) % 2,
+                              ["a", "b"])
+    cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.image_size=16", "data.batch_size=4",
+                             "train.checkpoint_every_steps=1"])
+    with pytest.raises(NonFiniteLossError, match=r"coefficients .*epoch 1, step 3 \(global step 3\)") as err:
         fit(model, BatchLoader(data, 4, shuffle=True), BatchLoader(data, 4, shuffle=False), cfg, tmp_path,
             TrainAugment(16, 0), EvalTransform(), progress=False)
+    assert f"last good checkpoint: {tmp_path / 'last.safetensors'}" in str(err.value)
+    assert load_state(tmp_path / "last.state.pt")["loop"]["global_step"] == 2
+    saved = create_model("basisnet", num_classes=2, resolution=16, drop_strides=2, specialist="mobilenetv3_small",
+                         specialist_width=0.35, lightweight_width=0.35, num_bases=2)
+    assert load_weights(saved, tmp_path / "last.safetensors")["global_step"] == "2"
+    assert all(torch.isfinite(p).all() for p in saved.parameters())

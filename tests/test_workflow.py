@@ -1,6 +1,7 @@
 """End to end on the embedded SHAPES data: train -> sweep -> evaluate -> predict, via library and CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,26 +13,17 @@ from basisnet.configs import bundled_config, list_configs
 from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import apply_threshold, exit_madds, threshold_sweep
 from basisnet.train import load_config
+from helpers import SHAPES_TINY
 from basisnet.workflow import (denormals_flushed, evaluate_run, exit_logits, load_run, predict_files, sweep_run,
                                train_run)
 
 pytestmark = pytest.mark.xdist_group("workflow")  # one worker computes the shared runs once
 
-TINY = [
-    "train.epochs=1", "train.warmup_epochs=0", "data.subset=256", "data.val_size=128", "data.batch_size=64",
-    "data.eval_batch_size=128", "model.kwargs.specialist_width=0.35", "model.kwargs.num_bases=2",
-]
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run of this module's own: its tests write sweeps, caches and evaluations into it."""
-    out = tmp_path_factory.mktemp("runs") / "demo"
-    cfg = load_config(bundled_config("shapes_demo"), TINY)
-    result = train_run(cfg, out, progress=False)
-    assert len(result["last_top1"]) == 2
+def run_dir(shapes_run, tmp_path_factory):
+    """The shared tiny run, copied: this module's tests write sweeps, caches and evaluations into it."""
     assert not _flushing(), "training must give the process its denormal mode back"
-    return out
+    return shutil.copytree(shapes_run, tmp_path_factory.mktemp("runs") / "demo")
 
 
 def _flushing() -> bool:
@@ -220,19 +212,19 @@ def test_cli_round_trip(run_dir, tmp_path, capsys):
 
 
 def test_cli_shortcut_diagnostic(run_dir, tmp_path, capsys):
-    assert main(["shortcut", str(run_dir), "--limit", "64", "--json"]) == 0
+    assert main(["shortcut", str(run_dir), "--limit", "16", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["drop"] == pytest.approx(report["specialist"] - report["specialist_mean_coeffs"])
-    assert json.loads((run_dir / "shortcut_val.json").read_text())["images"] == 64
+    assert json.loads((run_dir / "shortcut_val.json").read_text())["images"] == 16
     static = tmp_path / "static"
     train_run(load_config(None, ["model.name=mobilenetv3_small", "model.kwargs.width=0.35", "model.kwargs.drop_strides=2",
-                                 *TINY[:6]]), static, progress=False)
+                                 *SHAPES_TINY[:5]]), static, progress=False)
     assert main(["shortcut", str(static)]) == 2
     assert "for BasisNet" in capsys.readouterr().err
 
 
 def test_wrong_class_count_is_rejected(tmp_path):
-    cfg = load_config(bundled_config("shapes_demo"), [*TINY, "model.kwargs.num_classes=7"])
+    cfg = load_config(bundled_config("shapes_demo"), [*SHAPES_TINY, "model.kwargs.num_classes=7"])
     with pytest.raises(ValueError, match="num_classes is 7 but shapes has 10 classes"):
         train_run(cfg, tmp_path / "r", progress=False)
 
