@@ -143,6 +143,28 @@ class PlainDataset(torch.utils.data.Dataset):
         return self.data[i]
 
 
+# ------------------------------------------------------------------ generated image trees
+
+JPEG_SIZES = [(500, 375), (375, 500), (64, 48), (33, 77), (120, 120)]
+
+
+def jpeg_tree(root: Path, per_class: int, classes: tuple[str, ...] = ("ant", "bee", "cat"), seed: int = 0,
+              sizes: list[tuple[int, int]] = JPEG_SIZES) -> Path:
+    """``root/<class>/<i>.jpg`` of varied sizes; each class has its own mean colour (a learnable signal)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = sizes[(i + c) % len(sizes)]
+            pixels = rng.integers(0, 96, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] += 128
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.jpg", quality=85)
+    return root
+
+
 # ------------------------------------------------------------------ one tiny trained SHAPES run
 
 SHAPES_TINY = [

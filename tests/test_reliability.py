@@ -22,7 +22,7 @@ import pytest
 import safetensors.torch
 import torch
 import yaml
-from helpers import CHILD_TIMEOUT_S, basisnet_cli, child_env, python_command, run_python
+from helpers import CHILD_TIMEOUT_S, basisnet_cli, child_env, jpeg_tree, python_command, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -338,19 +338,6 @@ SIZE_KEYS = ("data.source", "data.subset", "data.val_size", "data.image_size", "
 OPTIMIZER_STATE = {"sgd": "momentum_buffer", "rmsprop": "square_avg", "adamw": "exp_avg"}
 
 
-def jpeg_tree(root: Path, per_class: int = 4) -> Path:
-    """``root/train/<class>/<i>.jpg``, 3 classes of small JPEGs of varied sizes."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("ant", "bee", "cat")):
-        (root / "train" / name).mkdir(parents=True)
-        for i in range(per_class):
-            w, h = [(48, 40), (40, 56), (64, 48), (36, 36)][(i + c) % 4]
-            pixels = rng.integers(0, 96, (h, w, 3), dtype=np.uint8)
-            pixels[..., c] += 128
-            Image.fromarray(pixels).save(root / "train" / name / f"{i}.jpg", quality=85)
-    return root
-
-
 def torchvision_checkpoint(name: str, path: Path) -> str:
     """A random ``torchvision:NAME`` checkpoint under torchvision's tensor names (no torchvision needed)."""
     state, prefixes = MobileNet(**PRETRAINED[name].model_kwargs()).state_dict(), _module_map(name)
@@ -364,7 +351,9 @@ def torchvision_checkpoint(name: str, path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return jpeg_tree(tmp_path_factory.mktemp("jpegs"))
+    root = tmp_path_factory.mktemp("jpegs")
+    jpeg_tree(root / "train", per_class=4, sizes=[(48, 40), (40, 56), (64, 48), (36, 36)])
+    return root
 
 
 @pytest.mark.parametrize("name", list_configs())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from helpers import child_env, run_python
+from helpers import ToyNet, child_env, jpeg_tree, run_python
 from PIL import Image
 from torch import Tensor, nn
 
@@ -28,27 +28,12 @@ from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_co
 from basisnet.train.loop import _DeviceStats, _LoopState
 from basisnet.workflow import train_run
 
-SIZES = [(500, 375), (375, 500), (64, 48), (33, 77), (120, 120)]
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
-
-
-def make_tree(root: Path, per_class: int, classes: tuple[str, ...] = ("ant", "bee", "cat"), seed: int = 0,
-              sizes: list[tuple[int, int]] = SIZES) -> Path:
-    """``root/<class>/<i>.jpg`` of varied sizes; each class has its own mean colour (a learnable signal)."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            w, h = sizes[(i + c) % len(sizes)]
-            pixels = rng.integers(0, 96, (h, w, 3), dtype=np.uint8)
-            pixels[..., c] += 128
-            Image.fromarray(pixels).save(root / name / f"{i:03d}.jpg", quality=85)
-    return root
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("tree") / "train", per_class=6)
+    return jpeg_tree(tmp_path_factory.mktemp("tree") / "train", per_class=6)
 
 
 def rrc(size: int = 32, policy: str = "trivialaugment") -> RandomResizedCrop:
@@ -126,27 +111,6 @@ def test_worker_count_does_not_change_batches(tree: Path) -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(reference[2:], resumed))
 
 
-class TinyNet(nn.Module):
-    """Two exits, BatchNorm and dropout; ``crash_at``: the n-th training forward raises (a killed run)."""
-
-    num_exits = 2
-
-    def __init__(self, crash_at: int = 0) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.head0 = nn.Linear(6, 3)
-        self.head1 = nn.Sequential(nn.Dropout(0.2), nn.Linear(6, 3))
-        self.crash_at, self.calls = crash_at, 0
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        if self.training:
-            self.calls += 1
-            if self.calls == self.crash_at:
-                raise KeyboardInterrupt("simulated kill")
-        h = self.stem(x).mean((2, 3))
-        return [self.head0(h), self.head1(h)]
-
-
 def stream_fit(tree: Path, run_dir: Path, crash_at: int = 0, resume: bool = False, workers: int = 0) -> dict:
     cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
                              "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
@@ -155,7 +119,7 @@ def stream_fit(tree: Path, run_dir: Path, crash_at: int = 0, resume: bool = Fals
     train = StreamLoader(StreamDataset(index.subset(np.arange(0, 18, 1)), rrc(16, "randaugment"), seed=5), 4,
                          shuffle=True, drop_last=True, seed=2, num_workers=workers)
     val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
-    return fit(TinyNet(crash_at), train, val, cfg, run_dir, Normalize(MEAN, STD), Normalize(MEAN, STD),
+    return fit(ToyNet(crash_at=crash_at), train, val, cfg, run_dir, Normalize(MEAN, STD), Normalize(MEAN, STD),
                resume=resume, progress=False)
 
 
@@ -248,7 +212,7 @@ def test_tar_shards_read_the_same_images_as_the_folder(tree: Path, tmp_path: Pat
 
 
 def test_unreadable_file_is_named_or_replaced(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "train", per_class=2)
+    root = jpeg_tree(tmp_path / "train", per_class=2)
     (root / "bee" / "000.jpg").write_bytes(b"not a jpeg")
     dataset = StreamDataset(FileIndex.from_folder(root), CenterCrop(16))
     with pytest.raises(ValueError, match=r"bee/000\.jpg.*data\.skip_bad"):
@@ -347,7 +311,7 @@ def test_resume_refuses_another_loader_kind(tree: Path, tmp_path: Path) -> None:
     cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
                              "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
     with pytest.raises(ValueError, match="trained from a StreamLoader, this resume reads a BatchLoader"):
-        fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+        fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
             progress=False)
 
 
@@ -356,13 +320,13 @@ def test_resume_refuses_a_multi_process_memory_run_cut_by_the_old_sampler(tmp_pa
     memory = BatchLoader(ImageTensorDataset(images, torch.arange(16) % 3, ["a", "b", "c"]), 4, shuffle=True,
                          drop_last=True)
     cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.batch_size=4"])
-    fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
     state = load_state(tmp_path / "last.state.pt")
     del state["sampler"]
     state["rng"] = state["rng"] * 2  # as 2 processes wrote it before in-memory batches were cut by ShardSampler
     save_state(state, tmp_path / "last.state.pt")
     with pytest.raises(ValueError, match="before in-memory batches were cut by ShardSampler"):
-        fit(TinyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+        fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
             progress=False)
 
 
@@ -393,8 +357,8 @@ def test_auto_picks_the_loader(tree: Path) -> None:
 
 def test_imagenet_config_trains_two_steps_through_the_stream(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    make_tree(root / "train", per_class=4)
-    make_tree(root / "test", per_class=1)
+    jpeg_tree(root / "train", per_class=4)
+    jpeg_tree(root / "test", per_class=1)
     cfg = load_config(bundled_config("imagenet_mobilenetv3_large"), [  # the recipe at 64 px, width 0.35: the path
         f"data.source={root}", "model.kwargs.num_classes=3", "data.val_size=4", "data.batch_size=4",  # is the point
         "data.eval_batch_size=4", "data.num_workers=2", "train.epochs=1", "train.warmup_epochs=0",
@@ -444,8 +408,8 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> N
     """
     small, large = tmp_path / "small", tmp_path / "large"
     sizes = [(160, 120), (120, 160), (64, 48), (33, 77)]  # quick to decode: the memory comes from the 448 px
-    make_tree(small / "train", per_class=20, sizes=sizes)  # 60 images, 58 train
-    make_tree(large / "train", per_class=80, sizes=sizes)  # 240, 238 train
+    jpeg_tree(small / "train", per_class=20, sizes=sizes)  # 60 images, 58 train
+    jpeg_tree(large / "train", per_class=80, sizes=sizes)  # 240, 238 train
     extra = 180 * 3 * PEAK_SIZE**2 / 2**20  # 103 MiB
     memory = peak_mib("memory", small), peak_mib("memory", large)
     stream = peak_mib("stream", small), peak_mib("stream", large)
@@ -468,22 +432,6 @@ def test_device_stats_report_the_first_non_finite_step() -> None:
     assert fine.settle(loop) is None and (loop.loss_sum, loop.samples) == (4.0, 4)
 
 
-class NanAt(nn.Module):
-    """One exit; its ``step``-th training forward returns NaN."""
-
-    num_exits = 1
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.conv, self.head, self.step, self.calls = nn.Conv2d(3, 4, 3), nn.Linear(4, 3), step, 0
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        if self.training:
-            self.calls += 1
-        out = self.head(self.conv(x).mean((2, 3)))
-        return [out * float("nan") if self.calls == self.step else out]
-
-
 def test_deferred_check_names_the_step_that_went_non_finite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Read every log_interval steps (as on a GPU: after steps 4 and 8), the flag still names the first bad step
     (here 5 of 8), and nothing is saved after it: the checkpoint due after step 6 falls inside the deferred
@@ -493,7 +441,7 @@ def test_deferred_check_names_the_step_that_went_non_finite(tmp_path: Path, monk
     data = ImageTensorDataset(images, torch.arange(64) % 3, ["a", "b", "c"])
     cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.batch_size=8", "train.log_interval=4",
                              "train.checkpoint_every_steps=3"])
-    model = NanAt(step=5)
+    model = ToyNet(nan_at=5)  # its 5th training forward returns NaN
     with pytest.raises(NonFiniteLossError, match=r"loss \(nan\) at epoch 1, step 5 \(global step 5\)") as err:
         fit(model, BatchLoader(data, 8, shuffle=True, drop_last=True), BatchLoader(data, 32, shuffle=False), cfg,
             tmp_path, Normalize((0.5,) * 3, (0.25,) * 3), Normalize((0.5,) * 3, (0.25,) * 3), progress=False)
@@ -512,7 +460,7 @@ def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> Non
     index = FileIndex.from_folder(tree)
     train = StreamLoader(StreamDataset(index, rrc(16)), 4, shuffle=True, drop_last=True)
     val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
-    net = TinyNet()
+    net = ToyNet()
     dtypes = []
     net.head1.register_forward_hook(lambda module, args, out: dtypes.append((module.training, out.dtype)))
     result = fit(net, train, val, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
@@ -521,5 +469,5 @@ def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> Non
     assert {training for training, _ in dtypes} == {True, False}
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(ConfigError, match="fp16"):
-        fit(TinyNet(), train, val, load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x",
+        fit(ToyNet(), train, val, load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x",
             Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
