@@ -2,6 +2,7 @@
 ONNX runtime's early exit answers as the PyTorch predictor does."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,7 +164,7 @@ def test_latency_target_in_onnx_runtime(shapes_run_onnx, tmp_path, monkeypatch):
 
     run = shutil.copytree(shapes_run_onnx[0], tmp_path / "run")  # evaluations are written into the run
     answered, exported = [], []
-    original_predict, original_export = OnnxStages.predict, basisnet.workflow.export_run
+    original_predict = OnnxStages.predict
 
     def spy(self, images, **options):
         if not options:  # an early-exit answer (the exits' latencies are timed with last=k)
@@ -171,8 +172,10 @@ def test_latency_target_in_onnx_runtime(shapes_run_onnx, tmp_path, monkeypatch):
         return original_predict(self, images, **options)
 
     def export_spy(run_dir, output, batch="dynamic"):
+        """Records the export; the stages already there stand for its result (a real export of the same
+        weights would write the same graphs, at the suite's slowest step)."""
         exported.append(batch)
-        return original_export(run_dir, output, batch)
+        (Path(output) / "stages.json").touch()
 
     monkeypatch.setattr(OnnxStages, "predict", spy)
     monkeypatch.setattr(basisnet.workflow, "export_run", export_spy)
