@@ -595,3 +595,33 @@ def test_export_batch_reaches_the_exporter_and_a_bad_batch_is_an_error(monkeypat
         assert main(["export", str(shapes_run), "--batch", bad, "--output", str(tmp_path / bad)]) == 2
         assert f"export batch must be a positive integer or 'dynamic', got '{bad}'" in capsys.readouterr().err
         assert not (tmp_path / bad / "stages.json").exists()
+
+
+# ------------------------------------------------------------------ basisnet train: checks before any work
+
+
+def test_train_dry_run_prints_the_config_and_needs_no_output(tmp_path, capsys, monkeypatch):
+    """The README's `basisnet train --config cifar10_basisnet --dry-run`: a dry run writes nothing, so it needs
+    no --output; a real run without one is refused, naming the option."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "cifar10_basisnet", "--dry-run", "train.epochs=7"]) == 0
+    printed = capsys.readouterr().out
+    assert "name: basisnet" in printed and "epochs: 7" in printed
+    assert list(tmp_path.iterdir()) == []
+    assert main(["train", "--config", "cifar10_basisnet"]) == 2
+    assert "--output RUN_DIR is required" in capsys.readouterr().err
+
+
+def test_a_model_option_typo_is_refused_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    """`model.kwargs.num_base=8` names the key as typed and its likely meaning, at --dry-run and before a real run
+    opens its data (the data source here does not exist: the model error must come first)."""
+    import basisnet.workflow
+
+    opened = []
+    monkeypatch.setattr(basisnet.workflow, "open_inputs", lambda *a, **k: opened.append(1))
+    for extra in (["--dry-run"], ["--output", str(tmp_path / "run")]):
+        assert main(["train", "--config", "cifar10_basisnet", "model.kwargs.num_base=8", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "model.kwargs.num_base: model 'basisnet' has no option 'num_base'" in err, err
+        assert "did you mean 'model.kwargs.num_bases'?" in err
+    assert opened == [] and not (tmp_path / "run").exists()

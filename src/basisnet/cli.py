@@ -48,6 +48,7 @@ def _madds(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
+    from .models import check_options
     from .train import RunDir, config_help, config_to_dict, load_config
     from .workflow import train_run
 
@@ -62,14 +63,15 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(RunDir(args.resume).require_config("cannot resume: "), args.overrides)
         result = train_run(cfg, args.resume, resume=True)
     else:
-        if not args.output:
-            raise ValueError("--output RUN_DIR is required (or --resume RUN_DIR)")
         cfg = load_config(bundled_config(args.config) if args.config else None, args.overrides)
-        if args.dry_run:
+        check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")
+        if args.dry_run:  # writes nothing, so it needs no --output
             import yaml
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
+        if not args.output:
+            raise ValueError("--output RUN_DIR is required (or --resume RUN_DIR)")
         result = train_run(cfg, args.output)
     if main_process:
         print(f"best val top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}")

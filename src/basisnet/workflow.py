@@ -27,7 +27,7 @@ from .evaluate import (
     exit_madds, ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
-from .models import BasisNet, MobileNet, create_model
+from .models import BasisNet, MobileNet, check_options, create_model
 from .models.pretrained import list_pretrained, load_pretrained, parse_source
 from .inputs import SPLITS, eval_transform, open_inputs, per_rank
 from .train import (ConfigError, RunConfig, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
@@ -74,6 +74,7 @@ def train_run(
         run.require_config("cannot resume: ")
     elif run.holds_run():
         raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")  # a typo costs no data decoding
     device = None if cfg.train.device == "auto" else cfg.train.device
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is visible (train.device=auto falls back to CPU)")

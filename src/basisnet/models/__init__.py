@@ -6,8 +6,8 @@ from .mobilenet import ARCHS, NETWORK_PARTS, ArchSpec, MobileNet
 from .msdnet import MSDNET_PRESETS, MSDNet  # registers "msdnet"
 from .ranet import RANET_PRESETS, RANet  # registers "ranet"
 from .protocol import MultiExitClassifier, run_exits, select_state
-from .registry import create_model, list_models, model_options, register_model
+from .registry import check_options, create_model, list_models, model_options, register_model
 
 __all__ = ["ARCHS", "BasisNet", "BasisNetOutput", "NETWORK_PARTS", "ArchSpec", "MobileNet", "MSDNET_PRESETS", "MSDNet", "MultiExitClassifier",
-           "RANET_PRESETS", "RANet", "create_model", "list_models", "model_options", "register_model", "run_exits",
+           "RANET_PRESETS", "RANet", "check_options", "create_model", "list_models", "model_options", "register_model", "run_exits",
            "select_state"]

@@ -34,12 +34,20 @@ def _entry(name: str) -> tuple[Callable[..., nn.Module], frozenset[str]]:
     return _MODELS[name]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; unknown options are errors with a did-you-mean."""
-    builder, accepted = _entry(name)
+def check_options(name: str, kwargs: dict, prefix: str = "") -> None:
+    """Refuse a model name or option the registry does not know, with a did-you-mean; ``prefix`` names
+    where the options were written (``model.kwargs.`` in a config), so a typo is caught before any work."""
+    _, accepted = _entry(name)
     for key in kwargs:
         if key not in accepted:
             hint = difflib.get_close_matches(key, accepted, n=1)
-            raise ValueError(f"model {name!r} has no option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            where = f"{prefix}{key}: " if prefix else ""
+            raise ValueError(f"{where}model {name!r} has no option {key!r}"
+                             + (f"; did you mean '{prefix}{hint[0]}'?" if hint else "")
                              + f" Options: {', '.join(sorted(accepted))}")
-    return builder(**kwargs)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; unknown options are errors with a did-you-mean."""
+    check_options(name, kwargs)
+    return _entry(name)[0](**kwargs)
