@@ -475,7 +475,7 @@ def test_evaluate_max_drop_picks_the_cheapest_threshold_within_the_drop(crafted_
         f"threshold 0.530: top-1 {_expected(0.53, TEST_WRONG)[0]:.2f}%, average "
         f"{_expected(0.53, TEST_WRONG)[1]:.3f}M MAdds, {100 * 0.5:.1f}% answered before the last exit")
     assert main(["evaluate", str(crafted_run), "--max-drop", "-1"]) == 2
-    assert "max_drop must be >= 0" in capsys.readouterr().err
+    assert "--max-drop must be >= 0 percentage points" in capsys.readouterr().err
 
 
 def test_evaluate_target_madds_stays_within_the_budget_and_refuses_one_below_exit_1(crafted_run, capsys):
@@ -490,7 +490,7 @@ def test_evaluate_target_madds_stays_within_the_budget_and_refuses_one_below_exi
     assert main(["evaluate", str(crafted_run), "--target-madds", "2.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["result"]["threshold"] == pytest.approx(0.58)  # 100% within 2.5M
     assert main(["evaluate", str(crafted_run), "--target-madds", "0.5"]) == 2
-    assert "target_madds=0.5 is below the minimum achievable average MAdds 1.0" in capsys.readouterr().err
+    assert "--target-madds 0.5 is below the minimum achievable average MAdds 1.0" in capsys.readouterr().err
     assert main(["evaluate", str(crafted_run), "--target-madds", "2", "--max-drop", "1"]) == 2
     assert "exactly one of" in capsys.readouterr().err
 
@@ -625,3 +625,25 @@ def test_a_model_option_typo_is_refused_before_any_data_is_read(tmp_path, capsys
         assert "model.kwargs.num_base: model 'basisnet' has no option 'num_base'" in err, err
         assert "did you mean 'model.kwargs.num_bases'?" in err
     assert opened == [] and not (tmp_path / "run").exists()
+
+
+def test_data_errors_speak_the_command_line(tmp_path, capsys):
+    """A missing data.source says it does not exist; an unreadable file is named with its path, what is wrong
+    with it in words (not a Python object's repr), and the config key that skips it."""
+    missing = tmp_path / "nowhere"
+    assert main(["train", "--config", "cifar10_static", "--output", str(tmp_path / "r1"), f"data.source={missing}",
+                 "data.loader=stream"]) == 2
+    assert f"data source '{missing}' does not exist" in capsys.readouterr().err
+    tree = tmp_path / "tree"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tree / split / cls / f"{i}.png")
+    (tree / "train" / "a" / "notes.png").write_text("not an image")
+    args = ["train", "--config", "cifar10_static", f"data.source={tree}", "data.val_size=2", "data.image_size=8",
+            "model.kwargs.num_classes=2", "train.epochs=1"]
+    assert main([*args, "--output", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {tree / 'train' / 'a' / 'notes.png'}: not an image file" in err, err
+    assert "data.skip_bad=true" in err and "BytesIO" not in err and "skip_bad=True" not in err

@@ -88,7 +88,7 @@ def test_select_threshold_max_drop() -> None:
     for kwargs in ({}, {"target_madds": 2.0, "max_drop": 1.0}):
         with pytest.raises(ValueError, match="exactly one of target_madds or max_drop"):
             select_threshold(data, MADDS2, **kwargs)
-    with pytest.raises(ValueError, match="max_drop"):
+    with pytest.raises(ValueError, match="--max-drop must be >= 0"):
         select_threshold(data, MADDS2, max_drop=-1.0)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 __all__ = ["DECODERS", "EncodedImage", "UnreadableImageError", "available_decoders", "open_image", "resolve_decoder",
@@ -117,6 +117,8 @@ def open_image(data: bytes, decoder: str) -> EncodedImage:
     """Read the header of ``data`` with ``decoder`` (a key of :data:`DECODERS`)."""
     try:
         image = DECODERS[decoder](data)
+    except UnidentifiedImageError as exc:  # its message names an in-memory buffer, not the file: say what it means
+        raise UnreadableImageError("not an image file (no format Pillow reads)") from exc
     except Exception as exc:  # noqa: BLE001 - as above
         raise UnreadableImageError(f"{type(exc).__name__}: {exc}") from exc
     return _Checked(image)

@@ -138,7 +138,7 @@ def _decode_all(
                 if isinstance(result, str):
                     if not skip_bad:
                         raise ValueError(
-                            f"cannot read image {root / files[i]}: {result} (pass skip_bad=True to skip it)"
+                            f"cannot read image {root / files[i]}: {result} (data.skip_bad=true skips unreadable files)"
                         )
                     skipped.append((files[i], result))
                     continue

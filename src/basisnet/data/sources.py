@@ -38,6 +38,8 @@ def split_dir(source: str | Path, split: str) -> Path:
     """The folder holding ``split`` of a file-based source: ``source/<split>``, or ``source`` itself when its
     name is ``split`` (so asking for ``test`` can never silently return a train folder)."""
     path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data source {str(source)!r} does not exist")
     if (path / split).is_dir():
         return path / split
     if path.name == split and path.is_dir():

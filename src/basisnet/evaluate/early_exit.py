@@ -95,19 +95,19 @@ def select_threshold(
         if not feasible:
             cheapest = min(r["madds"] for r in rows)
             raise ValueError(
-                f"target_madds={target_madds} is below the minimum achievable average MAdds {cheapest}"
+                f"--target-madds {target_madds} is below the minimum achievable average MAdds {cheapest}"
             )
         best = max(feasible, key=lambda r: (r["top1"], -r["madds"]))
     else:
         assert max_drop is not None
         if max_drop < 0:
-            raise ValueError(f"max_drop must be >= 0 percentage points, got {max_drop}")
+            raise ValueError(f"--max-drop must be >= 0 percentage points, got {max_drop}")
         floor = exit_accuracy(val_exit_logits)[-1] - max_drop
         feasible = [r for r in rows if r["top1"] >= floor]
         if not feasible:
             best_top1 = max(r["top1"] for r in rows)
             raise ValueError(
-                f"max_drop={max_drop}: no threshold reaches {floor:.3f}% (best swept accuracy {best_top1:.3f}%)"
+                f"--max-drop {max_drop}: no threshold reaches {floor:.3f}% (best swept accuracy {best_top1:.3f}%)"
             )
         best = min(feasible, key=lambda r: (r["madds"], -r["top1"]))
     return best["threshold"]
