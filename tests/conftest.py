@@ -64,19 +64,17 @@ def shapes_run(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def shapes_run_onnx(shapes_run, tmp_path_factory: pytest.TempPathFactory):
-    """A copy of ``shapes_run`` with its stages exported at batch 1 by ``basisnet export --batch 1`` into the
-    folder where ``evaluate --target-ms`` and ``predict --stream`` look for them (an ONNX export is the
-    slowest step of the suite: one serves every test of a run's ONNX path). Returns the run and what the
-    export printed; copy the run before writing into it (``shutil.copytree`` keeps the export newer than
-    the weights)."""
-    import contextlib
-    import io
+    """A copy of ``shapes_run`` with its stages exported at batch 1 by ``basisnet export --batch 1`` (a child
+    process, as a user runs it) into the folder where ``evaluate --target-ms`` and ``predict --stream`` look
+    for them: an ONNX export is the slowest step of the suite, so one serves every test of a run's ONNX path.
+    Returns the run and what the export printed (stdout, stderr); copy the run before writing into it
+    (``shutil.copytree`` keeps the export newer than the weights)."""
     import shutil
 
-    from basisnet.cli import main
     from basisnet.train.run_dir import RunDir
+    from helpers import basisnet_cli
 
     run = shutil.copytree(shapes_run, tmp_path_factory.mktemp("shared_onnx") / "shapes")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert main(["export", str(run), "--output", str(RunDir(run).onnx(1)), "--batch", "1"]) == 0
-    return run, printed.getvalue()
+    out = basisnet_cli("export", str(run), "--output", str(RunDir(run).onnx(1)), "--batch", "1")
+    assert out.returncode == 0, out.stderr
+    return run, out.stdout, out.stderr

@@ -138,6 +138,25 @@ class StageGraph:
     outputs: list[str]
 
 
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter without the notices that concern neither these graphs nor their user: torchvision's
+    detection ops it could not register, a deprecation inside torch's own pytree code, and the note that
+    every input's batch axis is one axis (which is what a stage's inputs share by design)."""
+    import warnings
+
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*The axis name: batch will not be used", category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | str = "dynamic",
                   opset: int | None = None) -> list[StageGraph]:
     """Write ``stage{k}.onnx`` for every exit and a ``stages.json`` manifest; returns the stages.
@@ -169,10 +188,12 @@ def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | 
             if fixed is None:
                 batch_dim = torch.export.Dim("batch", min=1)
                 dims = (tuple({0: batch_dim} for _ in inputs),)
-            torch.onnx.export(
-                _Stage(model, k, skeleton), tuple(inputs), str(path), input_names=in_names, output_names=out_names,
-                dynamic_shapes=dims, opset_version=opset, dynamo=True, external_data=False, verbose=False,
-            )
+            with _quiet_exporter():
+                torch.onnx.export(
+                    _Stage(model, k, skeleton).eval(), tuple(inputs), str(path), input_names=in_names,
+                    output_names=out_names, dynamic_shapes=dims, opset_version=opset, dynamo=True,
+                    external_data=False, verbose=False,
+                )
             stages.append(StageGraph(str(path.name), in_names, out_names))
             inputs, skeleton = next_tensors, next_skeleton
     manifest = {"num_exits": model.num_exits, "resolution": model.resolution, "num_classes": model.num_classes,
