@@ -64,9 +64,10 @@ def _train(args: argparse.Namespace) -> int:
         result = train_run(cfg, args.resume, resume=True)
     else:
         cfg = load_config(bundled_config(args.config) if args.config else None, args.overrides)
-        check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")
-        if args.dry_run:  # writes nothing, so it needs no --output
+        if args.dry_run:  # writes nothing, so it needs no --output (train_run checks the same before its work)
             import yaml
+
+            check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")
 
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             return 0
