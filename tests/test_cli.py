@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -604,9 +605,12 @@ def test_train_dry_run_prints_the_config_and_needs_no_output(tmp_path, capsys, m
     """The README's `basisnet train --config cifar10_basisnet --dry-run`: a dry run writes nothing, so it needs
     no --output; a real run without one is refused, naming the option."""
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--config", "cifar10_basisnet", "--dry-run", "train.epochs=7"]) == 0
+    assert main(["train", "--config", "cifar10_basisnet", "--dry-run", "train.epochs=7", "data.source=shapes"]) == 0
     printed = capsys.readouterr().out
-    assert "name: basisnet" in printed and "epochs: 7" in printed
+    assert printed.startswith("# resolved: source_kind=shapes loader=memory classes=10 device=")
+    resolved = yaml.safe_load(printed)  # the config.yaml the run would save: what the data decides filled in
+    assert resolved["model"]["name"] == "basisnet" and resolved["train"]["epochs"] == 7
+    assert resolved["model"]["kwargs"]["resolution"] == 32
     assert list(tmp_path.iterdir()) == []
     assert main(["train", "--config", "cifar10_basisnet"]) == 2
     assert "--output RUN_DIR is required" in capsys.readouterr().err

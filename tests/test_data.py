@@ -308,6 +308,7 @@ def test_skip_bad_config_key_skips_a_corrupt_file(tmp_path: Path, monkeypatch: p
     """``data.skip_bad=true``, set as a config key, reaches the reader: the corrupt file is left out with a
     warning; without it loading fails naming the file."""
     from basisnet.inputs import load_splits
+    from basisnet.resolve import resolve_run
     from basisnet.train import load_config
 
     monkeypatch.setenv("BASISNET_CACHE", str(tmp_path / "cache"))
@@ -318,9 +319,9 @@ def test_skip_bad_config_key_skips_a_corrupt_file(tmp_path: Path, monkeypatch: p
     (tree / "train" / "b" / "corrupt.png").write_bytes(_encoded(_rgb(30), "PNG")[:40])
     keys = [f"data.source={tree}", "data.val_size=2", "data.image_size=8"]
     with pytest.raises(ValueError, match="corrupt.png"):
-        load_splits(load_config(None, keys))
+        load_splits(resolve_run(load_config(None, keys)))
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*corrupt\.png"):
-        splits = load_splits(load_config(None, [*keys, "data.skip_bad=true"]))
+        splits = load_splits(resolve_run(load_config(None, [*keys, "data.skip_bad=true"])))
     assert len(splits.train) + len(splits.val) == 8 and len(splits.val) == 2
 
 

@@ -22,7 +22,8 @@ from basisnet.data import (
 )
 from basisnet.data.autoaugment import create_policy
 from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
-from basisnet.inputs import INPUT_KINDS, choose_loader, open_inputs
+from basisnet.inputs import INPUT_KINDS, open_inputs
+from basisnet.resolve import resolve_run
 from basisnet.train.distributed import DistributedInfo
 from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state, save_state
 from basisnet.train.loop import _DeviceStats, _LoopState
@@ -224,9 +225,9 @@ def test_unreadable_file_is_named_or_replaced(tmp_path: Path) -> None:
     # the same through the config key, on the streaming path that training builds from it
     cpu = DistributedInfo(0, 1, 0, torch.device("cpu"), False)
     for skip in (False, True):
-        inputs = open_inputs(load_config(None, [f"data.source={root.parent}", "data.loader=stream",
+        inputs = open_inputs(resolve_run(load_config(None, [f"data.source={root.parent}", "data.loader=stream",
                                                 f"data.skip_bad={str(skip).lower()}", "data.val_size=3",
-                                                "data.image_size=16"]))
+                                                "data.image_size=16"])))
         read = lambda: [y for split in (inputs.train_loader(cpu, 3, torch.device("cpu")),  # noqa: E731
                                         inputs.eval_loader("val", 3)) for _, y in split]
         if skip:
@@ -237,6 +238,11 @@ def test_unreadable_file_is_named_or_replaced(tmp_path: Path) -> None:
                 read()
 
 
+def loader_of(cfg) -> str:
+    """The loader kind a config resolves to."""
+    return resolve_run(cfg, training=False).loader
+
+
 @pytest.mark.parametrize("kind", sorted(INPUT_KINDS))
 def test_every_input_kind_gives_the_same_splits_and_uint8_batches(tree: Path, kind: str, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,7 +250,7 @@ def test_every_input_kind_gives_the_same_splits_and_uint8_batches(tree: Path, ki
     monkeypatch.setenv("BASISNET_CACHE", str(tmp_path))
     cfg = load_config(None, [f"data.source={tree.parent}", f"data.loader={kind}", "data.image_size=24",
                              "data.val_size=3", "data.batch_size=4"])
-    inputs = INPUT_KINDS[kind](cfg)
+    inputs = INPUT_KINDS[kind](resolve_run(cfg))
     assert inputs.classes == ["ant", "bee", "cat"]
     loader = inputs.train_loader(DistributedInfo(0, 1, 0, torch.device("cpu"), False), 4, torch.device("cpu"))
     loader.set_epoch(1)
@@ -267,7 +273,7 @@ def test_memory_and_stream_give_the_same_batches(tree: Path, world: int, tmp_pat
     monkeypatch.setenv("BASISNET_CACHE", str(tmp_path))
     cfg = load_config(None, [f"data.source={tree.parent}", "data.image_size=16", "data.val_size=4",
                              "data.batch_size=4", "data.decoder=pillow", "data.seed=3"])
-    kinds = [INPUT_KINDS[kind](cfg) for kind in ("memory", "stream")]
+    kinds = [INPUT_KINDS[kind](resolve_run(cfg)) for kind in ("memory", "stream")]
     for rank in range(world):
         info = DistributedInfo(rank, world, 0, torch.device("cpu"), world > 1)
         memory, stream = (inputs.train_loader(info, 4 // world, torch.device("cpu")) for inputs in kinds)
@@ -282,16 +288,16 @@ def test_memory_and_stream_give_the_same_batches(tree: Path, world: int, tmp_pat
 
 def test_settings_of_the_other_loader_kind_are_errors(tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no image files to stream"):
-        choose_loader(load_config(None, ["data.source=shapes", "data.train_crop=resized"]))
+        loader_of(load_config(None, ["data.source=shapes", "data.train_crop=resized"]))
     with pytest.raises(ConfigError, match="data.eval_crop"):
-        choose_loader(load_config(None, [f"data.source={tree.parent}", "data.eval_crop=0.875"]))
+        loader_of(load_config(None, [f"data.source={tree.parent}", "data.eval_crop=0.875"]))
     shards = tmp_path / "train"
     shards.mkdir()
     with tarfile.open(shards / "a.tar", "w") as tar:
         tar.add(next(tree.rglob("*.jpg")), arcname="ant/0.jpg")
-    assert choose_loader(load_config(None, [f"data.source={tmp_path}"])) == "stream"
+    assert loader_of(load_config(None, [f"data.source={tmp_path}"])) == "stream"
     with pytest.raises(ConfigError, match="tar shards"):
-        choose_loader(load_config(None, [f"data.source={tmp_path}", "data.loader=memory"]))
+        loader_of(load_config(None, [f"data.source={tmp_path}", "data.loader=memory"]))
 
 
 def test_a_transform_bug_is_not_taken_for_bad_data(tree: Path) -> None:
@@ -334,18 +340,18 @@ def test_auto_indexes_a_tree_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -
     scans = []
     real = FileIndex.from_folder.__func__
     monkeypatch.setattr(FileIndex, "from_folder", classmethod(lambda cls, root: scans.append(root) or real(cls, root)))
-    inputs = open_inputs(load_config(None, [f"data.source={tree.parent}", "data.memory_limit_gb=1e-6"]))
+    inputs = open_inputs(resolve_run(load_config(None, [f"data.source={tree.parent}", "data.memory_limit_gb=1e-6"])))
     assert type(inputs).__name__ == "StreamInputs" and len(scans) == 1
 
 
 def test_auto_picks_the_loader(tree: Path) -> None:
     source = str(tree.parent)
-    assert choose_loader(load_config(None, [f"data.source={source}"])) == "memory"
-    assert choose_loader(load_config(None, [f"data.source={source}", "data.memory_limit_gb=1e-6"])) == "stream"
-    assert choose_loader(load_config(None, [f"data.source={source}", "data.train_crop=resized"])) == "stream"
-    assert choose_loader(load_config(None, ["data.source=shapes"])) == "memory"
+    assert loader_of(load_config(None, [f"data.source={source}"])) == "memory"
+    assert loader_of(load_config(None, [f"data.source={source}", "data.memory_limit_gb=1e-6"])) == "stream"
+    assert loader_of(load_config(None, [f"data.source={source}", "data.train_crop=resized"])) == "stream"
+    assert loader_of(load_config(None, ["data.source=shapes"])) == "memory"
     with pytest.raises(ConfigError, match="no image files to stream"):
-        open_inputs(load_config(None, ["data.source=shapes", "data.loader=stream"]))
+        open_inputs(resolve_run(load_config(None, ["data.source=shapes", "data.loader=stream"])))
     with pytest.raises(ConfigError, match="data.train_crop"):
         load_config(None, ["data.loader=memory", "data.train_crop=resized"])
     with pytest.raises(ConfigError, match="data.augment"):
@@ -376,12 +382,13 @@ import sys
 import torch
 from basisnet.train import load_config
 from basisnet.inputs import open_inputs
+from basisnet.resolve import resolve_run
 from basisnet.train.distributed import DistributedInfo
 
 kind, source, size = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = load_config(None, [f"data.source={source}", f"data.loader={kind}", f"data.image_size={size}", "data.val_size=2",
                          "data.batch_size=8"])
-inputs = open_inputs(cfg)
+inputs = open_inputs(resolve_run(cfg))
 loader = inputs.train_loader(DistributedInfo(0, 1, 0, torch.device("cpu"), False), 8, torch.device("cpu"))
 for images, labels in loader.iterate():
     pass

@@ -229,6 +229,7 @@ def test_train_refuses_to_overwrite_a_run(run_dir):
 
 def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
     from basisnet.inputs import load_splits
+    from basisnet.resolve import resolve_run
 
     for cls in ("a", "b", "c"):
         folder = tmp_path / "train" / cls
@@ -236,12 +237,12 @@ def test_subset_samples_every_class_of_a_class_ordered_tree(tmp_path):
         for i in range(10):
             Image.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)).save(folder / f"{i}.png")
     cfg = load_config(None, [f"data.source={tmp_path}", "data.val_size=6", "data.subset=9", "data.image_size=8"])
-    splits = load_splits(cfg)
+    splits = load_splits(resolve_run(cfg))
     assert len(splits.train) == 9
     assert set(splits.train.targets.tolist()) == {0, 1, 2}  # a prefix of the sorted indices would be class 0 only
     too_many = load_config(None, [f"data.source={tmp_path}", "data.val_size=6", "data.subset=25", "data.image_size=8"])
     with pytest.raises(ValueError, match="data.subset=25 exceeds the 24 training images left"):
-        load_splits(too_many)
+        load_splits(resolve_run(too_many))
 
 
 def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_path, capsys):

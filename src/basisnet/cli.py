@@ -48,9 +48,8 @@ def _madds(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
-    from .models import check_options
-    from .train import RunDir, config_help, config_to_dict, load_config
-    from .workflow import train_run
+    from .train import RunDir, config_help, load_config
+    from .workflow import dry_run, train_run
 
     main_process = launch_env().rank == 0  # under torchrun / srun only rank 0 reports
     if not main_process:
@@ -64,12 +63,8 @@ def _train(args: argparse.Namespace) -> int:
         result = train_run(cfg, args.resume, resume=True)
     else:
         cfg = load_config(bundled_config(args.config) if args.config else None, args.overrides)
-        if args.dry_run:  # writes nothing, so it needs no --output (train_run checks the same before its work)
-            import yaml
-
-            check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")
-
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if args.dry_run:  # writes nothing, so it needs no --output
+            print(dry_run(cfg))
             return 0
         if not args.output:
             raise ValueError("--output RUN_DIR is required (or --resume RUN_DIR)")

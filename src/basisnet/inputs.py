@@ -1,6 +1,6 @@
-"""A config's ``data`` section turned into what training and evaluation read: splits, loaders, transforms.
+"""A resolved run's data turned into what training and evaluation read: splits, loaders, transforms.
 
-Two kinds, by ``data.loader``: ``memory`` decodes a set once into one uint8 tensor (fast batches for
+Two kinds, by the resolved loader (:class:`basisnet.resolve.ResolvedRun`): ``memory`` decodes a set once into one uint8 tensor (fast batches for
 CIFAR-size sets); ``stream`` keeps only a file index and decodes per image in DataLoader workers
 (ImageNet-size sets, tar shards, random-resized crops). Both give uint8 batches that the transforms
 here normalise (and, for ``pad`` crops, augment) on the training device.
@@ -8,45 +8,34 @@ here normalise (and, for ``pad`` crops, augment) on the training device.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from .data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, find_cifar_dir, load_dataset, train_val_split
+from .data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment, load_dataset, train_val_split
 from .data.autoaugment import create_policy
-from .data.decode import resolve_decoder
-from .data.files import TAR_SUFFIX, FileIndex
+from .data.files import FileIndex
 from .data.sample_transforms import CenterCrop, RandomResizedCrop
-from .data.sources import SHAPES, split_dir
+from .data.sources import split_dir
 from .data.streaming import StreamDataset, StreamLoader
 from .data.transforms import Normalize
-from .train import ConfigError, RunConfig
+from .resolve import ResolvedRun
+from .train import RunConfig
 from .train.distributed import DistributedInfo
 from .train.loop import TrainLoader
 
-__all__ = ["Inputs", "INPUT_KINDS", "MemoryInputs", "SPLITS", "StreamInputs", "Splits", "choose_loader", "eval_transform",
-           "load_splits", "open_inputs", "per_rank"]
+__all__ = ["Inputs", "INPUT_KINDS", "MemoryInputs", "SPLITS", "StreamInputs", "Splits", "eval_transform",
+           "load_splits", "open_inputs"]
 
-_logger = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
 def _single(info: DistributedInfo | None) -> tuple[int, int]:
     return (0, 1) if info is None else (info.rank, info.world_size)
-
-
-def per_rank(global_batch: int, world: int, key: str) -> int:
-    """Batch sizes in the config are global (summed over processes), so a run means the same at any scale."""
-    if global_batch % world:
-        raise ConfigError(f"{key}={global_batch} is the global batch size and must be divisible by the "
-                          f"{world} processes")
-    return global_batch // world
 
 
 def eval_transform(cfg: RunConfig) -> EvalTransform:
@@ -69,9 +58,11 @@ def _carve(targets: Tensor, cfg: RunConfig) -> tuple[Tensor, Tensor]:
     return train_idx, val_idx
 
 
-def _check_classes(test: list[str], train: list[str], source: str) -> None:
-    if test != train:
-        raise ValueError(f"test classes {test} differ from train classes {train} in {source}")
+def _check_classes(found: list[str], run: ResolvedRun, split: str) -> None:
+    """The classes a split holds are the ones the run was resolved with (labels index them)."""
+    if list(found) != list(run.classes):
+        raise ValueError(f"{split} classes {list(found)} differ from train classes {list(run.classes)} in "
+                         f"{run.config.data.source}")
 
 
 class Inputs(Protocol):
@@ -92,22 +83,24 @@ class Splits:
     test: ImageTensorDataset | None
 
 
-def _reader_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    source = cfg.data.source
-    if source == SHAPES:
-        return {"image_size": cfg.data.image_size}
-    if find_cifar_dir(Path(source).expanduser()) is not None:
+def _reader_kwargs(run: ResolvedRun) -> dict[str, Any]:
+    d = run.config.data
+    if run.source_kind == "shapes":
+        return {"image_size": d.image_size}
+    if run.source_kind == "cifar":
         return {}
-    return {"image_size": cfg.data.image_size, "skip_bad": cfg.data.skip_bad}
+    return {"image_size": d.image_size, "skip_bad": d.skip_bad}
 
 
-def load_splits(cfg: RunConfig, with_test: bool = False) -> Splits:
+def load_splits(run: ResolvedRun, with_test: bool = False) -> Splits:
     """Train / held-out validation (carved deterministically from train) / test, decoded into memory."""
-    full = load_dataset(cfg.data.source, "train", **_reader_kwargs(cfg))
-    train_idx, val_idx = _carve(full.targets, cfg)
-    test = load_dataset(cfg.data.source, "test", **_reader_kwargs(cfg)) if with_test else None
+    source = run.config.data.source
+    full = load_dataset(source, "train", **_reader_kwargs(run))
+    _check_classes(full.classes, run, "train")
+    train_idx, val_idx = _carve(full.targets, run.config)
+    test = load_dataset(source, "test", **_reader_kwargs(run)) if with_test else None
     if test is not None:
-        _check_classes(test.classes, full.classes, cfg.data.source)
+        _check_classes(test.classes, run, "test")
     return Splits(full.subset(train_idx), full.subset(val_idx), test)
 
 
@@ -115,10 +108,10 @@ class MemoryInputs:
     """Every split decoded once into RAM; on a GPU the training split moves to device memory when it fits
     in a quarter of what is free (no host-to-device copy per step)."""
 
-    def __init__(self, cfg: RunConfig, with_test: bool = False) -> None:
-        self.cfg = cfg
-        self.splits = load_splits(cfg, with_test)
-        self.classes = self.splits.train.classes
+    def __init__(self, run: ResolvedRun, with_test: bool = False) -> None:
+        self.cfg = run.config
+        self.splits = load_splits(run, with_test)
+        self.classes = list(run.classes)
 
     def train_loader(self, info: DistributedInfo, batch_size: int, device: torch.device) -> TrainLoader:
         data = self.splits.train
@@ -145,25 +138,18 @@ class MemoryInputs:
 
 
 class StreamInputs:
-    """File indexes only; images decoded per sample in ``data.num_workers`` DataLoader workers.
+    """File indexes only; images decoded per sample in ``data.num_workers`` DataLoader workers, by the decoder
+    the run was resolved with."""
 
-    ``data.decoder=auto`` is resolved here and written back into ``cfg``, so a run's ``config.yaml`` records
-    the decoder it trained with (decoders differ slightly in pixels)."""
-
-    def __init__(self, cfg: RunConfig, with_test: bool = False, train_index: FileIndex | None = None) -> None:
-        self.cfg = cfg
-        d = cfg.data
-        d.decoder = resolve_decoder(d.decoder)
-        if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
-            raise ConfigError(f"data.loader=stream reads image files (an ImageFolder tree or tar shards); "
-                              f"{d.source!r} is not one: use data.loader=memory")
-        full = train_index if train_index is not None else FileIndex.from_split(split_dir(d.source, "train"))
-        train_idx, val_idx = _carve(full.targets, cfg)
+    def __init__(self, run: ResolvedRun, with_test: bool = False) -> None:
+        self.cfg, d = run.config, run.config.data
+        full = run.train_index if run.train_index is not None else FileIndex.from_split(split_dir(d.source, "train"))
+        train_idx, val_idx = _carve(full.targets, run.config)
         self.index = {"train": full.subset(train_idx.numpy()), "val": full.subset(val_idx.numpy())}
         if with_test:
             self.index["test"] = FileIndex.from_split(split_dir(d.source, "test"))
-            _check_classes(list(self.index["test"].classes), list(full.classes), d.source)
-        self.classes = list(full.classes)
+            _check_classes(list(self.index["test"].classes), run, "test")
+        self.classes = list(run.classes)
 
     def _dataset(self, split: str, transform: Callable[..., Any]) -> StreamDataset:
         if split not in self.index:
@@ -202,49 +188,6 @@ class StreamInputs:
 INPUT_KINDS: dict[str, Callable[..., Inputs]] = {"memory": MemoryInputs, "stream": StreamInputs}
 
 
-def choose_loader(cfg: RunConfig) -> str:
-    """``data.loader``, with ``auto`` resolved: memory for the built-in and CIFAR python sets, stream for tar
-    shards, random-resized crops or a training set whose decoded size exceeds ``data.memory_limit_gb``.
-
-    Settings that only the other kind honours are errors, not silently ignored."""
-    return _resolve_loader(cfg)[0]
-
-
-def _resolve_loader(cfg: RunConfig) -> tuple[str, FileIndex | None]:
-    """:func:`choose_loader`, plus the training index when sizing the tree needed one (so it is scanned once)."""
-    d = cfg.data
-    if d.source == SHAPES or find_cifar_dir(Path(d.source).expanduser()) is not None:
-        if d.loader == "stream" or d.train_crop == "resized":
-            raise ConfigError(f"{d.source!r} is decoded into memory as a whole (no image files to stream), so "
-                              "data.loader=stream and data.train_crop=resized do not apply: use a folder tree")
-        return _memory_only_settings(cfg), None
-    train_dir = split_dir(d.source, "train")
-    shards = any(train_dir.glob(f"*{TAR_SUFFIX}"))
-    if d.loader == "memory":
-        if shards:
-            raise ConfigError(f"{train_dir} holds tar shards, which only data.loader=stream (or auto) reads")
-        return _memory_only_settings(cfg), None
-    if d.loader == "stream" or shards or d.train_crop == "resized":
-        return "stream", None
-    index = FileIndex.from_folder(train_dir)
-    images = len(index)
-    decoded_gb = images * 3 * d.image_size**2 / 1e9
-    kind = "stream" if decoded_gb > d.memory_limit_gb else "memory"
-    _logger.info("data.loader=auto: %d training images, %.1f GB decoded -> %s", images, decoded_gb, kind)
-    return (kind, index) if kind == "stream" else (_memory_only_settings(cfg), None)
-
-
-def _memory_only_settings(cfg: RunConfig) -> str:
-    """"memory", once no stream-only setting is asked for."""
-    if cfg.data.eval_crop != 1.0:
-        raise ConfigError(f"data.eval_crop={cfg.data.eval_crop} applies to the stream loader; the memory loader "
-                          "evaluates on the whole shorter side (set data.loader=stream, or eval_crop=1)")
-    return "memory"
-
-
-def open_inputs(cfg: RunConfig, with_test: bool = False) -> Inputs:
-    """The data of ``cfg`` read the way ``data.loader`` says."""
-    kind, scanned = _resolve_loader(cfg)
-    if scanned is not None:  # auto indexed the tree to size it: the stream reads that index, not a second scan
-        return StreamInputs(cfg, with_test, train_index=scanned)
-    return INPUT_KINDS[kind](cfg, with_test)
+def open_inputs(run: ResolvedRun, with_test: bool = False) -> Inputs:
+    """The data of ``run`` read by the loader it was resolved with."""
+    return INPUT_KINDS[run.loader](run, with_test)

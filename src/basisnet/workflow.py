@@ -27,10 +27,11 @@ from .evaluate import (
     exit_madds, ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
-from .models import BasisNet, MobileNet, check_options, create_model
+from .models import BasisNet, MobileNet, create_model
 from .models.pretrained import list_pretrained, load_pretrained, parse_source
-from .inputs import SPLITS, eval_transform, open_inputs, per_rank
-from .train import (ConfigError, RunConfig, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
+from .inputs import SPLITS, eval_transform, open_inputs
+from .resolve import resolve_run, same_run
+from .train import (ConfigError, RunConfig, config_to_dict, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
                     seed_everything, warm_start)
 from .train.distributed import distributed_session
 
@@ -51,19 +52,11 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(was_on)
 
 
-def _model_kwargs(cfg: RunConfig, classes: Sequence[str]) -> dict[str, Any]:
-    kwargs = dict(cfg.model.kwargs)
-    given = kwargs.setdefault("num_classes", len(classes))
-    if given != len(classes):
-        raise ValueError(f"model.kwargs.num_classes is {given} but {cfg.data.source} has {len(classes)} classes")
-    kwargs.setdefault("resolution", cfg.data.image_size)
-    return kwargs
-
-
 def train_run(
     cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None
 ) -> dict[str, Any]:
-    """Build data and model from ``cfg`` and train into ``run_dir`` (``resume`` continues it).
+    """Resolve ``cfg``, build data and model from the resolved run and train into ``run_dir`` (``resume``
+    continues it).
 
     Started by torchrun or srun (``WORLD_SIZE`` / ``SLURM_NTASKS`` > 1), every process calls this: it
     joins the process group (gloo on CPU, NCCL on GPU), trains a DistributedDataParallel model on its
@@ -74,42 +67,51 @@ def train_run(
         run.require_config("cannot resume: ")
     elif run.holds_run():
         raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
-    check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")  # a typo costs no data decoding
-    device = None if cfg.train.device == "auto" else cfg.train.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is visible (train.device=auto falls back to CPU)")
-    with denormals_flushed(), distributed_session(device) as info:
-        d = cfg.data
-        batch_size = per_rank(d.batch_size, info.world_size, "data.batch_size")
-        eval_batch_size = -(-d.eval_batch_size // info.world_size)
-        seed_everything(cfg.train.seed)  # the same initial weights in every process
-        inputs = open_inputs(cfg)
-        cfg.model.kwargs = _model_kwargs(cfg, inputs.classes)
-        model = create_model(cfg.model.name, **cfg.model.kwargs).to(info.device)
-        if cfg.train.init_from and not resume:
-            started = warm_start(model, cfg.train.init_from, cfg.train.init_noise, seed=cfg.train.seed)
+    resolved = resolve_run(cfg)  # every check before any data is decoded
+    rc = resolved.config
+    if resume:  # the same check fit makes against the checkpoint, before the data is decoded
+        diffs = same_run(load_config(run.config), rc)
+        if diffs:
+            raise ConfigError(f"config differs from the run in {run}, so resuming would not continue it:\n  "
+                              + "\n  ".join(diffs))
+    with denormals_flushed(), distributed_session(resolved.device) as info:
+        seed_everything(rc.train.seed)  # the same initial weights in every process
+        inputs = open_inputs(resolved)
+        model = create_model(rc.model.name, **resolved.model_kwargs).to(info.device)
+        if rc.train.init_from and not resume:
+            started = warm_start(model, rc.train.init_from, rc.train.init_noise, seed=rc.train.seed)
             if info.rank == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
                 run.init.write_text(json.dumps(
-                    {part: {"source": str(cfg.train.init_from[part]), **start} for part, start in started.items()},
+                    {part: {"source": str(rc.train.init_from[part]), **start} for part, start in started.items()},
                     indent=2))
-        teacher = load_run_model(cfg.train.kd_teacher, create_model) if cfg.train.kd_teacher else None
+        teacher = load_run_model(rc.train.kd_teacher, create_model) if rc.train.kd_teacher else None
         if teacher is not None:
-            if getattr(teacher, "num_classes", None) not in (None, len(inputs.classes)):
-                raise ValueError(f"teacher {cfg.train.kd_teacher} predicts {teacher.num_classes} classes, "
-                                 f"the data has {len(inputs.classes)}")
+            if getattr(teacher, "num_classes", None) not in (None, len(resolved.classes)):
+                raise ValueError(f"teacher {rc.train.kd_teacher} predicts {teacher.num_classes} classes, "
+                                 f"the data has {len(resolved.classes)}")
             teacher.to(info.device)
         if info.rank == 0:
             run.path.mkdir(parents=True, exist_ok=True)
-            run.classes.write_text(json.dumps(inputs.classes))
-        train_loader = inputs.train_loader(info, batch_size, info.device)
-        val_loader = inputs.eval_loader("val", eval_batch_size, info)
+            run.classes.write_text(json.dumps(list(resolved.classes)))
+        train_loader = inputs.train_loader(info, resolved.batch_size, info.device)
+        val_loader = inputs.eval_loader("val", resolved.eval_batch_size, info)
         if info.distributed:
-            if cfg.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
+            if rc.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
                 to_channels_last(model)
             model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
-        return fit(model, train_loader, val_loader, cfg, run, inputs.train_transform(), inputs.eval_transform(),
+        return fit(model, train_loader, val_loader, rc, run, inputs.train_transform(), inputs.eval_transform(),
                    teacher=teacher, resume=resume, progress=progress)
+
+
+def dry_run(cfg: RunConfig) -> str:
+    """The run ``cfg`` resolves to, as YAML (the ``config.yaml`` training would save) under a comment line
+    with the facts resolution decided; nothing is written or decoded."""
+    import yaml
+
+    resolved = resolve_run(cfg)
+    facts = " ".join(f"{k}={v}" for k, v in resolved.describe().items())
+    return f"# resolved: {facts}\n" + yaml.safe_dump(config_to_dict(resolved.config), sort_keys=False)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -127,7 +129,7 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return ExitLogits.load(cache)
     model, cfg = load_run(run_dir)
-    inputs = open_inputs(cfg, with_test=split == "test")
+    inputs = open_inputs(resolve_run(cfg, training=False), with_test=split == "test")
     batches = inputs.eval_loader(split, cfg.data.eval_batch_size)
     with denormals_flushed():
         logits = collect_exit_logits(model, batches, inputs.eval_transform(), progress=progress is not False)
@@ -247,7 +249,7 @@ class _LatencyRunner:
         return self.stages.exit_latency_ms() if self.runtime == "onnx" else exit_latency_ms(self.model)
 
     def measure(self, threshold: float, images: int) -> float:
-        inputs = open_inputs(self.cfg, with_test=True)
+        inputs = open_inputs(resolve_run(self.cfg, training=False), with_test=True)
         x = inputs.eval_transform()(_first_images(inputs.eval_loader("test", self.cfg.data.eval_batch_size), images)[0])
         if self.runtime == "onnx":
             self.stages.threshold = threshold
@@ -270,7 +272,7 @@ def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = No
     model, cfg = load_run(run_dir)
     if not isinstance(model, BasisNet):
         raise ValueError(f"{run_dir} holds a {type(model).__name__}: the shortcut diagnostic is for BasisNet")
-    inputs = open_inputs(cfg, with_test=split == "test")
+    inputs = open_inputs(resolve_run(cfg, training=False), with_test=split == "test")
     images, labels = _first_images(inputs.eval_loader(split, cfg.data.eval_batch_size), limit)
     with denormals_flushed():
         report = shortcut_report(model, inputs.eval_transform()(images), labels)

@@ -68,16 +68,14 @@ def _locate(root: Path) -> tuple[Path, _Layout] | None:
     return found[0] if found else None
 
 
-def load_cifar(root: str | Path, split: str = "train", label_mode: str = "fine") -> ImageTensorDataset:
-    """Read CIFAR-10 or CIFAR-100 from ``root`` (the ``cifar-*`` folder itself or its parent).
+def cifar_classes(root: str | Path, label_mode: str = "fine") -> list[str]:
+    """The class names of a CIFAR python folder, from its meta file alone (no image batch is read)."""
+    folder, layout = _require(Path(root).expanduser(), label_mode)
+    meta_path = folder / layout.meta_file
+    return _names(_unpickle(meta_path), layout.names_key[label_mode], meta_path)
 
-    ``label_mode`` picks CIFAR-100's 100 ``"fine"`` or 20 ``"coarse"`` labels; CIFAR-10 has only
-    ``"fine"``. The pickles are read with a restricted unpickler that admits numpy arrays and
-    nothing else, so a hostile file cannot run code.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(root).expanduser()
+
+def _require(root: Path, label_mode: str) -> tuple[Path, _Layout]:
     found = _locate(root)
     if found is None:
         raise FileNotFoundError(
@@ -88,9 +86,20 @@ def load_cifar(root: str | Path, split: str = "train", label_mode: str = "fine")
     if label_mode not in layout.labels_key:
         modes = tuple(layout.labels_key)
         raise ValueError(f"label_mode for {layout.folder} must be one of {modes}, got {label_mode!r}")
+    return folder, layout
 
-    meta_path = folder / layout.meta_file
-    classes = _names(_unpickle(meta_path), layout.names_key[label_mode], meta_path)
+
+def load_cifar(root: str | Path, split: str = "train", label_mode: str = "fine") -> ImageTensorDataset:
+    """Read CIFAR-10 or CIFAR-100 from ``root`` (the ``cifar-*`` folder itself or its parent).
+
+    ``label_mode`` picks CIFAR-100's 100 ``"fine"`` or 20 ``"coarse"`` labels; CIFAR-10 has only
+    ``"fine"``. The pickles are read with a restricted unpickler that admits numpy arrays and
+    nothing else, so a hostile file cannot run code.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    folder, layout = _require(Path(root).expanduser(), label_mode)
+    classes = cifar_classes(folder, label_mode)
     images, targets = [], []
     for name in layout.files[split]:
         path = folder / name

@@ -87,15 +87,21 @@ def load_image_folder(
     return dataset
 
 
+def class_folders(root: str | Path) -> list[str]:
+    """The class names of an ImageFolder split: its sorted, visible sub-folders (labels follow this order)."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+    return classes
+
+
 def scan_image_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
     """Sorted class folders and, per class, its image files' paths (relative to root, sorted).
 
     Plain strings, not Path objects: pathlib costs seconds on 50k files, which would dominate
     a cache hit.
     """
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+    classes = class_folders(root)
     files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):

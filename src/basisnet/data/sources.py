@@ -5,12 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .cifar import find_cifar_dir, load_cifar
+from .cifar import cifar_classes, find_cifar_dir, load_cifar
 from .dataset import ImageTensorDataset
-from .folder import load_image_folder
-from .synthetic import make_shapes
+from .files import TAR_SUFFIX
+from .folder import class_folders, load_image_folder
+from .synthetic import SHAPE_CLASSES, make_shapes
 
 SHAPES = "shapes"
+# What a ``data.source`` string names: the built-in set and CIFAR's python batches are decoded into memory
+# as a whole; an ImageFolder tree can be read either way; tar shards only by streaming.
+SOURCE_KINDS = ("shapes", "cifar", "folder", "shards")
+
+
+def source_kind(source: str | Path) -> str:
+    """Which of :data:`SOURCE_KINDS` ``source`` is (its training split is looked at, nothing is read)."""
+    if str(source) == SHAPES:
+        return "shapes"
+    if find_cifar_dir(Path(source).expanduser()) is not None:
+        return "cifar"
+    return "shards" if any(split_dir(source, "train").glob(f"*{TAR_SUFFIX}")) else "folder"
+
+
+def source_classes(source: str | Path, kind: str) -> list[str] | None:
+    """The class names of a shapes, CIFAR or folder source without decoding an image; None for tar shards,
+    whose classes only their index holds."""
+    if kind == "shapes":
+        return list(SHAPE_CLASSES)
+    if kind == "cifar":
+        return cifar_classes(source)
+    if kind == "folder":
+        return class_folders(split_dir(source, "train"))
+    return None
 
 
 def load_dataset(source: str | Path, split: str = "train", **kwargs: Any) -> ImageTensorDataset:

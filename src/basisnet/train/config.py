@@ -2,7 +2,9 @@
 
 Every option is checked (name, type, range) before any work starts, so a typo
 in a long run's config fails in the first second instead of silently using a
-default or crashing hours later.
+default or crashing hours later. The dataclasses are frozen: what the machine and
+the data decide (``basisnet.resolve``) makes a new config, so the one a run was
+given and the one it trained with can both be trusted.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _opt(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Which network to build; passed to ``create_model(name, **kwargs)``."""
 
@@ -42,7 +44,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = _opt({}, "Keyword arguments of the model constructor (e.g. num_classes, num_bases).")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the images come from and how batches are formed and augmented."""
 
@@ -82,7 +84,7 @@ class DataConfig:
     subset: int = _opt(0, "Train on a seeded random sample of N images of the training split (smoke runs); 0 = all.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, regularisation and bookkeeping of the training loop."""
 
@@ -134,7 +136,7 @@ class TrainConfig:
     checkpoint_every_steps: int = _opt(0, "Also save a resumable mid-epoch checkpoint every this many steps; 0 = only at epoch ends.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything needed to reproduce a run; saved as ``config.yaml`` in the run directory."""
 
