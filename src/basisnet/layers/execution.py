@@ -10,7 +10,9 @@ The caller owns the policy for a block of code, ``with execution_policy(policy):
 ``torch.nn.attention.sdpa_kernel`` chooses attention kernels), so it reaches layers under any front end
 (a forward, the staged ``step`` calls, a training step, an exporter's trace). Nothing is written into a
 model: ``MixingCoefficients`` takes the current policy when they are made, where coefficients enter a
-network, and each layer reads it from the weights it is given.
+network, and each layer reads it from the weights it is given. The policy in force is process-wide (a
+stream's stage threads run under the policy of the code that started them), held in a plain module
+list rather than a ``ContextVar``, which ``torch.compile`` cannot trace everywhere.
 
 Policies: ``ExecutionPolicy()`` (each layer's default path; what runs outside any ``with``),
 ``TunedPaths`` (the fastest measured by ``tune_paths``), ``ForcedPath`` (one path wherever it applies:
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,12 +99,13 @@ class ForcedPath(ExecutionPolicy):
         return self.forced if self.forced in layer.per_sample_paths() else super().path(layer, x)
 
 
-_POLICY: ContextVar[ExecutionPolicy] = ContextVar("basisnet_execution_policy", default=ExecutionPolicy())
+# The policies of the open ``execution_policy`` blocks, innermost last, above the default.
+_POLICIES: list[ExecutionPolicy] = [ExecutionPolicy()]
 
 
 def current_policy() -> ExecutionPolicy:
     """The policy of the innermost ``execution_policy`` block (``ExecutionPolicy()`` outside any)."""
-    return _POLICY.get()
+    return _POLICIES[-1]
 
 
 @contextmanager
@@ -111,8 +113,8 @@ def execution_policy(policy: ExecutionPolicy) -> Iterator[ExecutionPolicy]:
     """Basis layers run by ``policy`` inside the block (coefficients made there carry it)."""
     if not isinstance(policy, ExecutionPolicy):
         raise TypeError(f"execution_policy needs an ExecutionPolicy, got {type(policy).__name__}")
-    token = _POLICY.set(policy)
+    _POLICIES.append(policy)
     try:
         yield policy
     finally:
-        _POLICY.reset(token)
+        _POLICIES.pop()
