@@ -8,7 +8,7 @@ from torch import nn
 
 from basisnet.cli import main
 from basisnet.evaluate import count_madds, exit_madds
-from basisnet.layers import BasisConv2d, BasisLinear
+from basisnet.layers import BasisConv2d, BasisLinear, MixingCoefficients
 from basisnet.models import create_model
 
 
@@ -22,7 +22,7 @@ class Wrap(nn.Module):
     def forward(self, x):
         if isinstance(self.layer, (nn.Linear, BasisLinear)):
             x = x.flatten(1)[:, : self.layer.in_features]
-        return self.layer(x) if self.coeffs is None else self.layer(x, self.coeffs)
+        return self.layer(x) if self.coeffs is None else self.layer(x, MixingCoefficients.of_layer(self.coeffs))
 
 
 @pytest.mark.parametrize("k, stride, groups", [(1, 1, 1), (3, 2, 1), (5, 1, 8), (3, 1, 2)])
@@ -44,7 +44,7 @@ def test_conv_madds_closed_form(k, stride, groups):
             self.stem, self.basis = stem, basis
 
         def forward(self, x):
-            return self.basis(self.stem(x), torch.full((1, n), 1 / n))
+            return self.basis(self.stem(x), MixingCoefficients.of_layer(torch.full((1, n), 1 / n)))
 
     report = count_madds(Net())
     synthesis = n * cout * (cin // groups) * k * k

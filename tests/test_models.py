@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from basisnet.layers import BasisConv2d, BasisLinear
+from basisnet.layers import BasisConv2d, BasisLinear, MixingCoefficients
 from basisnet.models import BasisNet, MobileNet, create_model, list_models
 from basisnet.models.calibration import measure_batchnorm
 
@@ -114,8 +114,8 @@ def test_condconv_routing_blocks_route_themselves():
         block, h, r = routed[0], inputs[0], weights[0]
         rows = sum(m.num_basis_layers for m in (block.expand, block.depthwise, block.project) if m is not None)
         router, block.router = block.router, None
-        own = block(h, r[:, None].expand(-1, rows, -1))
-        shared = block(h, r[:1, None].expand(2, rows, -1))  # image 0's kernel for both images
+        own = block(h, MixingCoefficients(r[:, None].expand(-1, rows, -1)))
+        shared = block(h, MixingCoefficients(r[:1, None].expand(2, rows, -1)))  # image 0's kernel for both images
         block.router = router
         torch.testing.assert_close(block(h), own)  # the router's weights are what the block mixes with
         assert (shared[1] - own[1]).abs().max() > 1e-3

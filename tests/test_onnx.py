@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from basisnet.deploy import EarlyExitPredictor  # noqa: E402
-from basisnet.deploy.onnx_export import OnnxStages, check_export_batch, export_stages  # noqa: E402
+from basisnet.deploy.onnx_export import ExportPaths, OnnxStages, check_export_batch, export_stages  # noqa: E402
 
 from helpers import decisive, exit_confidences, spread_logits, threshold_between, tiny_model as _model  # noqa: E402
 
@@ -77,6 +77,21 @@ def test_basisnet_fixed_batch_forms_equal_pytorch(batch, basisnet_at_batch1, tmp
     for ours, theirs in zip(runtime.exits(x.numpy()), expected):
         assert ours.shape == theirs.shape
         assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
+
+
+def test_export_forms_are_a_policy_by_layer_kind():
+    """A fixed batch: 1x1 convs and linear layers a batched MatMul, other convs one grouped Conv (depthwise:
+    autograd's own conv, no custom Function in the graph); any batch: the forms that keep the batch dynamic."""
+    from basisnet.layers import BasisConv2d, BasisLinear
+
+    layers = {"pointwise": BasisConv2d(4, 8, 1, 2), "depthwise": BasisConv2d(4, 4, 3, 2, padding=1, groups=4),
+              "dense": BasisConv2d(4, 8, 3, 2, padding=1), "linear": BasisLinear(4, 3, 2)}
+    x = torch.randn(8, 4, 5, 5)
+    fixed = {kind: ExportPaths(8).path(layer, x) for kind, layer in layers.items()}
+    assert fixed == {"pointwise": "matmul", "depthwise": "grouped_aten", "dense": "grouped", "linear": "matmul"}
+    dynamic = {kind: ExportPaths(None).path(layer, x) for kind, layer in layers.items()}
+    assert dynamic == {"pointwise": "matmul", "depthwise": "mix_outputs", "dense": "mix_outputs", "linear": "matmul"}
+    assert ExportPaths(1).fuse  # batch 1: the one coefficient set is fused before any layer mixes
 
 
 def test_export_batch_must_be_a_positive_integer_or_dynamic():

@@ -1,12 +1,20 @@
 """The fused kernel synthesis (one matmul over the packed bases) gives the per-layer mixing's kernels, is
-what a network runs for a shared coefficient set at inference, and follows its bases when they change."""
+what a network runs for a shared coefficient set at inference unless its policy says not to fuse, and
+follows its bases when they change."""
 
 import pytest
 import torch
 
 from basisnet.deploy.fold import fold_basis_batchnorm
-from basisnet.layers import BASIS_LAYERS, ConvNormAct
-from basisnet.layers.synthesis import Kernels, PackedBases
+from basisnet.layers import (
+    BASIS_LAYERS,
+    ConvNormAct,
+    ExecutionPolicy,
+    MixingCoefficients,
+    SynthesizedKernels,
+    execution_policy,
+)
+from basisnet.layers.synthesis import PackedBases
 from basisnet.models import BasisNet, MobileNet
 
 from helpers import spread_logits, tiny_model as _model
@@ -30,11 +38,11 @@ def test_packed_mix_equals_each_layers_own_mix(chunk):
     packed = PackedBases(layers, chunk=chunk)
     coeffs = _coeffs(net)[0]
     kernels = packed.unpack(packed.mix(coeffs))
-    assert isinstance(kernels, Kernels) and len(kernels) == len(layers)
+    assert isinstance(kernels, SynthesizedKernels) and kernels.num_layers == len(layers)
     assert any(layer.bias is not None for layer in layers)  # biases go through the same matmul
     for i, layer in enumerate(layers):
         weight, bias = layer._mix_one(coeffs[i])
-        got = kernels.select(-2, i)
+        got = kernels.rows(i, 1).kernel()
         torch.testing.assert_close(got.weight, weight, rtol=1e-5, atol=1e-6)
         assert (got.bias is None) == (bias is None)
         if bias is not None:
@@ -48,9 +56,17 @@ def test_network_runs_the_fused_synthesis_for_a_shared_set_without_gradients():
     expected = net(x, coeffs[0])[0]  # gradients on: per-layer synthesis
     assert net._packed is None
     with torch.no_grad():
+        with execution_policy(ExecutionPolicy(fuse=False)):
+            assert isinstance(net.layer_weights(x, coeffs), MixingCoefficients)
+            unfused = net(x, coeffs)[0]
+        assert net._packed is None  # the caller said not to fuse
+        assert isinstance(net.layer_weights(x, coeffs), SynthesizedKernels)
+        assert isinstance(net.layer_weights(x, _coeffs(net, 3)), MixingCoefficients)  # a set per image
         got = net(x, coeffs)[0]  # (1, L, N): one set for the batch
     assert net._packed is not None
+    assert isinstance(net.layer_weights(x, coeffs), MixingCoefficients)  # gradients flow: never fused
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(unfused, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_fused_synthesis_follows_changed_bases():

@@ -27,9 +27,7 @@ from torch import Tensor, nn
 from ..configs import bundled_config
 from ..deploy import EarlyExitPredictor
 from ..evaluate import count_madds, exit_madds, plot_bars
-from ..layers import BASIS_LAYERS, to_channels_last, tune_paths
-from ..layers.basis import path_key
-from ..layers.path_tuning import basis_layer_inputs
+from ..layers import BASIS_LAYERS, ExecutionPolicy, ForcedPath, execution_policy, to_channels_last, tune_paths
 from ..models import BasisNet, MobileNet, create_model
 from ..models.calibration import measure_batchnorm, widen_classifiers
 from ..train import load_config
@@ -127,18 +125,6 @@ def _coeffs(specialist: MobileNet, batch: int, device: torch.device) -> Tensor:
     return torch.softmax(torch.randn(batch, specialist.num_basis_layers, n, generator=g), -1).to(device)
 
 
-def _force_paths(model: nn.Module, args: tuple[Tensor, ...], path: str | None) -> None:
-    """Every basis conv of ``model(*args)`` takes ``path`` where it applies (None: forget tuned choices)."""
-    for layer in model.modules():
-        if isinstance(layer, BASIS_LAYERS):
-            layer.tuned_paths.clear()
-    if path is None:
-        return
-    for layer, (x, _) in basis_layer_inputs(model, *args).items():
-        if path in layer.per_sample_paths():
-            layer.tuned_paths[path_key(x)] = path
-
-
 # ------------------------------------------------------------------------------------------ sections
 
 
@@ -168,14 +154,13 @@ def static_and_basis_specialist(rec: Recorder, net: BasisNet, plan: SpeedPlan) -
             if batch == 1:
                 continue
             for path in ("grouped", "loop") if batch <= 8 else ("grouped",):
-                _force_paths(specialist, (x, c), path)
-                rec.time(label_b, f"path {path}", batch, lambda: specialist(x, c), basis_madds)
-            _force_paths(specialist, (x, c), None)
+                with execution_policy(ForcedPath(path)):
+                    rec.time(label_b, f"path {path}", batch, lambda: specialist(x, c), basis_madds)
             rec.time(label_b, "default paths", batch, lambda: specialist(x, c), basis_madds)
-            tune_paths(specialist, x, c, repeats=3)
-            rec.time(label_b, "tuned paths", batch, lambda: specialist(x, c), basis_madds, memory=True)
-            if basis_fast is not None:
-                rec.time(label_b, "compiled (tuned)", batch, lambda: basis_fast(x, c), basis_madds)
+            with execution_policy(tune_paths(specialist, x, c, repeats=3)):
+                rec.time(label_b, "tuned paths", batch, lambda: specialist(x, c), basis_madds, memory=True)
+                if basis_fast is not None:
+                    rec.time(label_b, "compiled (tuned)", batch, lambda: basis_fast(x, c), basis_madds)
             mixers = [m for m in specialist.modules() if isinstance(m, BASIS_LAYERS)]
             rows = [c[:, i] for i in range(len(mixers))]
             rec.time(label_b, "kernel synthesis only", batch,
@@ -209,9 +194,9 @@ def forward_batches(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan
     for batch in plan.batches:
         x = _images(batch, model.resolution, rec.device)
         with torch.inference_mode():
-            if isinstance(model, BasisNet) and batch > 1:
-                tune_paths(model, x, repeats=3)
-            rec.time(label, "channels_last", batch, lambda: model(x), madds)
+            tuned = tune_paths(model, x, repeats=3) if isinstance(model, BasisNet) and batch > 1 else ExecutionPolicy()
+            with execution_policy(tuned):
+                rec.time(label, "channels_last", batch, lambda: model(x), madds)
 
 
 def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> None:
@@ -220,8 +205,8 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
     x = _images(batch, model.resolution, rec.device)
     costs = exit_madds(model)
     with torch.inference_mode():
-        if isinstance(model, BasisNet):
-            tune_paths(model, x, repeats=3)
+        tuned = tune_paths(model, x, repeats=3) if isinstance(model, BasisNet) else ExecutionPolicy()
+    with torch.inference_mode(), execution_policy(tuned):
         first = model.step(model.start(x), 0)[0].softmax(-1).max(-1).values
         predictors = [EarlyExitPredictor(model, float(torch.quantile(first.float().cpu(), 1 - share)), exit_costs=costs)
                       for share in plan.exit_shares]
@@ -254,10 +239,9 @@ def training_steps(rec: Recorder, models: Sequence[tuple[str, nn.Module, float]]
         labels = torch.arange(batch, device=rec.device) % model.num_classes
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        if any(isinstance(m, BASIS_LAYERS) for m in model.modules()):
-            tune_paths(model, x, repeats=2)
-
-        rec.time(label, "train step", batch, train_step(model, x, labels, optimizer), 3 * madds, memory=True)
+        basis = any(isinstance(m, BASIS_LAYERS) for m in model.modules())
+        with execution_policy(tune_paths(model, x, repeats=2) if basis else ExecutionPolicy()):
+            rec.time(label, "train step", batch, train_step(model, x, labels, optimizer), 3 * madds, memory=True)
         model.eval()
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..layers import BASIS_LAYERS, BasisConv2d
+from ..layers import BasisConv2d, BasisLinear, ExecutionPolicy, execution_policy
 from ..models import BasisNet
 from ..models.protocol import MultiExitClassifier, State
 from .fold import fold_basis_batchnorm
@@ -104,29 +104,24 @@ def check_export_batch(batch: int | str) -> int | None:
     return value
 
 
-def export_path(layer: nn.Module, batch: int | None) -> str | None:
-    """A basis layer's exported form at a fixed ``batch`` (None: dynamic); None at batch 1 means the
-    network's fused synthesis (one coefficient set per graph run)."""
+def export_path(layer: BasisConv2d | BasisLinear, batch: int | None) -> str:
+    """A basis layer's exported per-sample form in a graph serving ``batch`` (None: any batch). At batch 1
+    no layer is asked: the network's one coefficient set per graph run is fused before any layer mixes."""
     if batch is None:
         return layer.dynamic_batch_path()
-    if batch == 1:
-        return None
-    if isinstance(layer, BasisConv2d) and not layer._is_pointwise():
-        return "grouped_aten" if layer._is_depthwise() else "grouped"  # a plain grouped Conv in the graph
-    return "matmul"
+    if layer.is_pointwise:
+        return "matmul"
+    return "grouped_aten" if layer.is_depthwise else "grouped"  # a plain grouped Conv in the graph
 
 
-@contextmanager
-def export_paths(model: nn.Module, batch: int | None) -> Iterator[None]:
-    """Every basis layer on its exported form for ``batch`` while the block runs."""
-    layers = [m for m in model.modules() if isinstance(m, BASIS_LAYERS)]
-    for layer in layers:
-        layer.export_path = export_path(layer, batch)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.export_path = None
+@dataclass(frozen=True)
+class ExportPaths(ExecutionPolicy):
+    """The execution policy a graph for ``batch`` is traced under: every basis layer on its exported form."""
+
+    batch: int | None
+
+    def path(self, layer: BasisConv2d | BasisLinear, x: Tensor) -> str:
+        return export_path(layer, self.batch)
 
 
 @dataclass
@@ -173,7 +168,7 @@ def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | 
     param = next(model.parameters())
     x = torch.randn(fixed or 2, 3, model.resolution, model.resolution, device=param.device, dtype=param.dtype)
     stages: list[StageGraph] = []
-    with torch.no_grad(), export_paths(model, fixed):
+    with torch.no_grad(), execution_policy(ExportPaths(fixed)):
         inputs: list[Tensor] = [x]
         skeleton: Any = None
         for k in range(model.num_exits):

@@ -1,7 +1,10 @@
 """Basis layers: a conv / linear layer whose weight is a per-input mix of N basis kernels.
 
 ``W(x) = sum_n alpha_n(x) * W_n``. The coefficients ``alpha`` come from outside (BasisNet's
-lightweight model) or from a router (CondConv). Execution paths, all giving the same result:
+lightweight model) or from a router (CondConv). A layer is given ``LayerWeights`` of one row
+(``basisnet.layers.weights``): ``MixingCoefficients`` it mixes itself, or ``SynthesizedKernels`` a
+network mixed for all its layers at once, which the layer runs as one plain conv / linear. Execution
+paths for coefficients, all giving the same result:
 
 - ``synthesized``: mix once, run one plain conv. For batch 1 and for coefficients shared by a batch.
 - ``matmul``: per-sample kernels, one batched matmul (dense 1x1 convs and linear layers), in the
@@ -13,14 +16,15 @@ lightweight model) or from a router (CondConv). Execution paths, all giving the 
   backward instead of the layer's (faster for 3x3 kernels on large maps, much slower for 5x5).
 - ``mix_outputs``: every basis kernel applied, then the outputs mixed per sample (N times the
   conv's multiply-adds). Never the fastest; the one formulation whose graph keeps the batch
-  dynamic (ONNX freezes a grouped conv's group count), so exports use it (``export_path``).
+  dynamic (ONNX freezes a grouped conv's group count), so dynamic-batch exports use it.
 - ``loop``: one conv per sample. The reference the tests compare against; at small batches it can
   also be the fastest, which ``tune_paths`` finds out by timing.
 
-``batched`` (the default for per-sample coefficients) is the layer's per-sample path: the one
-``basisnet.layers.tune_paths`` measured fastest for this batch and layout, else ``matmul`` for dense
-1x1 convs and ``grouped`` for the rest. The forward has no host sync: finiteness of coefficients is
-checked once per network forward, where they enter (``check_finite_coefficients``).
+``batched`` (the default for per-sample coefficients) is the path the coefficients' ``ExecutionPolicy``
+chooses (``basisnet.layers.execution``): by default ``matmul`` for dense 1x1 convs and ``grouped`` for
+the rest, or what ``tune_paths`` measured fastest, or an exporter's form. The layer keeps no choice of
+its own. The forward has no host sync: finiteness of coefficients is checked once per network forward,
+where they enter (``check_finite_coefficients``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .synthesis import Kernel
+from .execution import ExecutionPolicy, channels_last
+from .weights import LayerWeights, MixingCoefficients, SynthesizedKernels
 
 PATHS = ("batched", "synthesized", "matmul", "grouped", "grouped_aten", "mix_outputs", "loop")
 # Paths whose forward is another path's: only worth timing where gradients flow.
@@ -54,12 +59,6 @@ def check_finite_coefficients(coeffs: Tensor, where: str) -> None:
         raise NonFiniteCoefficientsError(f"{where}: coefficients contain NaN or Inf")
 
 
-def path_key(x: Tensor) -> tuple[int, bool, bool]:
-    """What a layer's fastest per-sample path depends on: batch, channels_last input, autograd."""
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return x.shape[0], channels_last, torch.is_grad_enabled()
-
-
 class BasisMixer(nn.Module):
     """``coeffs @ bases`` as one matmul, in its own module so multiply-add counters report kernel
     synthesis as a line of its own (``<layer>.mixer``)."""
@@ -80,22 +79,24 @@ class _BasisLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: num_bases must be >= 1, got {num_bases}")
         self.num_bases = num_bases
         self.mixer = BasisMixer()
-        # Set by the model builder to the module's qualified name so errors say which layer.
+        # Set by the model builder to the module's qualified name so errors (and policies) say which layer.
         self.layer_name = type(self).__name__
-        # Filled by ``tune_paths``: path_key(x) -> the per-sample path measured fastest there.
-        self.tuned_paths: dict[tuple[int, bool, bool], str] = {}
-        # Set by exporters: the per-sample path at every batch size (a graph must not depend on it).
-        self.export_path: str | None = None
 
     def per_sample_paths(self) -> tuple[str, ...]:
         """The per-sample paths this layer can run, the default first."""
         return ("matmul", "loop")
 
+    def _one_row(self, weights: LayerWeights) -> None:
+        if not isinstance(weights, (MixingCoefficients, SynthesizedKernels)):
+            raise TypeError(f"{self.layer_name}: weights must be MixingCoefficients or SynthesizedKernels, got "
+                            f"{type(weights).__name__} (one layer's coefficients: MixingCoefficients.of_layer(coeffs))")
+        if weights.num_layers != 1:
+            raise ValueError(f"{self.layer_name}: given the weights of {weights.num_layers} layers; a basis layer "
+                             "takes one row")
+
     def _check_coeffs(self, coeffs: Tensor, batch: int) -> Tensor:
         """Shape checks only (no host sync: values are checked where coefficients enter the network)."""
         n = self.num_bases
-        if not isinstance(coeffs, Tensor):
-            raise ValueError(f"{self.layer_name}: coefficients must be a Tensor of shape ({batch}, {n}) or ({n},)")
         ok = (coeffs.dim() == 1 and coeffs.shape[0] == n) or (
             coeffs.dim() == 2 and coeffs.shape[1] == n and coeffs.shape[0] in (1, batch)
         )
@@ -106,7 +107,7 @@ class _BasisLayer(nn.Module):
             )
         return coeffs.to(self.weight.dtype)
 
-    def _choose_path(self, coeffs: Tensor, x: Tensor, path: str | None) -> str:
+    def _choose_path(self, coeffs: Tensor, x: Tensor, path: str | None, policy: ExecutionPolicy) -> str:
         batch = x.shape[0]
         shared = coeffs.dim() == 1 or coeffs.shape[0] == 1
         if path is None:
@@ -118,7 +119,7 @@ class _BasisLayer(nn.Module):
         if path == "synthesized" and not shared and batch > 1:
             raise ValueError(f"{self.layer_name}: the synthesized path needs one coefficient vector for the batch")
         if path == "batched":
-            return self.export_path or self.tuned_paths.get(path_key(x), self.per_sample_paths()[0])
+            path = policy.path(self, x)
         if path != "synthesized" and path not in (*self.per_sample_paths(), self.dynamic_batch_path()):
             raise ValueError(f"{self.layer_name}: path {path!r} does not apply; choose one of "
                              f"{('synthesized', *self.per_sample_paths())}")
@@ -202,7 +203,9 @@ class BasisConv2d(_BasisLayer):
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def _is_pointwise(self) -> bool:
+    @property
+    def is_pointwise(self) -> bool:
+        """A dense 1x1 conv at stride 1 without padding: a matmul over channels."""
         return (
             self.kernel_size == (1, 1)
             and self.stride == (1, 1)
@@ -210,24 +213,27 @@ class BasisConv2d(_BasisLayer):
             and self.groups == 1
         )
 
-    def _is_depthwise(self) -> bool:
+    @property
+    def is_depthwise(self) -> bool:
+        """One group per channel, as many out as in."""
         return self.groups == self.in_channels == self.out_channels
 
     def dynamic_batch_path(self) -> str:
-        return "matmul" if self._is_pointwise() else "mix_outputs"
+        return "matmul" if self.is_pointwise else "mix_outputs"
 
     def per_sample_paths(self) -> tuple[str, ...]:
-        if self._is_pointwise():
+        if self.is_pointwise:
             return ("matmul", "grouped", "loop")
-        return ("grouped", "grouped_aten", "loop") if self._is_depthwise() else ("grouped", "loop")
+        return ("grouped", "grouped_aten", "loop") if self.is_depthwise else ("grouped", "loop")
 
-    def forward(self, x: Tensor, coeffs: Tensor | Kernel, path: str | None = None) -> Tensor:
-        """``coeffs``: (B, N) per sample, (N,) shared, or the ``Kernel`` a fused synthesis made for it."""
-        if isinstance(coeffs, Kernel):
-            return self._conv(x, coeffs.weight, coeffs.bias, self.groups)
+    def forward(self, x: Tensor, weights: LayerWeights, path: str | None = None) -> Tensor:
+        """``weights``: this layer's row; ``path`` overrides the policy's choice for coefficients."""
+        self._one_row(weights)
+        if isinstance(weights, SynthesizedKernels):
+            return self._conv(x, *weights.kernel(), self.groups)
         batch = x.shape[0]
-        coeffs = self._check_coeffs(coeffs, batch)
-        path = self._choose_path(coeffs, x, path)
+        coeffs = self._check_coeffs(weights.layer_coeffs(), batch)
+        path = self._choose_path(coeffs, x, path, weights.policy)
         if path == "synthesized":
             return self._conv(x, *self._mix_one(coeffs), self.groups)
         coeffs = coeffs.reshape(-1, self.num_bases).expand(batch, -1)
@@ -243,7 +249,7 @@ class BasisConv2d(_BasisLayer):
         """Dense 1x1 as (B, out, in) x (B, in, H*W), or transposed for channels_last: no layout change."""
         batch, _, h, w = x.shape
         weight = weight.view(batch, self.out_channels, self.in_channels)
-        if path_key(x)[1]:
+        if channels_last(x):
             out = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, h * w, self.in_channels), weight.transpose(1, 2))
             return out.view(batch, h, w, self.out_channels).permute(0, 3, 1, 2)
         return torch.bmm(weight, x.flatten(2)).view(batch, self.out_channels, h, w)
@@ -267,7 +273,7 @@ class BasisConv2d(_BasisLayer):
         conv: with its own backward unless ``own_backward`` is off)."""
         batch = x.shape[0]
         weight = weight.reshape(-1, *weight.shape[2:])
-        if own_backward and self._is_depthwise():
+        if own_backward and self.is_depthwise:
             return _FoldedDepthwise.apply(x, weight, self.stride, self.padding, self.dilation)
         out = self._conv(_fold(x), weight, None, self.groups * batch)
         return _unfold(out, batch, like=x)
@@ -286,7 +292,7 @@ def _fold(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (1, B*C, H, W); a channels_last input is folded as (H, W, B*C) so the conv that
     follows keeps its fast channels_last kernel (NCHW: a free view)."""
     batch, channels, h, w = x.shape
-    if path_key(x)[1]:
+    if channels_last(x):
         return x.permute(2, 3, 0, 1).reshape(1, h, w, batch * channels).permute(0, 3, 1, 2)
     return x.reshape(1, batch * channels, h, w)
 
@@ -294,7 +300,7 @@ def _fold(x: Tensor) -> Tensor:
 def _unfold(out: Tensor, batch: int, like: Tensor) -> Tensor:
     """(1, B*C, H, W) -> (B, C, H, W) in the memory layout of ``like``."""
     channels, (h, w) = out.shape[1] // batch, out.shape[2:]
-    if path_key(like)[1]:
+    if channels_last(like):
         out = out.permute(0, 2, 3, 1).reshape(h, w, batch, channels)
         return out.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)
     return out.reshape(batch, channels, h, w)
@@ -335,7 +341,7 @@ class _FoldedDepthwise(torch.autograd.Function):
 
 
 def _layout(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if path_key(x)[1] else torch.contiguous_format
+    return torch.channels_last if channels_last(x) else torch.contiguous_format
 
 
 class BasisLinear(_BasisLayer):
@@ -351,14 +357,20 @@ class BasisLinear(_BasisLayer):
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, num_bases={self.num_bases}, bias={self.bias is not None}"
 
-    def forward(self, x: Tensor, coeffs: Tensor | Kernel, path: str | None = None) -> Tensor:
+    # A linear layer is a dense 1x1 conv on a 1x1 map.
+    is_pointwise = True
+    is_depthwise = False
+
+    def forward(self, x: Tensor, weights: LayerWeights, path: str | None = None) -> Tensor:
+        """``weights``: this layer's row; ``path`` overrides the policy's choice for coefficients."""
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.layer_name}: expected input (batch, {self.in_features}), got {tuple(x.shape)}")
-        if isinstance(coeffs, Kernel):
-            return F.linear(x, coeffs.weight, coeffs.bias)
+        self._one_row(weights)
+        if isinstance(weights, SynthesizedKernels):
+            return F.linear(x, *weights.kernel())
         batch = x.shape[0]
-        coeffs = self._check_coeffs(coeffs, batch)
-        path = self._choose_path(coeffs, x, path)
+        coeffs = self._check_coeffs(weights.layer_coeffs(), batch)
+        path = self._choose_path(coeffs, x, path, weights.policy)
         if path == "synthesized":
             return F.linear(x, *self._mix_one(coeffs))
         coeffs = coeffs.reshape(-1, self.num_bases).expand(batch, -1)

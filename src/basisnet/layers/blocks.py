@@ -2,8 +2,9 @@
 
 One implementation per block: a ``num_bases`` argument turns chosen convs into basis convs, so static,
 BasisNet and CondConv networks are the same code. Blocks that hold basis layers take their
-coefficients as ``coeffs`` of shape (B, L, N) or (L, N) -- one row per basis layer of the block, in
-order -- unless they route themselves (CondConv), in which case they compute them from their input.
+``LayerWeights`` (``basisnet.layers.weights``) -- one row per basis layer of the block, in order -- and
+hand each layer its row, unless they route themselves (CondConv): then they compute coefficients from
+their input and are called without weights, as blocks without basis layers are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .basis import BasisConv2d, BasisLinear
+from .weights import LayerWeights, MixingCoefficients
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "R6": nn.ReLU6, "HS": nn.Hardswish}
 
@@ -47,17 +49,6 @@ def activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name](inplace=True)
 
 
-def coeff_rows(coeffs: Tensor | None, start: int, count: int) -> Tensor | None:
-    """Rows ``start:start+count`` of a (B, L, N) or (L, N) coefficient tensor (None passes through)."""
-    if coeffs is None or count == 0:
-        return None
-    return coeffs.narrow(-2, start, count)
-
-
-def coeff_row(coeffs: Tensor, index: int) -> Tensor:
-    return coeffs.select(-2, index)
-
-
 class ConvNormAct(nn.Sequential):
     """Conv (static or basis, no bias) -> BatchNorm -> activation. BatchNorm is shared by all bases."""
 
@@ -84,9 +75,9 @@ class ConvNormAct(nn.Sequential):
     def num_basis_layers(self) -> int:
         return int(isinstance(self[0], BasisConv2d))
 
-    def forward(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, weights: LayerWeights | None = None) -> Tensor:  # type: ignore[override]
         conv, norm, act = self
-        x = conv(x, coeff_row(coeffs, 0)) if isinstance(conv, BasisConv2d) else conv(x)
+        x = conv(x, weights) if isinstance(conv, BasisConv2d) else conv(x)
         return act(norm(x))
 
 
@@ -183,16 +174,19 @@ class InvertedResidual(nn.Module):
         """Coefficient rows this block consumes from outside (0 when it routes itself)."""
         return 0 if self.router is not None else self._own_basis_layers()
 
-    def forward(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, weights: LayerWeights | None = None) -> Tensor:
         if self.router is not None:
-            coeffs = self.router(x).unsqueeze(1).expand(-1, self._own_basis_layers(), -1)
+            weights = MixingCoefficients(self.router(x).unsqueeze(1).expand(-1, self._own_basis_layers(), -1))
+        elif weights is None and self.num_basis_layers:
+            raise ValueError(f"this block has {self.num_basis_layers} basis layers: it needs their weights")
         out, row = x, 0
         for name in BLOCK_PARTS:
             conv = getattr(self, name)
             if conv is None:
                 continue
-            out = conv(out, coeff_rows(coeffs, row, conv.num_basis_layers))
-            row += conv.num_basis_layers
+            n = conv.num_basis_layers
+            out = conv(out, weights.rows(row, n)) if n else conv(out)
+            row += n
             if name == "depthwise" and self.se is not None:
                 out = self.se(out)
         return x + out if self.use_residual else out
@@ -210,6 +204,6 @@ class LinearAct(nn.Module):
     def num_basis_layers(self) -> int:
         return int(isinstance(self.fc, BasisLinear))
 
-    def forward(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:
-        x = self.fc(x, coeff_row(coeffs, 0)) if isinstance(self.fc, BasisLinear) else self.fc(x)
+    def forward(self, x: Tensor, weights: LayerWeights | None = None) -> Tensor:
+        x = self.fc(x, weights) if isinstance(self.fc, BasisLinear) else self.fc(x)
         return self.act(x)

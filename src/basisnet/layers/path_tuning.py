@@ -3,7 +3,8 @@
 Which path is fastest depends on the layer (dense 1x1 or depthwise, channels, map size), the batch,
 the memory layout and the machine; a fixed rule guesses wrong somewhere. ``tune_paths`` runs the
 model once to capture every basis layer's input, times each path the layer supports on it, and
-records the winner in the layer (``tuned_paths``), which its ``batched`` path then uses.
+returns the timings as a ``TunedPaths`` policy: the caller runs the model under it
+(``with execution_policy(tuned): ...``); the layers keep nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .basis import BASIS_LAYERS, BACKWARD_VARIANTS, path_key
+from .basis import BASIS_LAYERS, BACKWARD_VARIANTS
+from .execution import PathKey, TunedPaths, path_key
+from .weights import MixingCoefficients
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -28,15 +31,15 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return times[len(times) // 2] * 1e3
 
 
-def basis_layer_inputs(model: nn.Module, *args, **kwargs) -> dict[nn.Module, tuple[Tensor, Tensor]]:
+def basis_layer_inputs(model: nn.Module, *args, **kwargs) -> dict[nn.Module, tuple[Tensor, MixingCoefficients]]:
     """Each basis layer's (input, coefficients) at its first call with per-sample coefficients in
-    ``model(*args, **kwargs)`` (layers given shared coefficients synthesize: nothing to choose)."""
-    captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    ``model(*args, **kwargs)`` (layers given shared coefficients or kernels synthesize: nothing to choose)."""
+    captured: dict[nn.Module, tuple[Tensor, MixingCoefficients]] = {}
 
     def capture(module: nn.Module, inputs: tuple) -> None:
-        x, coeffs = inputs[0], inputs[1]
-        if coeffs.dim() == 2 and coeffs.shape[0] > 1:
-            captured.setdefault(module, (x.detach(), coeffs.detach()))
+        x, weights = inputs[0], inputs[1]
+        if isinstance(weights, MixingCoefficients) and not weights.shared:
+            captured.setdefault(module, (x.detach(), weights))
 
     hooks = [m.register_forward_pre_hook(capture) for m in model.modules() if isinstance(m, BASIS_LAYERS)]
     try:
@@ -48,19 +51,21 @@ def basis_layer_inputs(model: nn.Module, *args, **kwargs) -> dict[nn.Module, tup
     return captured
 
 
-def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str, dict[str, float]]:
+def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> TunedPaths:
     """Time every per-sample path of every basis layer on the inputs of ``model(*args, **kwargs)``.
 
-    Returns ``{layer name: {path: ms}}`` for the layers that ran with per-sample coefficients; each
-    such layer keeps its fastest path for this batch, layout and grad mode. Timing follows the
-    current grad mode: call it under ``no_grad``/``inference_mode`` for inference, plainly for training.
+    Returns the policy that runs each layer that saw per-sample coefficients on its fastest path for
+    this batch, layout and grad mode (``timings``: ``{(layer name, path key): {path: ms}}``). Timing
+    follows the current grad mode: call it under ``no_grad``/``inference_mode`` for inference, plainly
+    for training.
     """
     captured = basis_layer_inputs(model, *args, **kwargs)
-    report: dict[str, dict[str, float]] = {}
+    measured: dict[tuple[str, PathKey], dict[str, float]] = {}
     grad = torch.is_grad_enabled()
-    for layer, (x, coeffs) in captured.items():
+    for layer, (x, weights) in captured.items():
         # In training the inputs carry gradients too: a path's backward to them is part of its cost.
-        x, coeffs = x.requires_grad_(grad), coeffs.requires_grad_(grad)
+        x = x.requires_grad_(grad)
+        weights = MixingCoefficients(weights.coeffs.detach().requires_grad_(grad), weights.policy)
         timings = {}
         # In training the loop path is no candidate: each sample's slice sends a full-batch zero
         # gradient back, which costs O(batch^2) across the network, more than a lone layer shows.
@@ -68,12 +73,11 @@ def tune_paths(model: nn.Module, *args, repeats: int = 5, **kwargs) -> dict[str,
         skip = {"loop"} if grad else set(BACKWARD_VARIANTS)
         for path in [p for p in layer.per_sample_paths() if p not in skip]:
             def run(path: str = path) -> None:
-                out = layer(x, coeffs, path=path)
+                out = layer(x, weights, path=path)
                 if grad:
                     out.sum().backward()
             timings[path] = _median_ms(run, repeats)
-        layer.tuned_paths[path_key(x)] = min(timings, key=timings.__getitem__)
-        report[layer.layer_name] = timings
+        measured[(layer.layer_name, path_key(x))] = timings
     if torch.is_grad_enabled():
         model.zero_grad(set_to_none=True)
-    return report
+    return TunedPaths(measured)

@@ -7,43 +7,20 @@ layer: shape (K, N, C). A coefficient set (L, N) becomes one row per chunk by a 
 ``bmm((K, 1, N), (K, N, C))`` writes every layer's kernel, read back as views. The bases are read once,
 which is the floor of any synthesis. The same arithmetic is what the exported batch-1 graph runs.
 
-``Kernels`` is what a network passes down where coefficients would go once they are mixed: it slices
-along the layer axis like a coefficient tensor, and a basis layer given its ``Kernel`` runs one plain
-conv / linear.
+The result is ``SynthesizedKernels`` (``basisnet.layers.weights``): what a network passes its layers
+instead of coefficients once they are mixed; a basis layer given its kernel runs one plain conv / linear.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Kernel", "Kernels", "PackedBases", "PackedMixer"]
+from .weights import Kernel, SynthesizedKernels
 
-
-class Kernel(NamedTuple):
-    """One layer's synthesized weight and bias."""
-
-    weight: Tensor
-    bias: Tensor | None
-
-
-class Kernels:
-    """Synthesized kernels of consecutive basis layers, indexed like the layer axis (-2) of coefficients."""
-
-    def __init__(self, kernels: Sequence[Kernel]) -> None:
-        self.kernels = list(kernels)
-
-    def __len__(self) -> int:
-        return len(self.kernels)
-
-    def narrow(self, dim: int, start: int, length: int) -> Kernels:
-        return Kernels(self.kernels[start:start + length])
-
-    def select(self, dim: int, index: int) -> Kernel:
-        return self.kernels[index]
+__all__ = ["PackedBases", "PackedMixer"]
 
 
 # What one more chunk costs beside the floats it reads, in floats: a small matmul's fixed cost (about
@@ -107,7 +84,7 @@ class PackedBases:
         rows = coeffs.to(self.packed.dtype)[self.chunk_layer]  # (K, N)
         return torch.bmm(rows.unsqueeze(1), self.packed).reshape(-1)
 
-    def unpack(self, flat: Tensor) -> Kernels:
+    def unpack(self, flat: Tensor) -> SynthesizedKernels:
         """Per-layer views of ``mix``'s output (one split: a single node in an exported graph)."""
         pieces = iter(flat.split(self.pieces))
         kernels = []
@@ -115,12 +92,12 @@ class PackedBases:
             tensors = [next(pieces).view(shape) for shape in shapes]
             next(pieces)  # padding
             kernels.append(Kernel(tensors[0], tensors[1] if len(tensors) > 1 else None))
-        return Kernels(kernels)
+        return SynthesizedKernels(tuple(kernels))
 
 
 class PackedMixer(nn.Module):
     """The fused synthesis as a module of its own (no parameters), so multiply-add counters report it
     as kernel synthesis (``<network>.mixer``), like the per-layer ``BasisMixer``."""
 
-    def forward(self, packed: PackedBases, coeffs: Tensor) -> Kernels:
+    def forward(self, packed: PackedBases, coeffs: Tensor) -> SynthesizedKernels:
         return packed.unpack(packed.mix(coeffs))

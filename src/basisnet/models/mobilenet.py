@@ -4,7 +4,9 @@ The tables follow the papers (and torchvision's ``mobilenetv3.py``). A network i
 multi-exit classifier: ``forward`` returns ``[logits]``. With ``num_bases > 0`` the chosen convs are
 basis layers and ``forward(x, coeffs)`` takes coefficients of shape (B, L, N) or (L, N), one row per
 basis layer in network order (``num_basis_layers`` = L); with ``routing=True`` each block computes
-its own (CondConv) and no coefficients are passed.
+its own (CondConv) and no coefficients are passed. Where the coefficients enter, the network turns them
+into its layers' ``LayerWeights`` once (``layer_weights``): the kernels synthesized at once where the
+caller's ``ExecutionPolicy`` fuses, else the coefficients, which each layer mixes on the policy's path.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from ..layers import (
     ConvNormAct,
     InvertedResidual,
     LinearAct,
+    LayerWeights,
+    MixingCoefficients,
     check_finite_coefficients,
     make_divisible,
 )
-from ..layers.blocks import coeff_rows
-from ..layers.synthesis import Kernels, PackedBases, PackedMixer
+from ..layers.synthesis import PackedBases, PackedMixer
 from .protocol import State, exits_to_run
 from .registry import register_model
 
@@ -213,8 +216,8 @@ class MobileNet(nn.Module):
         # as a conv layer).
         self.num_basis_layers = sum(m.num_basis_layers for m in self._coeff_users())
         self._basis_layers = tuple(m for m in self.modules() if isinstance(m, BASIS_LAYERS))
-        # One fused synthesis for a shared coefficient set at inference (a packed copy of the bases,
-        # rebuilt when they change); per-layer mixing where gradients flow or coefficients differ per image.
+        # One fused synthesis for a shared coefficient set where the policy fuses (a packed copy of the
+        # bases, rebuilt when they change); per-layer mixing where gradients flow or coefficients differ per image.
         self.mixer = PackedMixer() if self.num_basis_layers else None
         self._packed: PackedBases | None = None
 
@@ -250,35 +253,39 @@ class MobileNet(nn.Module):
             self._packed = PackedBases(self._basis_layers)
         return self._packed
 
-    def kernels(self, x: Tensor, coeffs: Tensor | Kernels | None) -> Tensor | Kernels | None:
-        """Checked coefficients, or the synthesized ``Kernels`` where the fused synthesis applies: one
-        coefficient set for the whole batch, no gradient wanted."""
-        if isinstance(coeffs, Kernels):
-            return coeffs
+    def layer_weights(self, x: Tensor, coeffs: Tensor | None) -> LayerWeights | None:
+        """The checked coefficients as the layers' weights: the kernels of every layer synthesized at once
+        where the caller's policy fuses (one coefficient set for the batch, autograd off), else the
+        coefficients for each layer to mix; None for a network without external coefficients."""
         self._check_coeffs(x, coeffs)
-        if coeffs is None or torch.is_grad_enabled() or (coeffs.dim() == 3 and coeffs.shape[0] != 1):
-            return coeffs
-        return self.mixer(self.packed_bases(), coeffs.reshape(coeffs.shape[-2:]))
+        if coeffs is None:
+            return None
+        weights = MixingCoefficients(coeffs)
+        if weights.policy.fuses(weights.shared):
+            return self.mixer(self.packed_bases(), coeffs.reshape(coeffs.shape[-2:]))
+        return weights
 
-    def forward_features(self, x: Tensor, coeffs: Tensor | Kernels | None = None) -> Tensor:
+    def forward_features(self, x: Tensor, coeffs: Tensor | None = None) -> Tensor:
         """Pooled features before the classifier head."""
-        return self._features(x, self.kernels(x, coeffs))
+        return self._features(x, self.layer_weights(x, coeffs))
 
-    def _features(self, x: Tensor, coeffs: Tensor | Kernels | None) -> Tensor:
+    def _features(self, x: Tensor, weights: LayerWeights | None) -> Tensor:
         row = 0
         for module in [self.stem, *self.blocks, self.last_conv]:
             n = module.num_basis_layers
-            x = module(x, coeff_rows(coeffs, row, n))
+            x = module(x, weights.rows(row, n)) if n else module(x)
             row += n
         return x.mean((2, 3))
 
-    def forward_head(self, features: Tensor, coeffs: Tensor | Kernels | None = None) -> Tensor:
+    def _head(self, features: Tensor, weights: LayerWeights | None) -> Tensor:
+        """The classifier head on pooled features (``weights``: the whole network's; it takes its rows)."""
         x, row = features, self.num_basis_layers - sum(m.num_basis_layers for m in self.head)
         for i, layer in enumerate(self.head):
             if i == len(self.head) - 1:
                 x = self.dropout(x)
-            x = layer(x, coeff_rows(coeffs, row, layer.num_basis_layers))
-            row += layer.num_basis_layers
+            n = layer.num_basis_layers
+            x = layer(x, weights.rows(row, n)) if n else layer(x)
+            row += n
         return x
 
     def forward(
@@ -286,9 +293,9 @@ class MobileNet(nn.Module):
     ) -> list[Tensor]:
         """``[logits]``; with ``return_features`` also the pooled features: ``[logits, features]``."""
         exits_to_run(max_exits, 1)
-        coeffs = self.kernels(x, coeffs)  # checked once; forward_head takes them as they are
-        features = self._features(x, coeffs)
-        logits = self.forward_head(features, coeffs)
+        weights = self.layer_weights(x, coeffs)
+        features = self._features(x, weights)
+        logits = self._head(features, weights)
         return [logits, features] if return_features else [logits]
 
     def start(self, x: Tensor) -> State:
