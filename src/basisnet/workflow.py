@@ -30,8 +30,8 @@ from .layers import to_channels_last
 from .models import BasisNet, MobileNet, check_options, create_model
 from .models.pretrained import list_pretrained, load_pretrained, parse_source
 from .inputs import SPLITS, eval_transform, open_inputs, per_rank
-from .train import (ConfigError, RunConfig, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
-                    seed_everything, warm_start)
+from .train import (ConfigError, RunConfig, RunDir, TrainData, fit, load_config, load_run_model, resolve_weights,
+                    save_weights, seed_everything, warm_start)
 from .train.distributed import distributed_session
 
 
@@ -108,8 +108,8 @@ def train_run(
             if cfg.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
                 to_channels_last(model)
             model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
-        return fit(model, train_loader, val_loader, cfg, run, inputs.train_transform(), inputs.eval_transform(),
-                   teacher=teacher, resume=resume, progress=progress)
+        data = TrainData(train_loader, val_loader, inputs.train_transform(), inputs.eval_transform())
+        return fit(model, data, cfg, run, teacher=teacher, resume=resume, progress=progress)
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
