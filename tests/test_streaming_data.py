@@ -120,8 +120,8 @@ def stream_fit(tree: Path, run_dir: Path, crash_at: int = 0, resume: bool = Fals
     train = StreamLoader(StreamDataset(index.subset(np.arange(0, 18, 1)), rrc(16, "randaugment"), seed=5), 4,
                          shuffle=True, drop_last=True, seed=2, num_workers=workers)
     val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
-    return fit(ToyNet(crash_at=crash_at), TrainData(train, val, Normalize(MEAN, STD), Normalize(MEAN, STD)), cfg, run_dir,
-               resume=resume, progress=False)
+    data = TrainData(train, val, Normalize(MEAN, STD), Normalize(MEAN, STD))
+    return fit(ToyNet(crash_at=crash_at), data, cfg, run_dir, resume=resume, progress=False)
 
 
 def test_stopped_and_resumed_run_is_bitwise_equal(tree: Path, tmp_path: Path) -> None:

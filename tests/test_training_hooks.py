@@ -14,7 +14,7 @@ from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainA
 from basisnet.models import TrainingHooks, list_models, model_class
 from basisnet.train import (ConfigError, TrainConfig, TrainData, build_parts, check_train_options, fit, load_config,
                             training_hooks)
-from helpers import TINY, ToyNet, tiny_model
+from helpers import ToyNet, tiny_model
 
 EPOCHS = 4  # static_phase=0.5: BasisNet's bases are tied in epochs 0-1 and mixed from epoch 2
 

@@ -21,8 +21,8 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'basisnet[tensorboard]'"
-                              ) from err
+            raise ConfigError("train.tensorboard=true needs the tensorboard package: "
+                              "pip install 'basisnet[tensorboard]'") from err
         return SummaryWriter
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
