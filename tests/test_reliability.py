@@ -32,7 +32,7 @@ from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainA
 from basisnet.models import MobileNet, create_model
 from basisnet.models.pretrained import PRETRAINED, _module_map
 from basisnet.train import (
-    CheckpointMismatchError, ConfigError, RunConfig, RunDir, config_help, fit, load_config, load_run_model,
+    CheckpointMismatchError, ConfigError, RunConfig, RunDir, TrainData, config_help, fit, load_config, load_run_model,
     load_state, load_weights, read_weights_metadata, validate_config,
 )
 from basisnet.train.config import config_to_dict

@@ -145,8 +145,8 @@ class BasisNet(nn.Module):
             self.begin_static_phase()
 
     def begin_epoch(self, epoch: int, tc: TrainSettings, step: bool) -> None:
-        """Static phase before its last epoch, mixed bases after; the upcycling step (``step``) at the first
-        mixed epoch, its noise drawn from ``train.seed`` alone."""
+        """The static phase in its epochs, mixed bases after them; the upcycling step (``step``) at the start
+        of the first mixed epoch, its noise drawn from ``train.seed`` alone."""
         static_epochs = self.static_phase_epochs(tc)
         if not static_epochs:
             return
