@@ -284,15 +284,15 @@ def _log_writes(folder: Path) -> None:
 
 def _keep_states(folder: Path) -> None:
     """A numbered copy of every training state written (rank 0 writes them), outside the run directory."""
-    import basisnet.train.loop as loop
+    import basisnet.train.resume as resume
 
-    save_state = loop.save_state
+    save_state = resume.save_state
 
     def keeping(state: dict, path: Path) -> None:
         save_state(state, path)
         shutil.copyfile(path, folder / f"{len(list(folder.iterdir())):03d}.state.pt")
 
-    loop.save_state = keeping
+    resume.save_state = keeping
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class _Overflowing(torch.nn.Module):
 
 def test_fp16_uses_the_fused_optimizer_and_stops_when_the_scale_collapses(tmp_path: Path) -> None:
     from basisnet.data import BatchLoader, ImageTensorDataset, Normalize
-    from basisnet.train import NonFiniteLossError, build_parts, fit
+    from basisnet.train import NonFiniteLossError, TrainData, build_parts, fit
 
     cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "train.amp=fp16", "data.batch_size=4",
                              "train.log_interval=4", "train.device=cuda"])
@@ -81,8 +81,9 @@ def test_fp16_uses_the_fused_optimizer_and_stops_when_the_scale_collapses(tmp_pa
     images = torch.randint(0, 256, (4 * 80, 3, 8, 8), dtype=torch.uint8)
     data = ImageTensorDataset(images, torch.arange(len(images)) % 3, ["a", "b", "c"])
     norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    loaders = TrainData(BatchLoader(data, 4, shuffle=True, drop_last=True), BatchLoader(data, 64, shuffle=False),
+                        norm, norm)
     # the scale halves at every skipped step: 2^16 falls below the 2^-14 floor after 31 steps of 80
     with pytest.raises(NonFiniteLossError, match="fp16 scale fell"):
-        fit(_Overflowing().cuda(), BatchLoader(data, 4, shuffle=True, drop_last=True), BatchLoader(data, 64, shuffle=False),
-            cfg, tmp_path, norm, norm, progress=False)
+        fit(_Overflowing().cuda(), loaders, cfg, tmp_path, progress=False)
     assert not (tmp_path / "last.state.pt").exists()

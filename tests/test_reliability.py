@@ -32,7 +32,7 @@ from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainA
 from basisnet.models import MobileNet, create_model
 from basisnet.models.pretrained import PRETRAINED, _module_map
 from basisnet.train import (
-    CheckpointMismatchError, ConfigError, RunConfig, RunDir, config_help, fit, load_config, load_run_model,
+    CheckpointMismatchError, ConfigError, RunConfig, RunDir, TrainData, config_help, fit, load_config, load_run_model,
     load_state, load_weights, read_weights_metadata, validate_config,
 )
 from basisnet.train.config import config_to_dict
@@ -419,8 +419,8 @@ def test_nan_coefficients_inside_basisnet_stop_with_step_and_checkpoint(tmp_path
     cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.image_size=16", "data.batch_size=4",
                              "train.checkpoint_every_steps=1"])
     with pytest.raises(NonFiniteLossError, match=r"coefficients .*epoch 1, step 3 \(global step 3\)") as err:
-        fit(model, BatchLoader(data, 4, shuffle=True), BatchLoader(data, 4, shuffle=False), cfg, tmp_path,
-            TrainAugment(16, 0), EvalTransform(), progress=False)
+        fit(model, TrainData(BatchLoader(data, 4, shuffle=True), BatchLoader(data, 4, shuffle=False),
+                             TrainAugment(16, 0), EvalTransform()), cfg, tmp_path, progress=False)
     assert f"last good checkpoint: {tmp_path / 'last.safetensors'}" in str(err.value)
     assert load_state(tmp_path / "last.state.pt")["loop"]["global_step"] == 2
     saved = create_model("basisnet", num_classes=2, resolution=16, drop_strides=2, specialist="mobilenetv3_small",

@@ -25,8 +25,9 @@ from basisnet.data.decode import DECODERS, available_decoders, resolve_decoder
 from basisnet.inputs import INPUT_KINDS, open_inputs
 from basisnet.resolve import resolve_run
 from basisnet.train.distributed import DistributedInfo
-from basisnet.train import ConfigError, NonFiniteLossError, RunDir, fit, load_config, load_state, save_state
-from basisnet.train.loop import _DeviceStats, _LoopState
+from basisnet.train import ConfigError, NonFiniteLossError, RunDir, TrainData, fit, load_config, load_state, save_state
+from basisnet.train.health import DeviceStats
+from basisnet.train.resume import LoopState
 from basisnet.workflow import train_run
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
@@ -120,8 +121,8 @@ def stream_fit(tree: Path, run_dir: Path, crash_at: int = 0, resume: bool = Fals
     train = StreamLoader(StreamDataset(index.subset(np.arange(0, 18, 1)), rrc(16, "randaugment"), seed=5), 4,
                          shuffle=True, drop_last=True, seed=2, num_workers=workers)
     val = StreamLoader(StreamDataset(index, CenterCrop(16)), 8, shuffle=False)
-    return fit(ToyNet(crash_at=crash_at), train, val, cfg, run_dir, Normalize(MEAN, STD), Normalize(MEAN, STD),
-               resume=resume, progress=False)
+    data = TrainData(train, val, Normalize(MEAN, STD), Normalize(MEAN, STD))
+    return fit(ToyNet(crash_at=crash_at), data, cfg, run_dir, resume=resume, progress=False)
 
 
 def test_stopped_and_resumed_run_is_bitwise_equal(tree: Path, tmp_path: Path) -> None:
@@ -317,7 +318,7 @@ def test_resume_refuses_another_loader_kind(tree: Path, tmp_path: Path) -> None:
     cfg = load_config(None, ["train.epochs=2", "train.lr=0.05", "train.warmup_epochs=0.5", "train.ema_decay=0.5",
                              "train.checkpoint_every_steps=3", "data.batch_size=4", "train.log_interval=1"])
     with pytest.raises(ValueError, match="trained from a StreamLoader, this resume reads a BatchLoader"):
-        fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+        fit(ToyNet(), TrainData(memory, memory, Normalize(MEAN, STD), Normalize(MEAN, STD)), cfg, tmp_path, resume=True,
             progress=False)
 
 
@@ -326,13 +327,13 @@ def test_resume_refuses_a_multi_process_memory_run_cut_by_the_old_sampler(tmp_pa
     memory = BatchLoader(ImageTensorDataset(images, torch.arange(16) % 3, ["a", "b", "c"]), 4, shuffle=True,
                          drop_last=True)
     cfg = load_config(None, ["train.epochs=1", "train.warmup_epochs=0", "data.batch_size=4"])
-    fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    fit(ToyNet(), TrainData(memory, memory, Normalize(MEAN, STD), Normalize(MEAN, STD)), cfg, tmp_path, progress=False)
     state = load_state(tmp_path / "last.state.pt")
     del state["sampler"]
     state["rng"] = state["rng"] * 2  # as 2 processes wrote it before in-memory batches were cut by ShardSampler
     save_state(state, tmp_path / "last.state.pt")
     with pytest.raises(ValueError, match="before in-memory batches were cut by ShardSampler"):
-        fit(ToyNet(), memory, memory, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), resume=True,
+        fit(ToyNet(), TrainData(memory, memory, Normalize(MEAN, STD), Normalize(MEAN, STD)), cfg, tmp_path, resume=True,
             progress=False)
 
 
@@ -428,12 +429,12 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> N
 
 
 def test_device_stats_report_the_first_non_finite_step() -> None:
-    stats = _DeviceStats(torch.device("cpu"), check_grads=True)
-    loop = _LoopState()
+    stats = DeviceStats(torch.device("cpu"), check_grads=True)
+    loop = LoopState()
     for step, (loss, grad) in enumerate([(1.0, 1.0), (2.0, float("inf")), (float("nan"), 1.0)], start=1):
         stats.record(torch.tensor(loss), torch.tensor(grad), 4, step)
     assert stats.settle(loop) == ("gradient norm", float("inf"), 2)
-    fine = _DeviceStats(torch.device("cpu"), check_grads=False)  # fp16: inf gradients are the scaler's business
+    fine = DeviceStats(torch.device("cpu"), check_grads=False)  # fp16: inf gradients are the scaler's business
     fine.record(torch.tensor(1.5), torch.tensor(float("inf")), 2, 1)
     fine.record(torch.tensor(0.5), torch.tensor(1.0), 2, 2)
     assert fine.settle(loop) is None and (loop.loss_sum, loop.samples) == (4.0, 4)
@@ -450,8 +451,9 @@ def test_deferred_check_names_the_step_that_went_non_finite(tmp_path: Path, monk
                              "train.checkpoint_every_steps=3"])
     model = ToyNet(nan_at=5)  # its 5th training forward returns NaN
     with pytest.raises(NonFiniteLossError, match=r"loss \(nan\) at epoch 1, step 5 \(global step 5\)") as err:
-        fit(model, BatchLoader(data, 8, shuffle=True, drop_last=True), BatchLoader(data, 32, shuffle=False), cfg,
-            tmp_path, Normalize((0.5,) * 3, (0.25,) * 3), Normalize((0.5,) * 3, (0.25,) * 3), progress=False)
+        norm = Normalize((0.5,) * 3, (0.25,) * 3)
+        fit(model, TrainData(BatchLoader(data, 8, shuffle=True, drop_last=True), BatchLoader(data, 32, shuffle=False),
+                             norm, norm), cfg, tmp_path, progress=False)
     assert f"last good checkpoint: {tmp_path / 'last.safetensors'}" in str(err.value)
     state = load_state(tmp_path / "last.state.pt")
     assert state["loop"]["global_step"] == 3  # before the bad step: the one due after step 6 was not written
@@ -470,11 +472,11 @@ def test_bf16_autocast_and_tensorboard_on_cpu(tree: Path, tmp_path: Path) -> Non
     net = ToyNet()
     dtypes = []
     net.head1.register_forward_hook(lambda module, args, out: dtypes.append((module.training, out.dtype)))
-    result = fit(net, train, val, cfg, tmp_path, Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+    result = fit(net, TrainData(train, val, Normalize(MEAN, STD), Normalize(MEAN, STD)), cfg, tmp_path, progress=False)
     assert math.isfinite(result["history"][0]["train_loss"])
     assert {dtype for _, dtype in dtypes} == {torch.bfloat16}  # training and validation ran under autocast
     assert {training for training, _ in dtypes} == {True, False}
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(ConfigError, match="fp16"):
-        fit(ToyNet(), train, val, load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x",
-            Normalize(MEAN, STD), Normalize(MEAN, STD), progress=False)
+        fit(ToyNet(), TrainData(train, val, Normalize(MEAN, STD), Normalize(MEAN, STD)),
+            load_config(None, ["train.amp=fp16", "data.batch_size=4"]), tmp_path / "x", progress=False)

@@ -17,8 +17,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from basisnet.data import BatchLoader, EvalTransform, ImageTensorDataset, TrainAugment
 from basisnet.train import (
     CheckpointError, CheckpointMismatchError, ConfigError, ModelEma, MultiExitLoss, NonFiniteLossError, RunConfig,
-    TrainConfig, atomic_write_bytes, build_parts, config_help, config_to_dict, create_optimizer, create_scheduler, fit,
-    init_distributed_device,
+    TrainConfig, TrainData, TrainingTask, atomic_write_bytes, build_parts, check_train_options, config_help,
+    config_to_dict, create_optimizer, create_scheduler, fit, init_distributed_device,
     kd_loss, load_config, load_run_model, load_state, load_weights, param_groups, save_config, save_weights,
 )
 from basisnet.train import checkpoint as checkpoint_module
@@ -53,7 +53,7 @@ def run(run_dir: Path, cfg: RunConfig, make_model: Callable[[], nn.Module] = Toy
     torch.manual_seed(0)  # same initial weights in every run
     model = make_model()
     train, val = make_data(plain)
-    return fit(model, train, val, cfg, run_dir, train_tf, eval_tf, resume=resume, progress=False, **kw)
+    return fit(model, TrainData(train, val, train_tf, eval_tf), cfg, run_dir, resume=resume, progress=False, **kw)
 
 
 def sha(path: Path) -> str:
@@ -178,7 +178,7 @@ def test_self_distillation_teaches_earlier_exits_the_detached_last_exit(weight: 
     gen = torch.Generator().manual_seed(0)
     early, last = (torch.randn(batch, 5, generator=gen, requires_grad=True) for _ in range(2))
     target = torch.arange(batch) % 5
-    parts.criterion([early, last], target).backward()
+    parts.task.loss([early, last], target, torch.empty(batch, 3, 8, 8)).backward()
     soft, hard = nn.functional.softmax, nn.functional.one_hot(target, 5).float()
     from_labels = (soft(early, -1) - hard) / batch
     from_last = t * (soft(early / t, -1) - soft(last / t, -1)) / batch
@@ -187,14 +187,50 @@ def test_self_distillation_teaches_earlier_exits_the_detached_last_exit(weight: 
 
 
 def test_gradient_equilibrium_reaches_models_with_a_shared_trunk_and_refuses_others() -> None:
-    from basisnet.models import create_model
+    from basisnet.models import create_model, model_class
 
     msdnet = create_model("msdnet", num_classes=5, num_blocks=2, base=1, step=1, num_channels=8, growth_rate=4)
     assert not msdnet.gradient_equilibrium
     build_parts(msdnet, TrainConfig(gradient_equilibrium=True), 1)
     assert msdnet.gradient_equilibrium
-    with pytest.raises(ConfigError, match="train.gradient_equilibrium: ToyNet has no trunk shared by its exits"):
+    message = "train.gradient_equilibrium: {} has no trunk shared by its exits; it applies to msdnet and ranet"
+    with pytest.raises(ConfigError, match=message.format("ToyNet")):
         build_parts(ToyNet(), TrainConfig(gradient_equilibrium=True), 1)
+    # Before any model is built: the registered class is enough.
+    with pytest.raises(ConfigError, match=message.format("BasisNet")):
+        check_train_options(model_class("basisnet"), TrainConfig(gradient_equilibrium=True))
+    check_train_options(model_class("ranet"), TrainConfig(gradient_equilibrium=True))
+    check_train_options(model_class("basisnet"), TrainConfig())
+
+
+def test_the_training_task_sums_every_term_the_config_names() -> None:
+    """Each term of the loss the loop trains with shows in the gradients of the exits: the joint loss weights
+    the earlier exit by ``aux_weight`` and smooths the labels; a teacher pulls the final exit (only) towards
+    its softened prediction with ``kd_weight`` and scales the rest by ``1 - kd_weight``. Fails when a term is
+    dropped, misweighted or applied to the wrong exit."""
+    batch, classes, t, w, aux, eps = 6, 3, 2.0, 0.25, 0.5, 0.1
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 8, 8, generator=gen)
+    torch.manual_seed(1)
+    teacher = ToyNet(classes).train()  # the task puts it in eval mode: no dropout in its soft labels
+    early, last = (torch.randn(batch, classes, generator=gen, requires_grad=True) for _ in range(2))
+    target = torch.arange(batch) % classes
+    tc = TrainConfig(aux_weight=aux, label_smoothing=eps, kd_weight=w, kd_temperature=t, kd_teacher="teacher-run")
+    task = TrainingTask.from_config(tc, teacher)
+    assert not teacher.training
+    task.loss([early, last], target, images).backward()
+    soft = nn.functional.softmax
+    smoothed = (1 - eps) * nn.functional.one_hot(target, classes).float() + eps / classes
+    with torch.no_grad():
+        taught = teacher(images)[-1]
+    from_labels = lambda z: (soft(z, -1) - smoothed) / batch  # noqa: E731
+    from_teacher = t * (soft(last / t, -1) - soft(taught / t, -1)) / batch
+    torch.testing.assert_close(early.grad, (1 - w) * aux * from_labels(early))
+    torch.testing.assert_close(last.grad, (1 - w) * from_labels(last) + w * from_teacher)
+    # No teacher named: no distillation term, and a named teacher must be given.
+    assert TrainingTask.from_config(TrainConfig(kd_weight=w)).teacher is None
+    with pytest.raises(ValueError, match="train.kd_teacher is 'teacher-run' but fit\\(\\) got no teacher model"):
+        TrainingTask.from_config(tc)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -324,8 +360,9 @@ def test_label_smoothing_is_the_criterion_of_every_exit() -> None:
     target = torch.arange(6) % 3
     ce = nn.functional.cross_entropy
     expected = ce(b, target, label_smoothing=0.2) + 0.5 * ce(a, target, label_smoothing=0.2)
-    torch.testing.assert_close(parts.criterion([a, b], target), expected)
-    assert (parts.criterion([a, b], target) - (ce(b, target) + 0.5 * ce(a, target))).abs() > 1e-3
+    x = torch.empty(6, 3, 8, 8)
+    torch.testing.assert_close(parts.task.loss([a, b], target, x), expected)
+    assert (parts.task.loss([a, b], target, x) - (ce(b, target) + 0.5 * ce(a, target))).abs() > 1e-3
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
@@ -398,8 +435,8 @@ def test_compiled_training_forward_matches_eager(tmp_path) -> None:
                              specialist_width=0.35, lightweight_width=0.35, num_bases=2)
         cfg = load_config(None, ["train.epochs=2", "train.warmup_epochs=0", "data.image_size=16",
                                  "data.batch_size=8", f"train.compile={backend}", "train.channels_last=true"])
-        fit(model, BatchLoader(data, 8, shuffle=True), BatchLoader(data, 8, shuffle=False), cfg, tmp_path / backend,
-            TrainAugment(16, 0), EvalTransform(), progress=False)
+        fit(model, TrainData(BatchLoader(data, 8, shuffle=True), BatchLoader(data, 8, shuffle=False), TrainAugment(16, 0),
+                             EvalTransform()), cfg, tmp_path / backend, progress=False)
         weights.append(model.state_dict())
         graphs = counters["stats"]["unique_graphs"]
         assert (graphs > 0) == (backend != "false"), (backend, graphs)  # compiled exactly when asked

@@ -23,9 +23,8 @@ from .data.sources import split_dir
 from .data.streaming import StreamDataset, StreamLoader
 from .data.transforms import Normalize
 from .resolve import ResolvedRun
-from .train import RunConfig
+from .train import RunConfig, TrainLoader
 from .train.distributed import DistributedInfo
-from .train.loop import TrainLoader
 
 __all__ = ["Inputs", "INPUT_KINDS", "MemoryInputs", "SPLITS", "StreamInputs", "Splits", "eval_transform",
            "load_splits", "open_inputs"]

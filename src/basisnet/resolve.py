@@ -22,7 +22,8 @@ from .data.decode import resolve_decoder
 from .data.files import FileIndex
 from .data.sources import source_classes, source_kind, split_dir
 from .models import check_options
-from .train import ConfigError, RunConfig, config_to_dict, validate_config
+from .models.registry import model_class
+from .train import ConfigError, RunConfig, check_train_options, config_diff, config_to_dict, validate_config
 from .train.distributed import launch_env
 
 __all__ = ["ResolvedRun", "resolve_run", "same_run"]
@@ -76,6 +77,7 @@ def resolve_run(cfg: RunConfig, training: bool = True) -> ResolvedRun:
     """
     validate_config(cfg)
     check_options(cfg.model.name, cfg.model.kwargs, "model.kwargs.")  # a typo costs no data scan
+    check_train_options(model_class(cfg.model.name), cfg.train)
     device, world = _placement(cfg) if training else ("cpu", 1)
     kind, loader, classes, index = _resolve_data(cfg)
     data = cfg.data
@@ -89,8 +91,6 @@ def resolve_run(cfg: RunConfig, training: bool = True) -> ResolvedRun:
 def same_run(a: RunConfig, b: RunConfig) -> list[str]:
     """``key: old -> new`` for every setting in which the runs of two configs differ once resolved (a
     config that leaves ``num_classes`` to the data and one that names it are the same run)."""
-    from .train.loop import config_diff
-
     old, new = (config_to_dict(resolve_run(c, training=False).config) for c in (a, b))
     return config_diff(old, new)
 

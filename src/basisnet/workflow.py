@@ -31,8 +31,8 @@ from .models import BasisNet, MobileNet, create_model
 from .models.pretrained import list_pretrained, load_pretrained, parse_source
 from .inputs import SPLITS, eval_transform, open_inputs
 from .resolve import resolve_run, same_run
-from .train import (ConfigError, RunConfig, config_to_dict, RunDir, fit, load_config, load_run_model, resolve_weights, save_weights,
-                    seed_everything, warm_start)
+from .train import (ConfigError, RunConfig, RunDir, TrainData, config_to_dict, fit, load_config, load_run_model,
+                    resolve_weights, save_weights, seed_everything, warm_start)
 from .train.distributed import distributed_session
 
 
@@ -100,8 +100,8 @@ def train_run(
             if rc.train.channels_last:  # before DDP lays out its gradient buckets after the parameters
                 to_channels_last(model)
             model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
-        return fit(model, train_loader, val_loader, rc, run, inputs.train_transform(), inputs.eval_transform(),
-                   teacher=teacher, resume=resume, progress=progress)
+        data = TrainData(train_loader, val_loader, inputs.train_transform(), inputs.eval_transform())
+        return fit(model, data, rc, run, teacher=teacher, resume=resume, progress=progress)
 
 
 def dry_run(cfg: RunConfig) -> str:

@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from ..layers import BLOCK_PARTS
 from .mobilenet import MobileNet
-from .protocol import State, exits_to_run
+from .protocol import State, TrainSettings, exits_to_run
 from .registry import register_model
 from .upcycle import collapse_bases_
 
 COEFF_SHARING = ("layer", "block", "network")
+_UPCYCLE_SEED_OFFSET = 0xB1A5  # the noise that separates the bases after the static phase
 
 
 @dataclass
@@ -127,6 +128,31 @@ class BasisNet(nn.Module):
         the coefficient head (untouched by the static phase, so still zero) starts learning from uniform."""
         collapse_bases_(self.specialist, noise, generator)
         self.static_phase = False
+
+    # Training hooks (models.protocol.TrainingHooks): the static phase of ``train.static_phase``.
+    train_options = frozenset({"static_phase"})
+
+    @staticmethod
+    def static_phase_epochs(tc: TrainSettings) -> int:
+        """Epochs of the static phase (``train.static_phase``); 0 when ``train.init_from`` starts the
+        specialist (it is upcycled already)."""
+        if {"model", "specialist"} & set(tc.init_from):
+            return 0
+        return round(tc.static_phase * tc.epochs)
+
+    def begin_training(self, tc: TrainSettings, resume: bool) -> None:
+        if self.static_phase_epochs(tc) and not resume:
+            self.begin_static_phase()
+
+    def begin_epoch(self, epoch: int, tc: TrainSettings, step: bool) -> None:
+        """The static phase in its epochs, mixed bases after them; the upcycling step (``step``) at the start
+        of the first mixed epoch, its noise drawn from ``train.seed`` alone."""
+        static_epochs = self.static_phase_epochs(tc)
+        if not static_epochs:
+            return
+        if step and epoch == static_epochs:
+            self.end_static_phase(tc.init_noise, torch.Generator().manual_seed(tc.seed + _UPCYCLE_SEED_OFFSET))
+        self.static_phase = epoch < static_epochs
 
     def preview(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 1: lightweight logits and embedding from a downscaled copy of the image."""

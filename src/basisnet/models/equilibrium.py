@@ -9,8 +9,8 @@ branches off, the head's input gets ``1 / (n - k)`` of the head's gradient and t
 reads; here the whole staged state is rescaled, which makes the mean exact for every map (MSDNet's finer
 scales, RANet's features carried to later flows and stem maps).
 
-A model that supports it has a ``gradient_equilibrium`` attribute (``train.gradient_equilibrium`` sets it)
-and calls :func:`split_exit` in ``step``.
+A model that supports it takes :class:`SharedTrunkHooks` as its training hooks (``train.gradient_equilibrium``
+switches its ``gradient_equilibrium`` flag on) and calls :func:`split_exit` in ``step`` when the flag is set.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .protocol import State, map_state
+from .protocol import State, TrainSettings, map_state
 
-__all__ = ["scale_grad", "split_exit"]
+__all__ = ["SharedTrunkHooks", "scale_grad", "split_exit"]
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -49,3 +49,16 @@ def split_exit(head_input: Tensor, state: State, k: int, num_exits: int) -> tupl
     remaining = num_exits - k
     return (scale_grad(head_input, 1.0 / remaining),
             map_state(state, lambda t: scale_grad(t, (remaining - 1) / remaining)))
+
+
+class SharedTrunkHooks:
+    """Training hooks (``models.protocol.TrainingHooks``) of a multi-exit model whose exits share a trunk."""
+
+    train_options = frozenset({"gradient_equilibrium"})
+    gradient_equilibrium = False  # training only, never saved: evaluation and export run without it
+
+    def begin_training(self, tc: TrainSettings, resume: bool) -> None:
+        self.gradient_equilibrium = tc.gradient_equilibrium
+
+    def begin_epoch(self, epoch: int, tc: TrainSettings, step: bool) -> None:
+        pass

@@ -39,7 +39,7 @@ from ..layers.densenet import (
     init_weights,
     stem_side,
 )
-from .equilibrium import split_exit
+from .equilibrium import SharedTrunkHooks, split_exit
 from .protocol import State, run_exits
 from .registry import register_model
 
@@ -127,7 +127,7 @@ def compressed(channels: int, reduction: float) -> int:
     return out
 
 
-class MSDNet(nn.Module):
+class MSDNet(SharedTrunkHooks, nn.Module):
     """Multi-scale dense network; defaults: a CIFAR-100 anytime model (10 blocks, step 2, base 4).
 
     Args:
@@ -214,7 +214,6 @@ class MSDNet(nn.Module):
             heads.append(head_for(channels * gr_factor[-1], num_classes, variant))
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList(heads)
-        self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
 
     @property
@@ -252,7 +251,7 @@ def register_with_presets(name: str, cls: type[nn.Module], presets: Mapping[str,
     build.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     build.__name__ = name
     build.__doc__ = f"{cls.__name__} from a preset ({', '.join(presets)}); explicit options override its values."
-    register_model(name, build)
+    register_model(name, build, model_class=cls)
 
 
 register_with_presets("msdnet", MSDNet, MSDNET_PRESETS)

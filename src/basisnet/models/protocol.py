@@ -13,8 +13,8 @@ dimension; other values (ints, None) are cursors and pass through ``select_state
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -41,6 +41,41 @@ class MultiExitClassifier(Protocol):
 
     def step(self, state: State, k: int) -> tuple[Tensor, State]:
         """Logits of exit ``k`` and the state exit ``k + 1`` continues from."""
+        ...
+
+
+class TrainSettings(Protocol):
+    """The part of the training config (``basisnet.train.TrainConfig``) a model's training hooks read;
+    structural, so models import no training code."""
+
+    epochs: int
+    seed: int
+    static_phase: float
+    init_noise: float
+    init_from: Mapping[str, Any]
+    gradient_equilibrium: bool
+
+
+@runtime_checkable
+class TrainingHooks(Protocol):
+    """Steps of its own training a model owns (BasisNet's static phase, gradient equilibrium of a shared
+    trunk). The training loop calls them on every model and names no model class; a model without them
+    trains as a plain multi-exit classifier (``basisnet.train.hooks``). ``tests/test_training_hooks.py``
+    checks the contract over ``list_models()``."""
+
+    # The model-specific ``train.*`` options this model follows; an opt-in one (``gradient_equilibrium``)
+    # set for a model that does not list it is a config error, raised before any work.
+    train_options: ClassVar[frozenset[str]]
+
+    def begin_training(self, tc: TrainSettings, resume: bool) -> None:
+        """Once, before the optimizer and the EMA copy see the weights (``resume``: they are loaded next)."""
+        ...
+
+    def begin_epoch(self, epoch: int, tc: TrainSettings, step: bool) -> None:
+        """Before the batches of ``epoch`` (0-based; also when a run resumes inside it). ``step``: also take
+        the one-off change to the weights due at the epoch's start; False for a copy that follows trained
+        weights (the EMA) and for an epoch resumed mid-way, whose start has passed. What a hook does must
+        follow from ``epoch`` and ``tc`` alone, so a resumed run (any rank) does what an uninterrupted one did."""
         ...
 
 

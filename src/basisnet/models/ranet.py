@@ -35,7 +35,7 @@ from ..layers.densenet import (
     init_weights,
     stem_side,
 )
-from .equilibrium import split_exit
+from .equilibrium import SharedTrunkHooks, split_exit
 from .msdnet import STEPMODES, compressed, register_with_presets
 from .protocol import State, run_exits
 
@@ -126,7 +126,7 @@ class FusionBlock(nn.Module):
         return self.transition(x), feats
 
 
-class RANet(nn.Module):
+class RANet(SharedTrunkHooks, nn.Module):
     """Resolution-adaptive network; defaults: the official CIFAR script (8 exits).
 
     Args:
@@ -229,7 +229,6 @@ class RANet(nn.Module):
             low_channels = next_low
         self.flows = nn.ModuleList(flows)
         self.heads = nn.ModuleList(heads)
-        self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
 
     @property

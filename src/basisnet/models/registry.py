@@ -9,13 +9,23 @@ from collections.abc import Callable
 from torch import nn
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], frozenset[str]]] = {}
+_CLASSES: dict[str, type[nn.Module]] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], signature_of: Callable | None = None) -> None:
-    """Register ``builder`` under ``name``; its accepted keywords come from ``signature_of`` (default: itself)."""
+def register_model(name: str, builder: Callable[..., nn.Module], signature_of: Callable | None = None,
+                   model_class: type[nn.Module] | None = None) -> None:
+    """Register ``builder`` under ``name``; its accepted keywords come from ``signature_of`` (default: itself).
+
+    ``model_class`` is the class it builds (default: ``builder`` or ``signature_of``, whichever is a class),
+    so a config can be checked against the model before one is built (:func:`model_class`).
+    """
     params = inspect.signature(signature_of or builder).parameters
     accepted = frozenset(k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    cls = model_class or next((c for c in (builder, signature_of) if isinstance(c, type)), None)
+    if cls is None:
+        raise TypeError(f"register_model({name!r}): pass model_class, the class {builder.__name__} builds")
     _MODELS[name] = (builder, accepted - {"self", "arch"})
+    _CLASSES[name] = cls
 
 
 def list_models() -> list[str]:
@@ -24,6 +34,12 @@ def list_models() -> list[str]:
 
 def model_options(name: str) -> frozenset[str]:
     return _entry(name)[1]
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class ``create_model(name)`` builds, without building one."""
+    _entry(name)
+    return _CLASSES[name]
 
 
 def _entry(name: str) -> tuple[Callable[..., nn.Module], frozenset[str]]:

@@ -18,12 +18,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .config import ModelConfig, config_to_dict
 from .run_dir import RunDir
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "atomic_write_bytes", "save_weights", "load_weights",
     "read_weights", "read_weights_metadata",
-    "save_state", "load_state", "resolve_weights", "load_run_model",
+    "save_state", "load_state", "resolve_weights", "load_run_model", "weights_metadata",
 ]
 
 _MAX_LISTED = 20
@@ -72,6 +73,16 @@ def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, str]
     """
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, st_save(tensors, metadata=dict(metadata or {})))
+
+
+def weights_metadata(model: ModelConfig, epoch: int, global_step: int, ema: bool,
+                     top1: float | None = None) -> dict[str, str]:
+    """safetensors metadata: enough to rebuild the model (:func:`load_run_model`) and to tell files apart."""
+    meta = {"model": json.dumps(config_to_dict(model)), "epoch": str(epoch),
+            "global_step": str(global_step), "ema": str(ema).lower()}
+    if top1 is not None:
+        meta["val_top1"] = f"{top1:.4f}"
+    return meta
 
 
 def _read_bytes(path: Path, what: str) -> bytes:

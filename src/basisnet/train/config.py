@@ -21,8 +21,14 @@ import yaml
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig",
-    "load_config", "save_config", "validate_config", "config_to_dict", "config_from_dict", "config_help",
+    "load_config", "save_config", "validate_config", "config_to_dict", "config_from_dict", "config_help", "config_diff",
 ]
+
+# Keys that only change bookkeeping or speed, so a resumed run may change them without losing exactness.
+_RESUME_FREE_KEYS = frozenset({
+    "train.log_interval", "train.checkpoint_every_steps", "train.tensorboard", "data.num_workers",
+    "data.eval_batch_size", "train.device",
+})
 
 
 class ConfigError(ValueError):
@@ -394,3 +400,21 @@ def config_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any,
             rows.append((f"{prefix}{f.name}", list(default) if isinstance(default, tuple) else default,
                          f.metadata["help"]))
     return rows
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that would make ``current`` a different run than ``saved``.
+
+    A key the saved config lacks (written before the key existed) counts as its default.
+    """
+    if not prefix:
+        saved = config_to_dict(config_from_dict(saved, source="the saved config"))
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict) and name != "model.kwargs":
+            diffs += config_diff(a, b, f"{name}.")
+        elif a != b and name not in _RESUME_FREE_KEYS:
+            diffs.append(f"{name}: {a!r} -> {b!r}")
+    return diffs

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "DistributedInfo", "LaunchEnv", "distributed_session", "init_distributed_device", "is_distributed",
-    "launch_env", "rank", "world_size",
+    "launch_env", "rank", "unwrap", "world_size",
 ]
 
 # (launcher, rank, world size, local rank) variables, in order of precedence: torchrun started inside
@@ -129,3 +130,8 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (checkpoints, EMA and training hooks use that)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
