@@ -9,7 +9,7 @@ import torch
 from basisnet.deploy import EarlyExitPredictor, TorchStages
 from basisnet.deploy.stream import StreamPredictor
 
-from helpers import decisive, exit_confidences, spread_logits, threshold_between, tiny_model as _model
+from helpers import decisive, spread_logits, threshold_between, tiny_model as _model
 
 
 def _frames(n: int, side: int = 32) -> list[torch.Tensor]:
