@@ -548,29 +548,48 @@ def test_predict_stream_stage_threads_reach_the_stream_predictor(shapes_run, fra
 
 
 def test_predict_stream_passes_workers_threads_limit_and_runtime(monkeypatch, tmp_path, capsys):
+    """The options reach ``predict_stream`` as typed (``auto`` workers and the default runtime are resolved
+    below: tests/test_stream.py); the CLI prints each row and the stream's own summary."""
+    import time
+
     import basisnet.workflow as workflow
 
     seen = []
 
     def fake(run_dir, source, threshold, **kwargs):
         seen.append(dict(run_dir=run_dir, source=source, threshold=threshold, **kwargs))
-        for i in range(2):
-            yield {"file": f"f{i}", "class": "circle", "confidence": 0.9, "stage": 1, "latency_ms": 2.0}
+        rows = ({"file": f"f{i}", "class": "circle", "confidence": 0.9, "stage": 1, "latency_ms": 2.0 + i}
+                for i in range(2))
+        return workflow.StreamRun(rows, "how it ran", source, time.perf_counter())
 
     monkeypatch.setattr(workflow, "predict_stream", fake)
     assert main(["predict", "run", "--stream", "dir", "--workers", "thread", "--stage-threads", "2", "1",
                  "--limit", "7", "--threshold", "0.6", "--runtime", "torch"]) == 0
     assert seen[-1] == {"run_dir": "run", "source": "dir", "threshold": 0.6, "parallel": True,
                         "stage_threads": [2, 1], "limit": 7, "workers": "thread", "runtime": "torch"}
-    assert "stages in parallel, thread workers, PyTorch eager" in capsys.readouterr().out.splitlines()[-1]
-    # auto: processes for PyTorch (threads would share the GIL), threads for ONNX Runtime
-    assert main(["predict", "run", "--stream", "dir", "--runtime", "torch"]) == 0
-    assert (seen[-1]["workers"], seen[-1]["stage_threads"], seen[-1]["limit"]) == ("process", None, None)
-    assert main(["predict", "run", "--stream", "dir", "--runtime", "onnx", "--sequential"]) == 0
-    assert (seen[-1]["workers"], seen[-1]["parallel"], seen[-1]["runtime"]) == ("thread", False, "onnx")
-    capsys.readouterr()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["f0\tcircle\t0.900\tstage 1\t2.00 ms", "f1\tcircle\t0.900\tstage 1\t3.00 ms"]
+    assert lines[2].startswith("2 frames in ") and "latency mean 2.50 ms, p95 2.00 ms (how it ran)" in lines[2]
+    assert main(["predict", "run", "--stream", "dir", "--sequential", "--summary"]) == 0
+    assert (seen[-1]["workers"], seen[-1]["parallel"], seen[-1]["runtime"]) == ("auto", False, None)
+    assert len(capsys.readouterr().out.splitlines()) == 1
     assert main(["predict", "run", "--stream", "dir", "img.png"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_stream_summary_counts_what_was_answered():
+    import time
+
+    from basisnet.workflow import StreamRun
+
+    stream = StreamRun(({"latency_ms": float(ms)} for ms in [5, 1, 20, *range(2, 20)]), "how", "src",
+                       time.perf_counter())
+    assert len(list(stream)) == 21
+    assert stream.summary().startswith("21 frames in ") and "latency mean 10.24 ms, p95 19.00 ms (how)" in stream.summary()
+    empty = StreamRun(iter([]), "how", "nowhere", time.perf_counter())
+    assert list(empty) == []
+    with pytest.raises(ValueError, match="no frames in nowhere"):
+        empty.summary()
 
 
 # ------------------------------------------------------------------ export --batch

@@ -1,5 +1,6 @@
-"""ONNX export per stage: every exported model equals PyTorch in ONNX Runtime at any batch size, and the
-ONNX runtime's early exit answers as the PyTorch predictor does."""
+"""ONNX export per stage: the batch forms equal PyTorch in ONNX Runtime fed any number of images, a run exports
+from the CLI, and the stream and a latency target run the exported stages (the ``Stages`` contract over
+exported models, logits and early exit, is tests/test_stages.py's)."""
 
 import json
 from pathlib import Path
@@ -11,38 +12,12 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from basisnet.deploy import EarlyExitPredictor  # noqa: E402
-from basisnet.deploy.onnx_export import ExportPaths, OnnxStages, check_export_batch, export_stages  # noqa: E402
+from basisnet.deploy import EarlyExitPredictor, TorchStages  # noqa: E402
+from basisnet.deploy.onnx_export import ExportPaths, check_export_batch, export_stages  # noqa: E402
+from basisnet.deploy.onnx_runtime import OnnxStages  # noqa: E402
+from basisnet.models import run_exits  # noqa: E402
 
-from helpers import decisive, exit_confidences, spread_logits, threshold_between, tiny_model as _model  # noqa: E402
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small", "condconv_mobilenetv3_small"])
-def test_exported_stages_equal_pytorch_at_any_batch(name, tmp_path):
-    model = spread_logits(_model(name))
-    stages = export_stages(model, tmp_path)
-    assert len(stages) == model.num_exits and stages[0].inputs == ["images"]
-    runtime = OnnxStages(tmp_path)
-    for batch in (1, 7):
-        x = torch.randn(batch, 3, model.resolution, model.resolution)
-        with torch.no_grad():
-            expected = model(x)
-        got = runtime.exits(x.numpy())
-        for ours, theirs in zip(got, expected):  # 1e-4, relative to the logits' scale (float32 sums, another order)
-            assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
-    x = torch.randn(8, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        conf = torch.stack([z.softmax(-1) for z in model(x)]).max(-1).values
-    threshold = threshold_between(conf)  # never at an image's own confidence: no tie decided by rounding
-    classes, confidence, stage = OnnxStages(tmp_path, threshold).predict(x.numpy())
-    reference = EarlyExitPredictor(model, threshold).predict(x)
-    assert np.array_equal(stage, reference.stage.numpy())
-    with torch.no_grad():  # classes must agree wherever the top two probabilities are not a numerical tie
-        probs = torch.stack([z.softmax(-1) for z in model(x)])[reference.stage, torch.arange(8)]
-    clear = decisive(probs).numpy()
-    assert clear.sum() >= 6 and np.array_equal(classes[clear], reference.classes.numpy()[clear])
-    assert np.abs(confidence - reference.confidence.numpy()).max() < 1e-5
+from helpers import spread_logits, threshold_between, tiny_model as _model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +49,9 @@ def test_basisnet_fixed_batch_forms_equal_pytorch(batch, basisnet_at_batch1, tmp
     x = torch.randn(7, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = model(x)
-    for ours, theirs in zip(runtime.exits(x.numpy()), expected):
+    for ours, theirs in zip(run_exits(runtime, x), expected):
         assert ours.shape == theirs.shape
-        assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
+        assert (ours - theirs).abs().max() < 1e-4 * (1 + theirs.abs().max())
 
 
 def test_export_forms_are_a_policy_by_layer_kind():
@@ -118,8 +93,8 @@ def test_cli_export_of_a_run(shapes_run_onnx):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         expected = model(x)
-    for ours, theirs in zip(OnnxStages(out).exits(x.numpy()), expected):
-        assert np.abs(ours - theirs.numpy()).max() < 1e-4 * (1 + np.abs(theirs.numpy()).max())
+    for ours, theirs in zip(run_exits(OnnxStages(out), x), expected):
+        assert (ours - theirs).abs().max() < 1e-4 * (1 + theirs.abs().max())
 
 
 @pytest.mark.xdist_group("onnx_run")
@@ -153,7 +128,7 @@ def test_deploy_benchmark_tables(shapes_run_onnx, tmp_path):
 @pytest.mark.slow
 @pytest.mark.xdist_group("onnx_batch1")
 def test_stream_in_onnx_runtime_answers_as_pytorch(basisnet_at_batch1):
-    """The stream on stages exported at batch 1 (stage processes, in order) answers as the PyTorch predictor."""
+    """The stream on stages exported at batch 1 (stage threads, in order) answers as the PyTorch predictor."""
     from basisnet.deploy.stream import StreamPredictor
 
     model, folder = basisnet_at_batch1
@@ -161,8 +136,10 @@ def test_stream_in_onnx_runtime_answers_as_pytorch(basisnet_at_batch1):
     with torch.no_grad():
         conf = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))]).max(-1).values
     threshold = threshold_between(conf)
-    got = list(StreamPredictor(OnnxStages(folder), threshold, queue_size=2).predict(frames))
-    reference = EarlyExitPredictor(model, threshold).predict(torch.stack(frames))
+    stream = StreamPredictor(OnnxStages(folder), threshold, queue_size=2)
+    assert stream.workers == "thread"  # auto: ONNX Runtime runs a graph without the GIL
+    got = list(stream.predict(frames))
+    reference = EarlyExitPredictor(TorchStages(model), threshold).predict(torch.stack(frames))
     assert [r.index for r in got] == list(range(12))
     assert [r.stage for r in got] == reference.stage.tolist() and 0 < reference.stage.sum() < 12
     assert np.abs(np.array([r.confidence for r in got]) - reference.confidence.numpy()).max() < 1e-5
@@ -180,12 +157,12 @@ def test_latency_target_in_onnx_runtime(shapes_run_onnx, tmp_path, monkeypatch):
 
     run = shutil.copytree(shapes_run_onnx[0], tmp_path / "run")  # evaluations are written into the run
     answered, exported = [], []
-    original_predict = OnnxStages.predict
+    original_predict = EarlyExitPredictor.predict
 
-    def spy(self, images, **options):
-        if not options:  # an early-exit answer (the exits' latencies are timed with last=k)
-            answered.append((self.threshold, len(images)))
-        return original_predict(self, images, **options)
+    def spy(self, images, last=None):
+        if last is None:  # an early-exit answer (the exits' latencies are timed with last=k)
+            answered.append((type(self.stages), self.threshold, len(images)))
+        return original_predict(self, images, last)
 
     def export_spy(run_dir, output, batch="dynamic"):
         """Records the export; the stages already there stand for its result (a real export of the same
@@ -193,12 +170,12 @@ def test_latency_target_in_onnx_runtime(shapes_run_onnx, tmp_path, monkeypatch):
         exported.append(batch)
         (Path(output) / "stages.json").touch()
 
-    monkeypatch.setattr(OnnxStages, "predict", spy)
+    monkeypatch.setattr(EarlyExitPredictor, "predict", spy)
     monkeypatch.setattr(basisnet.workflow, "export_run", export_spy)
     report = evaluate_run(run, target_ms=1e6, runtime="onnx", latency_images=8)
     assert report["runtime"] == "onnx" and len(report["exit_ms"]) == 2 and report["measured_ms_test"] > 0
     threshold = report["result"]["threshold"]
-    assert answered == [(threshold, 1)] * (3 + 8)  # 3 warm-up answers, then 8 test images, one at a time
+    assert answered == [(OnnxStages, threshold, 1)] * (3 + 8)  # 3 warm-up answers, then 8 test images, one at a time
     assert exported == []  # the stages `basisnet export --batch 1` wrote are the ones it runs
     manifest = run / "onnx_batch1" / "stages.json"
     weights = next(p for p in (run / "best.safetensors", run / "last.safetensors") if p.is_file())

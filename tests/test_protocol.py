@@ -1,13 +1,14 @@
-"""The multi-exit contract, checked once over every registered model (as timm tests ``list_models()``)."""
+"""The multi-exit contract, checked once over every registered model (as timm tests ``list_models()``); the
+``Stages`` a runtime runs them as, and early exit over those, are tests/test_stages.py's."""
 
 import pytest
 import torch
 
-from basisnet.deploy import EarlyExitPredictor
 from basisnet.evaluate import exit_madds
 from basisnet.models import MultiExitClassifier, list_models, select_state
+from basisnet.models.protocol import flatten_state, unflatten_state
 from basisnet.train import MultiExitLoss
-from helpers import TINY, exit_confidences, spread_logits, threshold_between, tiny_model as _model
+from helpers import TINY, tiny_model as _model
 
 def test_every_registered_model_has_a_tiny_config() -> None:
     assert set(TINY) == set(list_models())
@@ -32,6 +33,11 @@ def test_model_keeps_the_multi_exit_contract(name: str) -> None:
             torch.testing.assert_close(logits, full[k][alive], rtol=1e-4, atol=1e-5)
             keep = torch.arange(0, len(alive), 2) if k % 2 == 0 else torch.arange(len(alive))
             alive, state = alive[keep], select_state(state, keep)
+            # Taken apart into tensors (an exported graph's inputs) and put back: the same state.
+            tensors, skeleton = flatten_state(state)
+            again, skeleton_again = flatten_state(unflatten_state(skeleton, tensors))
+            assert skeleton_again == skeleton and len(again) == len(tensors)
+            assert all(a is b for a, b in zip(again, tensors))
     costs = exit_madds(model)
     assert len(costs) == model.num_exits and costs == sorted(costs) and costs[0] > 0
 
@@ -92,54 +98,3 @@ def test_model_compiles_as_one_graph(name: str) -> None:
     model = _model(name)
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, model.resolution, model.resolution))
     assert explanation.graph_break_count == 0, explanation.break_reasons
-
-
-@pytest.mark.parametrize("name", ["basisnet", "msdnet", "ranet", "mobilenetv3_small"])
-def test_early_exit_predictor_computes_only_for_undecided_images(name: str) -> None:
-    """Staged prediction equals picking from the full forward; later exits see only the undecided images."""
-    model = spread_logits(_model(name))
-    x = torch.randn(8, 3, model.resolution, model.resolution)
-    with torch.no_grad():
-        probs = torch.stack([z.softmax(-1) for z in model(x)])
-    conf = probs.max(-1).values
-    threshold = threshold_between(conf)
-    seen: list[int] = []
-    original_step = model.step
-
-    def counting_step(state, k):
-        logits, new_state = original_step(state, k)
-        seen.append(len(logits))
-        return logits, new_state
-
-    model.step = counting_step  # type: ignore[method-assign]
-    predictor = EarlyExitPredictor(model, threshold)
-    seen.clear()  # counting its exits' MAdds ran the model once
-    pred = predictor.predict(x)
-    expected_stage = torch.full((8,), model.num_exits - 1)
-    for k in reversed(range(model.num_exits - 1)):
-        expected_stage[conf[k] >= threshold] = k
-    assert torch.equal(pred.stage, expected_stage)
-    picked = probs[expected_stage, torch.arange(8)].max(-1)
-    assert torch.equal(pred.classes, picked.indices)
-    torch.testing.assert_close(pred.confidence, picked.values, rtol=1e-4, atol=1e-5)
-    assert seen[0] == 8
-    for k in range(1, len(seen)):
-        assert seen[k] == int((expected_stage >= k).sum())
-
-
-def test_compiled_predictor_matches_eager() -> None:
-    """Both stages run compiled: a threshold in the widest gap of spread confidences sends some images on to
-    the specialist, so its compiled stage is exercised and must answer as eager does."""
-    from torch._dynamo.utils import counters
-
-    model = spread_logits(_model("basisnet"))
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    threshold = threshold_between(exit_confidences(model, x))
-    eager = EarlyExitPredictor(model, threshold).predict(x)
-    assert 0 < int(eager.stage.sum()) < len(x)  # some images answered by each stage
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = EarlyExitPredictor(model, threshold, compile="eager").predict(x)
-    assert counters["stats"]["unique_graphs"] >= 2  # the lightweight and the specialist stage went through dynamo
-    assert torch.equal(compiled.stage, eager.stage) and torch.equal(compiled.classes, eager.classes)
-    torch.testing.assert_close(compiled.confidence, eager.confidence)

@@ -8,7 +8,8 @@ import torch
 
 from basisnet.bench import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
 from basisnet.bench.speed import speed_targets
-from basisnet.bench.timing import measure_ceiling, median_ms, peak_memory_mib
+from basisnet.bench.timing import measure_ceiling, peak_memory_mib
+from basisnet.deploy.latency import median_ms
 from basisnet.cli import main
 
 TINY_PLAN = SpeedPlan(workloads=("cifar32",), batches=(1, 4), train_batch=4, repeats=1, exit_shares=(0.5,),

@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
-from basisnet.deploy import EarlyExitPredictor
+from basisnet.deploy import EarlyExitPredictor, TorchStages
 from basisnet.deploy.stream import StreamPredictor
 
-from helpers import decisive, exit_confidences, spread_logits, threshold_between, tiny_model as _model
+from helpers import decisive, spread_logits, threshold_between, tiny_model as _model
 
 
 def _frames(n: int, side: int = 32) -> list[torch.Tensor]:
@@ -22,10 +22,11 @@ def test_stream_returns_every_frame_once_in_order(name):
     frames = _frames(23)
     conf = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))]).max(-1).values.detach()
     threshold = threshold_between(conf)
-    parallel = list(StreamPredictor(model, threshold, queue_size=2).predict(frames))
-    sequential = list(StreamPredictor(model, threshold, parallel=False).predict(frames))
+    stages = TorchStages(model)
+    parallel = list(StreamPredictor(stages, threshold, queue_size=2).predict(frames))
+    sequential = list(StreamPredictor(stages, threshold, parallel=False).predict(frames))
     assert [r.index for r in parallel] == list(range(23)) == [r.index for r in sequential]
-    batch = EarlyExitPredictor(model, threshold).predict(torch.stack(frames))
+    batch = EarlyExitPredictor(stages, threshold).predict(torch.stack(frames))
     assert [r.stage for r in parallel] == batch.stage.tolist() == [r.stage for r in sequential]
     # A frame alone sums in another order than in a batch: its class must agree wherever the top two
     # probabilities of the answering exit are not a numerical tie.
@@ -58,7 +59,7 @@ def test_a_failing_stage_stops_the_stream_cleanly():
     model.step = failing_step
     assert not _stream_threads()
     with pytest.raises(RuntimeError, match="specialist failed"):
-        list(StreamPredictor(model, threshold=1.0, workers="thread").predict(_frames(20)))
+        list(StreamPredictor(TorchStages(model), threshold=1.0, workers="thread").predict(_frames(20)))
     assert len(calls) == 3  # the specialist ran until it failed, on frames the threshold sent it
     assert not _stream_threads()  # no stage or feeder thread left behind
 
@@ -72,7 +73,7 @@ def test_a_failing_stage_process_stops_the_stream_cleanly():
     model = _model("basisnet")
     torch.nn.init.constant_(model.coeff_head.bias, float("nan"))  # the specialist refuses NaN coefficients
     with pytest.raises(NonFiniteCoefficientsError, match="NaN"):
-        list(StreamPredictor(model, threshold=1.0).predict(_frames(5)))
+        list(StreamPredictor(TorchStages(model), threshold=1.0).predict(_frames(5)))
     assert not multiprocessing.active_children()
 
 
@@ -84,17 +85,23 @@ def test_a_failing_frame_source_stops_the_stream_cleanly():
     import multiprocessing
 
     with pytest.raises(OSError, match="camera unplugged"):
-        list(StreamPredictor(_model("basisnet"), threshold=0.5).predict(frames()))
+        list(StreamPredictor(TorchStages(_model("basisnet")), threshold=0.5).predict(frames()))
     assert not _stream_threads()
     assert not multiprocessing.active_children()
 
 
-def test_bad_options():
-    model = _model("basisnet")
+def test_bad_options_and_the_workers_auto_picks():
+    stages = TorchStages(_model("basisnet"))
     with pytest.raises(ValueError, match="stage_threads"):
-        StreamPredictor(model, 0.5, stage_threads=[1])
+        StreamPredictor(stages, 0.5, stage_threads=[1])
     with pytest.raises(ValueError, match="queue_size"):
-        StreamPredictor(model, 0.5, queue_size=0)
+        StreamPredictor(stages, 0.5, queue_size=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        StreamPredictor(stages, 1.5)
+    # auto: processes for PyTorch eager, whose threads would share the GIL (ONNX Runtime: test_onnx.py)
+    assert StreamPredictor(stages, 0.5).workers == "process"
+    assert StreamPredictor(stages, 0.5, workers="thread").how == "stages in parallel, thread workers, PyTorch eager"
+    assert StreamPredictor(stages, 0.5, parallel=False).how == "stages one after the other, PyTorch eager"
 
 
 @pytest.mark.xdist_group("onnx_run")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from basisnet.cli import main
 from basisnet.configs import bundled_config, list_configs
-from basisnet.deploy import EarlyExitPredictor
+from basisnet.deploy import EarlyExitPredictor, TorchStages
 from basisnet.evaluate import apply_threshold, exit_madds, threshold_sweep
 from basisnet.train import load_config
 from helpers import SHAPES_TINY, spread_logits
@@ -86,7 +86,7 @@ def test_evaluate_protocols(run_dir):
 def test_thresholds_zero_and_one_send_every_image_of_a_run_to_one_exit(run_dir):
     """On a loaded run: threshold 1 runs the specialist on every image, threshold 0 on none (it is never
     called), each charged its exit's MAdds. A mixed batch (the specialist on the undecided images only) is
-    test_protocol.py's test_early_exit_predictor_computes_only_for_undecided_images: after one epoch this
+    test_stages.py's test_stages_keep_the_contract: after one epoch this
     run's lightweight exit is near-uniform (confidences within 1e-6), so no threshold here could split it
     without a tie."""
     model, _ = load_run(run_dir)
@@ -98,13 +98,12 @@ def test_thresholds_zero_and_one_send_every_image_of_a_run_to_one_exit(run_dir):
     calls = []
     original_step = model.step
     model.step = lambda state, k: (calls.append(k), original_step(state, k))[1]
-    always = EarlyExitPredictor(model, threshold=1.0).predict(x)  # nobody is that confident: all reach exit 2
+    always = EarlyExitPredictor(TorchStages(model), threshold=1.0).predict(x)  # nobody is that confident: all reach exit 2
     assert torch.equal(always.stage, torch.ones(n, dtype=torch.long))
     torch.testing.assert_close(always.classes, full[1].argmax(-1))
     assert always.average_madds == pytest.approx(costs[1])
-    predictor = EarlyExitPredictor(model, threshold=0.0)
-    calls.clear()  # counting its exits' MAdds ran the model
-    never = predictor.predict(x)
+    calls.clear()  # the first answer counted the exits' MAdds, running the model
+    never = EarlyExitPredictor(TorchStages(model, exit_costs=costs), threshold=0.0).predict(x)
     assert calls == [0]  # the specialist's stage never ran
     assert torch.equal(never.stage, torch.zeros(n, dtype=torch.long))
     torch.testing.assert_close(never.classes, full[0].argmax(-1))
@@ -145,7 +144,7 @@ def test_predict_files_and_bad_images(responsive_run, tmp_path):
     classes = json.loads((run_dir / "classes.json").read_text())
     x = eval_transform(cfg)(load_image_files([good, gray], cfg.data.image_size))
     assert x.shape == (2, 3, 32, 32)  # the 40x50 colour image and the gray one, at the run's image size
-    expected = EarlyExitPredictor(model, 0.5).predict(x)
+    expected = EarlyExitPredictor(TorchStages(model), 0.5).predict(x)
     assert [r["class"] for r in rows] == [classes[c] for c in expected.classes.tolist()]
     assert [r["stage"] for r in rows] == [s + 1 for s in expected.stage.tolist()]
     assert [r["confidence"] for r in rows] == pytest.approx(expected.confidence.tolist(), rel=1e-5)

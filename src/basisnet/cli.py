@@ -131,40 +131,19 @@ def _predict(args: argparse.Namespace) -> int:
     if args.stream:
         if args.images:
             raise ValueError("give image files or --stream SOURCE, not both")
-        return _predict_stream(args, predict_stream)
+        stream = predict_stream(args.run_dir, args.stream, args.threshold, parallel=not args.sequential,
+                                stage_threads=args.stage_threads, limit=args.limit, workers=args.workers,
+                                runtime=args.runtime)
+        for row in stream:
+            if not args.summary:
+                print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t"
+                      f"{row['latency_ms']:.2f} ms")
+        print(stream.summary())
+        return 0
     if not args.images:
         raise ValueError("give image files to classify (or --stream SOURCE)")
     for row in predict_files(args.run_dir, args.images, args.threshold):
         print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t{row['madds_m']:.2f}M")
-    return 0
-
-
-def _predict_stream(args: argparse.Namespace, predict_stream) -> int:
-    import time
-
-    from .workflow import resolve_runtime
-
-    runtime = resolve_runtime(args.runtime)
-    workers = args.workers if args.workers != "auto" else ("thread" if runtime == "onnx" else "process")
-    start, latencies, first = time.perf_counter(), [], None
-    for row in predict_stream(args.run_dir, args.stream, args.threshold, parallel=not args.sequential,
-                              stage_threads=args.stage_threads, limit=args.limit, workers=workers,
-                              runtime=runtime):
-        first = first or time.perf_counter()
-        latencies.append(row["latency_ms"])
-        if not args.summary:
-            print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t"
-                  f"{row['latency_ms']:.2f} ms")
-    end = time.perf_counter()
-    if not latencies:
-        raise ValueError(f"no frames in {args.stream}")
-    latencies.sort()
-    steady = (len(latencies) - 1) / (end - first) if len(latencies) > 1 and end > first else float("nan")
-    how = "stages one after the other" if args.sequential else f"stages in parallel, {workers} workers"
-    how += f", {'ONNX Runtime' if runtime == 'onnx' else 'PyTorch eager'}"
-    print(f"{len(latencies)} frames in {end - start:.2f} s: {len(latencies) / (end - start):.1f} frames/s "
-          f"({steady:.1f} after the first answer), latency mean {sum(latencies) / len(latencies):.2f} ms, "
-          f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.2f} ms ({how})")
     return 0
 
 
@@ -504,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="one ONNX graph per stage plus stages.json, for ONNX Runtime with early exit "
-                       "(basisnet.deploy.onnx_export.OnnxStages)")
+                       "(basisnet.deploy.onnx_runtime.OnnxStages)")
     p.add_argument("run_dir")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--batch", default="dynamic", help="the batch the graphs serve: 1 (streams: the specialist "

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import load_image_files
 from .data.folder import IMAGE_EXTENSIONS
-from .deploy import EarlyExitPredictor, check_threshold, mean_coefficients
+from .deploy import EarlyExitPredictor, Stages, TorchStages, check_threshold, mean_coefficients
 from .deploy.latency import exit_latency_ms
 from .evaluate import (
     ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, count_params, exit_accuracy,
@@ -236,32 +236,24 @@ class _LatencyRunner:
     def __init__(self, run_dir: str | Path, runtime: str) -> None:
         self.runtime = runtime
         self.cfg = load_config(RunDir(run_dir).require_config())
-        if runtime == "onnx":  # the graphs only: the PyTorch model is built just to export them, if at all
-            from .deploy.onnx_export import OnnxStages
-
-            # One intra-op thread, as a stream stage runs: with 2 on 2 cores the pool's wake-ups put a
-            # long tail on batch-1 times (BENCHMARKS.md).
-            self.stages = OnnxStages(exported_stages(run_dir, 1), threads=1)
-        else:
-            self.model = to_channels_last(load_run(run_dir)[0])
+        stages = open_stages(run_dir, runtime)
+        # One intra-op thread per stage where the runtime sets them per stage, as a stream stage runs: with 2
+        # on 2 cores the pool's wake-ups put a long tail on batch-1 times (BENCHMARKS.md).
+        self.stages = stages.with_threads([1] * stages.num_exits)
 
     def exit_latency_ms(self) -> list[float]:
-        return self.stages.exit_latency_ms() if self.runtime == "onnx" else exit_latency_ms(self.model)
+        return exit_latency_ms(self.stages)
 
     def measure(self, threshold: float, images: int) -> float:
         inputs = open_inputs(resolve_run(self.cfg, training=False), with_test=True)
         x = inputs.eval_transform()(_first_images(inputs.eval_loader("test", self.cfg.data.eval_batch_size), images)[0])
-        if self.runtime == "onnx":
-            self.stages.threshold = threshold
-            frames, answer = x.numpy(), self.stages.predict
-        else:
-            frames, answer = x.contiguous(memory_format=torch.channels_last), EarlyExitPredictor(self.model, threshold).predict
-        for frame in frames[:3]:  # warm-up
+        answer = EarlyExitPredictor(self.stages, threshold).predict
+        for frame in x[:3]:  # warm-up
             answer(frame[None])
         start = time.perf_counter()
-        for frame in frames:
+        for frame in x:
             answer(frame[None])
-        return 1e3 * (time.perf_counter() - start) / len(frames)
+        return 1e3 * (time.perf_counter() - start) / len(x)
 
 
 def shortcut_run(run_dir: str | Path, split: str = "val", limit: int | None = None) -> ShortcutReport:
@@ -348,7 +340,20 @@ def convert_checkpoint(source: str, output: str | Path, num_classes: int | None 
             "norm_eps": model.config["norm_eps"], "params": count_params(model)}
 
 
-RUNTIMES = ("onnx", "torch")
+def _torch_stages(run_dir: str | Path) -> Stages:
+    """The run's model in PyTorch eager, channels_last (the layout CPU kernels run these convs fastest in)."""
+    return TorchStages(to_channels_last(load_run(run_dir)[0]))
+
+
+def _onnx_stages(run_dir: str | Path) -> Stages:
+    """The run's stages exported at batch 1 (the form a stream and a latency target serve), in ONNX Runtime;
+    the PyTorch model is built only to export them, when they are missing or older than the weights."""
+    from .deploy.onnx_runtime import OnnxStages  # needs the onnx extra
+
+    return OnnxStages(exported_stages(run_dir, 1))
+
+
+RUNTIMES = {"onnx": _onnx_stages, "torch": _torch_stages}  # --runtime name -> the run's stages in it
 
 
 def resolve_runtime(runtime: str | None) -> str:
@@ -360,8 +365,14 @@ def resolve_runtime(runtime: str | None) -> str:
         found = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
         return "onnx" if found else "torch"
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        raise ValueError(f"runtime must be one of {tuple(RUNTIMES)}, got {runtime!r}")
     return runtime
+
+
+def open_stages(run_dir: str | Path, runtime: str | None) -> Stages:
+    """A run's stages in ``runtime`` (a ``--runtime`` choice; None: ``resolve_runtime``'s default). Below this
+    nothing asks which runtime it is."""
+    return RUNTIMES[resolve_runtime(runtime)](run_dir)
 
 
 def exported_stages(run_dir: str | Path, batch: int | str = 1) -> Path:
@@ -389,42 +400,63 @@ def export_run(run_dir: str | Path, output: str | Path, batch: int | str = "dyna
     return [s.__dict__ for s in stages]
 
 
+class StreamRun:
+    """A stream being answered (``predict_stream``): iterating gives each frame's row as it is answered, in
+    order; ``summary()`` then states frames/s and latency of what was iterated."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]], how: str, source: str | Path, started: float) -> None:
+        self.rows, self.how, self.source, self.started = rows, how, source, started
+        self.latencies: list[float] = []
+        self.first = self.ended = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self.rows:
+            self.first = self.first or time.perf_counter()
+            self.latencies.append(row["latency_ms"])
+            yield row
+        self.ended = time.perf_counter()
+
+    def summary(self) -> str:
+        """Frames per second from the call (loading included) and after the first answer, mean and p95 latency."""
+        if not self.latencies:
+            raise ValueError(f"no frames in {self.source}")
+        n, seconds = len(self.latencies), self.ended - self.started
+        latencies = sorted(self.latencies)
+        steady = (n - 1) / (self.ended - self.first) if n > 1 and self.ended > self.first else float("nan")
+        return (f"{n} frames in {seconds:.2f} s: {n / seconds:.1f} frames/s ({steady:.1f} after the first answer), "
+                f"latency mean {sum(latencies) / n:.2f} ms, p95 {latencies[int(0.95 * (n - 1))]:.2f} ms ({self.how})")
+
+
 def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
                    stage_threads: Sequence[int] | None = None, limit: int | None = None,
-                   workers: str = "auto", runtime: str | None = None) -> Iterator[dict[str, Any]]:
+                   workers: str = "auto", runtime: str | None = None) -> StreamRun:
     """Per frame of a folder or glob (sorted: a stream), its answer with early exit, the stages running
-    in parallel workers (``basisnet.deploy.stream``) or one after the other, in ONNX Runtime (the stages
-    exported at batch 1, once per weights) or PyTorch eager."""
+    in parallel workers (``basisnet.deploy.stream``) or one after the other, in ``runtime`` (``open_stages``)."""
     from .deploy.stream import StreamPredictor
 
+    started = time.perf_counter()
     check_threshold(threshold)
-    runtime = resolve_runtime(runtime)
-    model, cfg = load_run(run_dir)
+    cfg = load_config(RunDir(run_dir).require_config())
     files = image_files(source)[:limit]
     classes = json.loads(RunDir(run_dir).classes.read_text())
     normalize = eval_transform(cfg)
     frames = (normalize(load_image_files([f], cfg.data.image_size))[0] for f in files)
-    if runtime == "onnx":
-        from .deploy.onnx_export import OnnxStages
-
-        model = OnnxStages(exported_stages(run_dir, 1))
-    predictor = StreamPredictor(model, threshold, stage_threads, parallel=parallel, workers=workers)
-    for result in predictor.predict(frames):
-        yield {"file": str(files[result.index]), "class": classes[result.cls], "confidence": result.confidence,
-               "stage": result.stage + 1, "latency_ms": 1e3 * result.latency_s}
+    predictor = StreamPredictor(open_stages(run_dir, runtime), threshold, stage_threads, parallel=parallel,
+                                workers=workers)
+    rows = ({"file": str(files[r.index]), "class": classes[r.cls], "confidence": r.confidence, "stage": r.stage + 1,
+             "latency_ms": 1e3 * r.latency_s} for r in predictor.predict(frames))
+    return StreamRun(rows, predictor.how, source, started)
 
 
 def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
-    """Class, confidence and answering stage for each image file."""
+    """Class, confidence and answering stage for each image file (PyTorch)."""
     check_threshold(threshold)
-    model, cfg = load_run(run_dir)
+    cfg = load_config(RunDir(run_dir).require_config())
     images = load_image_files(paths, cfg.data.image_size)
     classes = json.loads(RunDir(run_dir).classes.read_text())
-    predictor = EarlyExitPredictor(model, threshold)
-    out = predictor.predict(eval_transform(cfg)(images))
+    out = EarlyExitPredictor(open_stages(run_dir, "torch"), threshold).predict(eval_transform(cfg)(images))
     return [
         {"file": str(p), "class": classes[c], "confidence": float(conf), "stage": int(s) + 1,
          "madds_m": float(m) / 1e6}
         for p, c, conf, s, m in zip(paths, out.classes.tolist(), out.confidence, out.stage, out.madds)
     ]
-

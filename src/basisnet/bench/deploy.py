@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..data import load_image_files
-from ..deploy import mean_coefficients
-from ..deploy.latency import median_ms
+from ..deploy import TorchStages, mean_coefficients
+from ..deploy.latency import stage_ms
 from ..evaluate import count_madds, exit_madds
 from ..layers import to_channels_last
 from ..inputs import eval_transform
@@ -39,27 +39,18 @@ def onnx_latency(model: torch.nn.Module, out_dir: Path, batches: Sequence[int] =
                  repeats: int = 20, export: bool = True) -> list[dict[str, Any]]:
     """Milliseconds per stage, PyTorch eager (channels_last) against ONNX Runtime (CPU, same threads).
     ``export=False``: time the stages ``model`` already exported to ``out_dir`` (``basisnet export``)."""
-    from ..deploy.onnx_export import OnnxStages, export_stages
+    from ..deploy.onnx_export import export_stages
+    from ..deploy.onnx_runtime import OnnxStages
 
     if export:
         export_stages(model, out_dir)
-    runtime = OnnxStages(out_dir, threads=torch.get_num_threads())
-    model = to_channels_last(model)
-    cpu = torch.device("cpu")
+    onnx = OnnxStages(out_dir, threads=torch.get_num_threads())
+    eager = TorchStages(to_channels_last(model))
     rows = []
     for batch in batches:
-        x = torch.randn(batch, 3, model.resolution, model.resolution)
-        inputs = [x.numpy()]
-        with torch.inference_mode():
-            state = model.start(x.contiguous(memory_format=torch.channels_last))
-            for k in range(model.num_exits):
-                torch_ms = median_ms(lambda s=state, k=k: model.step(s, k), cpu, repeats=repeats)
-                ort_ms = median_ms(lambda i=inputs, k=k: runtime.run_stage(k, i), cpu, repeats=repeats)
-                rows.append({"stage": k + 1, "batch": batch, "pytorch_ms": round(torch_ms, 3),
-                             "onnxruntime_ms": round(ort_ms, 3)})
-                if k + 1 < model.num_exits:
-                    state = model.step(state, k)[1]
-                    inputs = runtime.run_stage(k, inputs)[1:]
+        for k, (torch_ms, ort_ms) in enumerate(zip(stage_ms(eager, batch, repeats), stage_ms(onnx, batch, repeats))):
+            rows.append({"stage": k + 1, "batch": batch, "pytorch_ms": round(torch_ms, 3),
+                         "onnxruntime_ms": round(ort_ms, 3)})
     return rows
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..deploy.latency import median_ms
-from ..deploy.onnx_export import OnnxStages, export_stages
+from ..deploy.latency import median_ms, stage_ms
+from ..deploy.onnx_export import export_stages
+from ..deploy.onnx_runtime import OnnxStages
 from ..layers import BASIS_LAYERS, to_channels_last
 from ..models import BasisNet, MobileNet
 from .records import save_records
@@ -56,16 +56,6 @@ def _form_batches(form: int | str) -> tuple[int, ...]:
     return (1, 8) if form == "dynamic" else (int(form),)
 
 
-def _ort_stage_ms(stages: OnnxStages, batch: int, resolution: int, repeats: int) -> list[float]:
-    """Median ms of each stage at ``batch``, each fed what the stage before it produced."""
-    inputs = [np.random.default_rng(0).standard_normal((batch, 3, resolution, resolution)).astype(np.float32)]
-    times = []
-    for k in range(stages.num_exits):
-        times.append(median_ms(lambda k=k, i=inputs: stages.run_stage(k, i), CPU, repeats=repeats))
-        inputs = stages.run_stage(k, inputs)[1:]
-    return times
-
-
 def _measure_variant(net: BasisNet, workload: str, variant: str, plan: DeployPlan, work: Path,
                      copy_gb_per_s: dict[int, float]) -> list[dict[str, Any]]:
     specialist = net.specialist
@@ -89,9 +79,8 @@ def _measure_variant(net: BasisNet, workload: str, variant: str, plan: DeployPla
             stages = OnnxStages(out, threads=threads)
             floor_ms = basis_bytes / (copy_gb_per_s[threads] * 1e9) * 1e3
             for batch in _form_batches(form):
-                light_ms, spec_ms = _ort_stage_ms(stages, batch, net.resolution, plan.repeats)
-                static_ms = _ort_stage_ms(OnnxStages(static_dirs[batch], threads=threads), batch, net.resolution,
-                                          plan.repeats)[0]
+                light_ms, spec_ms = stage_ms(stages, batch, plan.repeats)
+                static_ms = stage_ms(OnnxStages(static_dirs[batch], threads=threads), batch, plan.repeats)[0]
                 records.append({**base, "runtime": "onnxruntime", "form": str(form), "batch": batch,
                                 "threads": threads, "lightweight_ms": round(light_ms, 3),
                                 "specialist_ms": round(spec_ms, 3), "static_ms": round(static_ms, 3),

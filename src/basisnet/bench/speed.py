@@ -25,14 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from ..configs import bundled_config
-from ..deploy import EarlyExitPredictor
+from ..deploy import EarlyExitPredictor, TorchStages
+from ..deploy.latency import median_ms, paired_median_ms
 from ..evaluate import count_madds, exit_madds, plot_bars
 from ..layers import BASIS_LAYERS, ExecutionPolicy, ForcedPath, execution_policy, to_channels_last, tune_paths
 from ..models import BasisNet, MobileNet, create_model
 from ..models.calibration import measure_batchnorm, widen_classifiers
 from ..train import load_config
 from .records import meta_path
-from .timing import Ceiling, measure_ceiling, median_ms, paired_median_ms, peak_memory_mib, train_step
+from .timing import Ceiling, measure_ceiling, peak_memory_mib, train_step
 
 __all__ = ["SpeedPlan", "WORKLOADS", "format_speed_table", "format_speed_targets", "run_speed_benchmark",
            "speed_targets"]
@@ -208,7 +209,8 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
         tuned = tune_paths(model, x, repeats=3) if isinstance(model, BasisNet) else ExecutionPolicy()
     with torch.inference_mode(), execution_policy(tuned):
         first = model.step(model.start(x), 0)[0].softmax(-1).max(-1).values
-        predictors = [EarlyExitPredictor(model, float(torch.quantile(first.float().cpu(), 1 - share)), exit_costs=costs)
+        stages = TorchStages(model, exit_costs=costs)
+        predictors = [EarlyExitPredictor(stages, float(torch.quantile(first.float().cpu(), 1 - share)))
                       for share in plan.exit_shares]
         # Every exit's cumulative time, the full forward and each threshold, timed in turn (paired).
         fns = [lambda k=k: model(x, max_exits=k) for k in range(1, model.num_exits + 1)]

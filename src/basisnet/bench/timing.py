@@ -1,4 +1,5 @@
-"""Measuring instruments for the speed benchmark: a median timer, peak memory, the machine's ceiling.
+"""Measuring instruments for the speed benchmark beside the timers of ``deploy.latency``: peak memory, the
+machine's ceiling.
 
 Every figure is taken in the calling process, so models compared in one benchmark run share the
 machine's state (threads, clocks, caches) and their ratios mean something on a noisy machine.
@@ -7,7 +8,6 @@ machine's state (threads, clocks, caches) and their ratios mean something on a n
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ContextManager
@@ -16,27 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
-from ..deploy.latency import median_ms, sync
+from ..deploy.latency import median_ms
 
-__all__ = ["Ceiling", "measure_ceiling", "median_ms", "paired_median_ms", "peak_memory_mib", "train_step"]
-
-
-def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int = 3,
-                     repeats: int = 10) -> list[float]:
-    """Median milliseconds of each of ``fns``, timed in turn within every repeat, so drifts of a
-    noisy machine (clocks, other load) hit all of them alike and their ratios stay meaningful."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, series in zip(fns, times):
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            series.append(time.perf_counter() - start)
-    return [1e3 * sorted(series)[len(series) // 2] for series in times]
+__all__ = ["Ceiling", "measure_ceiling", "peak_memory_mib", "train_step"]
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:

@@ -1,20 +1,26 @@
-"""Early-exit inference: each exit runs only on the images no earlier exit was confident about."""
+"""Early exit, once for every runtime: each exit runs only on the images no earlier exit was confident about.
+
+``EarlyExitPredictor`` runs over any ``Stages`` (PyTorch or ONNX Runtime): a batch through ``predict``,
+one frame at a stage through ``decide`` (the stream), each exit's latency (``deploy.latency``). The
+decision rule, "answer at exit k when the top softmax probability reaches the threshold, or at the last
+exit", is written here and nowhere else.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..evaluate import exit_madds
-from ..models.protocol import MultiExitClassifier, select_state
+from ..models.protocol import State
+from .stages import Stages
 
 
 @dataclass
 class Predictions:
-    """Per image: predicted class, its softmax confidence, the exit that answered, MAdds spent."""
+    """Per image: predicted class, its softmax confidence, the exit that answered, MAdds spent (NaN where the
+    stages cannot count them)."""
 
     classes: Tensor
     confidence: Tensor
@@ -33,48 +39,49 @@ def check_threshold(threshold: float) -> float:
 
 
 class EarlyExitPredictor:
-    """Wraps a trained multi-exit model with a confidence threshold.
+    """Stages with a confidence threshold: after each exit, the images whose softmax confidence reaches the
+    threshold leave, and the next exit computes only for the rest. So wall-clock follows the multiply-adds
+    charged: each image costs the cumulative MAdds of its exit."""
 
-    The model runs staged (``MultiExitClassifier.start`` / ``step``): after each exit, the images whose
-    softmax confidence reaches the threshold leave, and the next exit computes only for the rest. So
-    wall-clock follows the multiply-adds charged: each image costs the cumulative MAdds of its exit.
-
-    ``compile``: run the stages through ``torch.compile`` (True = inductor, or a backend name), with
-    dynamic shapes since every stage sees a different number of images.
-    """
-
-    def __init__(self, model: MultiExitClassifier, threshold: float, exit_costs: Sequence[int] | None = None,
-                 compile: bool | str = False) -> None:
-        self.model = model.eval()
+    def __init__(self, stages: Stages, threshold: float) -> None:
+        self.stages = stages
         self.threshold = check_threshold(threshold)
-        self.exit_costs = torch.tensor(list(exit_costs) if exit_costs is not None else exit_madds(model),
-                                       dtype=torch.float64)
-        self._start, self._step = model.start, model.step
-        if compile:
-            backend = "inductor" if compile is True else compile
-            self._start = torch.compile(model.start, backend=backend, dynamic=True)
-            self._step = torch.compile(model.step, backend=backend, dynamic=True)
+        self._costs: Tensor | None = None  # counted on the first answer: a stream never needs them
+
+    def decide(self, state: State, k: int, last: int | None = None) -> tuple[Tensor, Tensor, Tensor, State]:
+        """Exit ``k`` on the images of ``state``: their confidence, class, whether each answers here (always at
+        ``last``, the last exit to run, by default the model's), and the state exit ``k + 1`` continues from."""
+        last = self.stages.num_exits - 1 if last is None else last
+        logits, state = self.stages.step(state, k)
+        confidence, classes = logits.softmax(-1).max(-1)
+        answers = confidence >= self.threshold if k < last else torch.ones_like(confidence, dtype=torch.bool)
+        return confidence, classes, answers, state
 
     @torch.inference_mode()
-    def predict(self, images: Tensor) -> Predictions:
-        """``images``: a normalized float batch (B, 3, H, W) at the model's resolution."""
-        last = self.model.num_exits - 1
-        batch = images.shape[0]
-        classes = torch.zeros(batch, dtype=torch.long, device=images.device)
-        conf = torch.zeros(batch, device=images.device)
-        stage = torch.full((batch,), last, dtype=torch.long, device=images.device)
-        alive = torch.arange(batch, device=images.device)  # batch positions still undecided
-        state = self._start(images)
+    def predict(self, images: Tensor, last: int | None = None) -> Predictions:
+        """``images``: a normalized float batch (B, 3, H, W) at the stages' resolution, on their device.
+        ``last``: the last exit to run (default: the model's), every image answering there at the latest."""
+        last = self.stages.num_exits - 1 if last is None else last
+        batch, device = images.shape[0], images.device
+        classes = torch.zeros(batch, dtype=torch.long, device=device)
+        confidence = torch.zeros(batch, device=device)
+        stage = torch.zeros(batch, dtype=torch.long, device=device)
+        alive = torch.arange(batch, device=device)  # batch positions still undecided
+        state = self.stages.start(images)
         for k in range(last + 1):
-            logits, state = self._step(state, k)
-            conf[alive], classes[alive] = logits.softmax(-1).max(-1)
-            if k == last:
+            confidence[alive], classes[alive], answers, state = self.decide(state, k, last)
+            stage[alive[answers]] = k
+            if bool(answers.all()):
                 break
-            done = conf[alive] >= self.threshold
-            stage[alive[done]] = k
-            if bool(done.all()):
-                break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                alive, state = alive[keep], select_state(state, keep)
-        return Predictions(classes, conf, stage, self.exit_costs[stage.cpu()])
+            if bool(answers.any()):
+                keep = (~answers).nonzero().squeeze(1)
+                alive, state = alive[keep], self.stages.select(state, keep)
+        return Predictions(classes, confidence, stage, self.exit_costs()[stage.cpu()])
+
+    def exit_costs(self) -> Tensor:
+        """The stages' cumulative MAdds per exit as float64 (NaN where they cannot count them)."""
+        if self._costs is None:
+            costs = self.stages.exit_costs
+            self._costs = torch.tensor(list(costs) if costs is not None else [float("nan")] * self.stages.num_exits,
+                                       dtype=torch.float64)
+        return self._costs

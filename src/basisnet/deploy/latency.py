@@ -1,8 +1,9 @@
-"""Latency on this machine: a median timer and each exit's time to answer one image.
+"""Latency on this machine: one median timer, and what it measures of any ``Stages``.
 
 A millisecond target is met on the machine that serves, not in multiply-adds: ``exit_latency_ms``
-times the deployed path (the staged early-exit run at batch 1) up to each exit, so that a threshold
-sweep can weigh exit fractions by milliseconds instead of MAdds.
+times the deployed path (the early-exit predictor at batch 1) up to each exit, in whichever runtime the
+stages run, so that a threshold sweep can weigh exit fractions by milliseconds instead of MAdds.
+``stage_ms`` times each stage on its own at a batch, for tables that set runtimes side by side.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..models.protocol import MultiExitClassifier
+from .early_exit import EarlyExitPredictor
+from .stages import Stages
 
-__all__ = ["exit_latency_ms", "median_ms", "sync"]
+__all__ = ["exit_latency_ms", "median_ms", "paired_median_ms", "stage_ms", "sync"]
 
 
 def sync(device: torch.device) -> None:
@@ -22,35 +24,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def paired_median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int = 3,
+                     repeats: int = 10) -> list[float]:
+    """Median wall-clock milliseconds of each of ``fns`` (device work included) after ``warmup`` calls each,
+    timed in turn within every repeat, so drifts of a noisy machine (clocks, other load) hit all of them
+    alike and their ratios stay meaningful."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, series in zip(fns, times):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            series.append(time.perf_counter() - start)
+    return [1e3 * sorted(series)[len(series) // 2] for series in times]
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall-clock milliseconds of ``fn()`` after ``warmup`` calls (device work included)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
+    return paired_median_ms([fn], device, warmup=warmup, repeats=repeats)[0]
+
+
+def _images(stages: Stages, batch: int) -> torch.Tensor:
+    """Random normalized images for ``stages`` (seeded: the same in every runtime timed)."""
+    x = torch.randn(batch, 3, stages.resolution, stages.resolution, generator=torch.Generator().manual_seed(0))
+    return x.to(stages.device)
+
+
+def exit_latency_ms(stages: Stages, repeats: int = 100) -> list[float]:
+    """Milliseconds to answer one image at each exit: the early-exit predictor at batch 1 stopped after that
+    exit, host bookkeeping included (median of ``repeats``)."""
+    x = _images(stages, 1)
+    predictor = EarlyExitPredictor(stages, threshold=1.0)
+    return [median_ms(lambda k=k: predictor.predict(x, last=k), stages.device, repeats=repeats)
+            for k in range(stages.num_exits)]
 
 
 @torch.inference_mode()
-def exit_latency_ms(model: MultiExitClassifier, repeats: int = 20) -> list[float]:
-    """Milliseconds to answer one image at each exit: the staged run through exits 1..k plus each exit's
-    softmax, as ``EarlyExitPredictor`` computes it (median of ``repeats``)."""
-    model.eval()
-    param = next(model.parameters())
-    x = torch.randn(1, 3, model.resolution, model.resolution, device=param.device, dtype=param.dtype)
-    if param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def through(k: int) -> None:
-        state = model.start(x)
-        for j in range(k + 1):
-            logits, state = model.step(state, j)
-            logits.softmax(-1).max(-1)
-
-    return [median_ms(lambda k=k: through(k), param.device, repeats=repeats) for k in range(model.num_exits)]
+def stage_ms(stages: Stages, batch: int, repeats: int = 20) -> list[float]:
+    """Median milliseconds of each stage on ``batch`` images, each stage fed what the one before produced."""
+    state = stages.start(_images(stages, batch))
+    times = []
+    for k in range(stages.num_exits):
+        times.append(median_ms(lambda s=state, k=k: stages.step(s, k), stages.device, repeats=repeats))
+        state = stages.step(state, k)[1]
+    return times

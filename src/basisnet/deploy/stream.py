@@ -6,12 +6,12 @@ the next by a bounded queue: while the specialist works on frame t, the lightwei
 previews frame t+1. Frames that exit early skip the later stages; results come out in input order. An
 exception in any stage stops every stage and is raised to the consumer; nothing is left running.
 
-Workers are processes for a PyTorch model: at batch 1 an eager model spends much of its time in Python
-dispatch, which threads of one interpreter serialize on the GIL; threads for ONNX Runtime, which runs a
-graph without the GIL and so saves the processes' pickling (BENCHMARKS.md measures both).
-
-The stages are a PyTorch model's (``step``) or the graphs ``basisnet export`` wrote, in ONNX Runtime
-(``OnnxStages``; each worker opens only its own stage's session, with its own thread count).
+The stages are any ``Stages`` (PyTorch, or the graphs ``basisnet export`` wrote in ONNX Runtime, each
+worker opening only its own stage's session); each frame's decision at a stage is the early-exit
+predictor's own (``EarlyExitPredictor.decide``). Workers are threads where the stages compute without
+the GIL (ONNX Runtime), which saves pickling states between processes; processes otherwise: at batch 1
+an eager PyTorch model spends much of its time in Python dispatch, which threads of one interpreter
+serialize on the GIL (BENCHMARKS.md measures both).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.protocol import MultiExitClassifier, map_state
-from .early_exit import check_threshold
-from .onnx_export import OnnxStages, softmax_max
+from ..models.protocol import map_state
+from .early_exit import EarlyExitPredictor
+from .stages import Stages
 
 __all__ = ["FrameResult", "StreamPredictor"]
+
 
 @dataclass
 class FrameResult:
@@ -53,52 +54,45 @@ class _Failure:
 
 
 class StreamPredictor:
-    """Runs ``model`` staged over single frames (``(3, H, W)`` normalized tensors), one worker per stage.
+    """Runs ``stages`` over single frames (``(3, H, W)`` normalized tensors), one worker per stage.
 
-    ``model``: a multi-exit PyTorch model or exported stages (``OnnxStages``, best exported at batch 1).
-    ``stage_threads``: intra-op threads of each stage's worker (default 1 each); ``queue_size``:
-    frames waiting between two stages at most (bounds memory and latency). ``parallel=False`` runs the
-    same stages one after the other in the caller's thread, the baseline the parallel form is measured
-    against. ``workers``: ``auto`` (threads for ONNX Runtime, processes for PyTorch), ``process`` or ``thread``.
+    ``stages``: best exported at batch 1 for ONNX Runtime. ``stage_threads``: intra-op threads of each
+    stage (default 1 each); ``queue_size``: frames waiting between two stages at most (bounds memory and
+    latency). ``parallel=False`` runs the same stages one after the other in the caller's thread, the
+    baseline the parallel form is measured against. ``workers``: ``auto`` (threads where the stages release
+    the GIL, processes otherwise), ``process`` or ``thread``.
     """
 
-    def __init__(self, model: MultiExitClassifier | OnnxStages, threshold: float,
-                 stage_threads: Sequence[int] | None = None, queue_size: int = 4, parallel: bool = True,
-                 workers: str = "auto") -> None:
-        self.onnx = isinstance(model, OnnxStages)
-        self.model = model if self.onnx else model.eval()
-        self.threshold = check_threshold(threshold)
-        self.stage_threads = list(stage_threads or [1] * model.num_exits)
-        if len(self.stage_threads) != model.num_exits or min(self.stage_threads) < 1:
-            raise ValueError(f"stage_threads needs {model.num_exits} counts >= 1, got {self.stage_threads}")
+    def __init__(self, stages: Stages, threshold: float, stage_threads: Sequence[int] | None = None,
+                 queue_size: int = 4, parallel: bool = True, workers: str = "auto") -> None:
+        self.stage_threads = list(stage_threads or [1] * stages.num_exits)
+        if len(self.stage_threads) != stages.num_exits or min(self.stage_threads) < 1:
+            raise ValueError(f"stage_threads needs {stages.num_exits} counts >= 1, got {self.stage_threads}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         if workers not in ("auto", "process", "thread"):
             raise ValueError(f"workers must be 'auto', 'process' or 'thread', got {workers!r}")
-        if workers == "auto":  # ONNX Runtime releases the GIL while it runs; eager PyTorch at batch 1 does not
-            workers = "thread" if self.onnx else "process"
+        if workers == "auto":
+            workers = "thread" if stages.releases_gil else "process"
         self.queue_size, self.parallel, self.workers = queue_size, parallel, workers
-        if self.onnx:  # with the stream's thread counts (sessions open in the workers)
-            self.model = model.with_threads(self.stage_threads)
+        self.stages = stages.with_threads(self.stage_threads)
+        self.early_exit = EarlyExitPredictor(self.stages, threshold)
 
-    def _frame(self, frame: Tensor) -> object:
-        """A frame as stage 1's input: a batch of one (numpy for ONNX Runtime)."""
-        return frame.unsqueeze(0).numpy() if self.onnx else frame.unsqueeze(0)
+    @property
+    def how(self) -> str:
+        """How the stream runs, in words (``predict --stream`` prints it under its numbers)."""
+        how = f"stages in parallel, {self.workers} workers" if self.parallel else "stages one after the other"
+        return f"{how}, {self.stages.label}"
 
     def _stage(self, k: int, item: tuple) -> tuple[bool, tuple]:
-        """Exit ``k`` on one frame: (answered, result or the item for stage k + 1)."""
+        """Exit ``k`` on one frame (stage 0 gets it as a batch of one): (answered, result or the item for
+        stage k + 1)."""
         index, start, state = item
-        if self.onnx:
-            out = self.model.run_stage(k, [state] if k == 0 else state)
-            top, indices = softmax_max(out[0])
-            conf, cls, state = float(top[0]), int(indices[0]), out[1:]
-        else:
-            with torch.inference_mode():
-                logits, state = self.model.step(self.model.start(state) if k == 0 else state, k)
-                top = logits.softmax(-1).max(-1)
-            conf, cls = float(top.values[0]), int(top.indices[0])
-        if k == self.model.num_exits - 1 or conf >= self.threshold:
-            return True, FrameResult(index, cls, conf, k, time.perf_counter() - start)
+        with torch.inference_mode():
+            confidence, classes, answers, state = self.early_exit.decide(
+                self.stages.start(state) if k == 0 else state, k)
+        if bool(answers[0]):
+            return True, FrameResult(index, int(classes[0]), float(confidence[0]), k, time.perf_counter() - start)
         return False, (index, start, state)
 
     def predict(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
@@ -109,8 +103,8 @@ class StreamPredictor:
 
     def _sequential(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
         for index, frame in enumerate(frames):
-            item = (index, time.perf_counter(), self._frame(frame))
-            for k in range(self.model.num_exits):
+            item = (index, time.perf_counter(), frame.unsqueeze(0))
+            for k in range(self.stages.num_exits):
                 answered, item = self._stage(k, item)
                 if answered:
                     yield item
@@ -119,24 +113,23 @@ class StreamPredictor:
     def _parallel(self, frames: Iterable[Tensor], ctx: mp.context.BaseContext | None) -> Iterator[FrameResult]:
         """Stage workers (processes from ``ctx``, else threads) linked by bounded queues; a feeder thread
         pushes the frames; this generator puts the answers back in order."""
-        stages = self.model.num_exits
+        stages = self.stages.num_exits
         make_queue = (lambda size=0: ctx.Queue(size)) if ctx else (lambda size=0: queue.Queue(size))
         links = [make_queue(self.queue_size) for _ in range(stages)]  # links[k]: into stage k
         results = make_queue()
         stop = ctx.Event() if ctx else threading.Event()
         if ctx:
-            wired = not self.onnx  # ONNX Runtime states are numpy arrays already
-            workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, wired), daemon=True,
+            workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, True), daemon=True,
                                    name=f"stream-stage{k}") for k in range(stages)]
         else:
             workers = [threading.Thread(target=_stage_worker, args=(self, k, links, results, stop, False), daemon=True,
                                         name=f"stream-stage{k}") for k in range(stages)]
-        wire = _to_wire if ctx and not self.onnx else (lambda state: state)
+        wire = _to_wire if ctx else (lambda state: state)
 
         def feed() -> None:
             try:
                 for index, frame in enumerate(frames):
-                    if not _put(links[0], (index, time.perf_counter(), wire(self._frame(frame))), stop):
+                    if not _put(links[0], (index, time.perf_counter(), wire(frame.unsqueeze(0))), stop):
                         return
                 _put(links[0], _END, stop)
             except BaseException as err:  # a bad frame source stops the stream like a failing stage
@@ -204,8 +197,7 @@ def _from_wire(state: object) -> object:
 
 def _stage_worker(predictor: StreamPredictor, k: int, links: list, results, stop, wire: bool) -> None:
     """Stage ``k``'s loop: take a frame's state, answer it or pass it on, until the end of the stream."""
-    if not predictor.onnx:
-        torch.set_num_threads(predictor.stage_threads[k])
+    torch.set_num_threads(predictor.stage_threads[k])  # the process's threads (ONNX Runtime sessions carry theirs)
     last = k == len(links) - 1
     try:
         while not stop.is_set():

@@ -8,12 +8,15 @@ is the staged run with nobody leaving (``run_exits``). ``tests/test_protocol.py`
 over ``list_models()``.
 
 A state is any nesting of lists, tuples and dicts whose tensors have the batch as their first
-dimension; other values (ints, None) are cursors and pass through ``select_state`` untouched.
+dimension; other values (ints, None) are cursors and pass through ``select_state`` untouched. A runtime
+that passes tensors only (an exported graph) takes a state apart with ``flatten_state`` and puts it back
+with ``unflatten_state``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -112,3 +115,27 @@ def map_state(state: State, fn: Callable[[Any], Any], leaf: type | tuple[type, .
 def select_state(state: State, index: Tensor) -> State:
     """The state of the images ``index`` (a long tensor of batch positions) only."""
     return map_state(state, lambda t: t[index])  # unlike index_select, keeps channels_last maps so
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where tensor ``index`` of a flattened state goes back."""
+
+    index: int
+
+
+def flatten_state(state: State) -> tuple[list[Tensor], State]:
+    """The tensors of ``state`` in a fixed order (``map_state``'s), and a skeleton holding their places and the
+    state's other values: what crosses a boundary that passes tensors only (an ONNX graph's inputs)."""
+    tensors: list[Tensor] = []
+
+    def take(tensor: Tensor) -> _Slot:
+        tensors.append(tensor)
+        return _Slot(len(tensors) - 1)
+
+    return tensors, map_state(state, take)
+
+
+def unflatten_state(skeleton: State, tensors: Sequence[Tensor]) -> State:
+    """The state ``flatten_state`` took apart, with ``tensors`` in the places of its own."""
+    return map_state(skeleton, lambda slot: tensors[slot.index], leaf=_Slot)
