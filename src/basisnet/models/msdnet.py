@@ -40,8 +40,9 @@ from ..layers.densenet import (
     stem_side,
 )
 from .equilibrium import split_exit
-from .protocol import State, run_exits
+from .protocol import State
 from .registry import register_model
+from .staged import StagedMultiExit
 
 STEPMODES = ("even", "lin_grow")
 PRUNE_MODES = ("max", "min")
@@ -127,7 +128,7 @@ def compressed(channels: int, reduction: float) -> int:
     return out
 
 
-class MSDNet(nn.Module):
+class MSDNet(StagedMultiExit):
     """Multi-scale dense network; defaults: a CIFAR-100 anytime model (10 blocks, step 2, base 4).
 
     Args:
@@ -216,17 +217,6 @@ class MSDNet(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.heads)
-
-    def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
-        """Logits of exits 1..``max_exits`` (default: all), cheapest first; later blocks are not run."""
-        return run_exits(self, x, max_exits)
-
-    def start(self, x: Tensor) -> State:
-        return x
 
     def step(self, state: State, k: int) -> tuple[Tensor, State]:
         """Block ``k`` (block 0 holds the stem) on the maps of block ``k - 1``, then its exit."""

@@ -37,7 +37,8 @@ from ..layers.densenet import (
 )
 from .equilibrium import split_exit
 from .msdnet import STEPMODES, compressed, register_with_presets
-from .protocol import State, run_exits
+from .protocol import State
+from .staged import StagedMultiExit
 
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
 RANET_PRESETS: dict[str, dict[str, Any]] = {
@@ -126,7 +127,7 @@ class FusionBlock(nn.Module):
         return self.transition(x), feats
 
 
-class RANet(nn.Module):
+class RANet(StagedMultiExit):
     """Resolution-adaptive network; defaults: the official CIFAR script (8 exits).
 
     Args:
@@ -231,14 +232,6 @@ class RANet(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.gradient_equilibrium = False  # training only: train.gradient_equilibrium (models/equilibrium.py)
         init_weights(self)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.heads)
-
-    def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
-        """Logits of exits 1..``max_exits`` (default: all), cheapest first; nothing after the last is run."""
-        return run_exits(self, x, max_exits)
 
     def start(self, x: Tensor) -> State:
         """The stem's maps, one per flow (coarsest first), and a cursor at flow 0, block 0."""
