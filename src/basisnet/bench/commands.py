@@ -8,6 +8,7 @@ one bench (``deploy --static-run`` needs ``--run``) are made here, before any wo
 
 from __future__ import annotations
 
+import importlib
 import json
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable
@@ -93,25 +94,20 @@ def _deploy(args: Namespace, command: str) -> int:
     return 0
 
 
-def _loader(args: Namespace, command: str) -> int:
-    from . import loader
+def _data_bench(module: str, plan: str, run: str, table: str, stem: str, scratch: str) -> Callable[[Namespace, str], int]:
+    """loader / train: a plan (or its quick plan), data, a scratch folder; one table printed. The module is
+    imported when the command runs (and its functions looked up then)."""
 
-    plan = loader.LoaderPlan.quick_plan() if args.quick else loader.LoaderPlan()
-    results = args.results or str(paths.results_file("loader", "_quick" if args.quick else ""))
-    records = loader.run_loader_benchmark(args.data, results, plan, scratch=args.output or str(paths.runs_folder(
-        "bench_loader")), command=command)
-    print(loader.format_loader_table(records))
-    return 0
+    def main(args: Namespace, command: str) -> int:
+        bench = importlib.import_module(f"{__package__}.{module}")
+        plan_cls = getattr(bench, plan)
+        results = args.results or str(paths.results_file(stem, "_quick" if args.quick else ""))
+        records = getattr(bench, run)(args.data, results, plan_cls.quick_plan() if args.quick else plan_cls(),
+                                      scratch=args.output or str(paths.runs_folder(scratch)), command=command)
+        print(getattr(bench, table)(records))
+        return 0
 
-
-def _train(args: Namespace, command: str) -> int:
-    from . import train_speed
-
-    plan = train_speed.TrainSpeedPlan.quick_plan() if args.quick else train_speed.TrainSpeedPlan()
-    results = args.results or str(paths.results_file("train_speed", "_quick" if args.quick else ""))
-    print(train_speed.format_train_speed_table(train_speed.run_train_speed_benchmark(
-        args.data, results, plan, scratch=args.output or str(paths.runs_folder("bench_train")), command=command)))
-    return 0
+    return main
 
 
 def _gpu(args: Namespace, command: str) -> int:
@@ -141,10 +137,12 @@ _MEASURING = (
     BenchCommand("loader", "streaming images/s against bare JPEG decoding", (
         _quick("5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers"), _DATA, _results("loader"),
         Option("--output", f"scratch folder for generated JPEGs (default {paths.runs_folder('bench_loader')})")),
-        _loader),
+        _data_bench("loader", "LoaderPlan", "run_loader_benchmark", "format_loader_table", "loader", "bench_loader")),
     BenchCommand("train", "basisnet train against a bare loop, images/s", (
         _quick("one config, 8 steps of batch 64"), _DATA, _results("train_speed"),
-        Option("--output", f"scratch folder for the runs (default {paths.runs_folder('bench_train')})")), _train),
+        Option("--output", f"scratch folder for the runs (default {paths.runs_folder('bench_train')})")),
+        _data_bench("train_speed", "TrainSpeedPlan", "run_train_speed_benchmark", "format_train_speed_table",
+                    "train_speed", "bench_train")),
     BenchCommand("gpu", "the GPU-only tests, train and speed on a CUDA device: one results file; fails without a GPU", (
         Option("--data", f"training data of the train benchmark (default {paths.SHAPES}, the embedded set)",
                default=paths.SHAPES),

@@ -130,9 +130,6 @@ class Plan:
     epochs: int  # the length the meta states
     facts: Mapping[str, Any] = field(default_factory=dict)  # plan-level figures the meta states (sizes, lengths)
 
-    def run(self, name: str) -> Run:
-        return next(r for r in self.runs if isinstance(r, Run) and r.name == name)
-
 
 @dataclass
 class Outcome:

@@ -26,19 +26,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
-from ..layers.densenet import (
-    DenseLayer,
-    ExitHead,
-    ScaleStem,
-    bottleneck_conv,
-    check_factors,
-    check_variant,
-    concat_channels,
-    halve,
-    head_for,
-    init_weights,
-    stem_side,
-)
+from ..layers.densenet import (DenseLayer, ExitHead, ScaleStem, bottleneck_conv, check_factors, check_variant,
+                               concat_channels, halve, head_for, init_weights, stem_side)
 from .equilibrium import split_exit
 from .protocol import State
 from .registry import register_model

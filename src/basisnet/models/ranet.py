@@ -22,19 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
-from ..layers.densenet import (
-    DenseLayer,
-    ExitHead,
-    ScaleStem,
-    bottleneck_conv,
-    check_factors,
-    check_variant,
-    concat_channels,
-    halve,
-    head_for,
-    init_weights,
-    stem_side,
-)
+from ..layers.densenet import (DenseLayer, ExitHead, ScaleStem, bottleneck_conv, check_factors, check_variant,
+                               concat_channels, halve, head_for, init_weights, stem_side)
 from .equilibrium import split_exit
 from .msdnet import STEPMODES, compressed, register_with_presets
 from .protocol import State
