@@ -6,6 +6,7 @@ No test module imports another: they import this module (on ``sys.path`` as pyte
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -219,3 +220,12 @@ def basisnet_cli(*args: str, procs: int = 0, env: dict[str, str] | None = None,
                  timeout: float = CHILD_TIMEOUT_S) -> subprocess.CompletedProcess:
     """``basisnet ARGS`` in a child process (``python -m basisnet``)."""
     return run_python("-m", "basisnet", *args, procs=procs, env=env, timeout=timeout)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def committed_record_keys(stem: str) -> set[str]:
+    """Every key the records of the committed ``benchmarks/results/<stem>.json`` use: a study's records keep that
+    schema."""
+    return set().union(*json.loads((RESULTS / f"{stem}.json").read_text()))

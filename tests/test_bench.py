@@ -2,18 +2,19 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from basisnet.bench import (PEERS, format_compare_table, format_compare_targets, format_distill_table,
-                            format_regime_table, format_seed_table, format_table, format_targets, format_train_minutes,
-                            format_verdicts, run_accuracy_benchmark, run_compare_benchmark, run_distill_benchmark,
-                            run_regime_benchmark)
+                            format_records_table, format_regime_table, format_seed_table, format_targets,
+                            format_train_minutes, format_verdicts, run_study)
 from basisnet.bench.compare import BUDGETS, seed_spread, targets
 from basisnet.configs import bundled_config
 from basisnet.bench.runs import train_minutes
+from helpers import committed_record_keys
 from basisnet.evaluate import best_within, compare_curves, count_params, exit_accuracy, threshold_sweep
 from basisnet.workflow import exit_logits, load_run, run_exit_madds
 from basisnet.train import load_config
@@ -56,7 +57,9 @@ def test_best_within_and_compare_curves():
 
 def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tree, tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results" / "cifar10.json"
-    records = run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=1, warm_epochs=1, overrides=TINY)
+    records = run_study("accuracy", data=cifar_tree, output=out, results=results, quick=True, epochs=1, warm_epochs=1,
+                        overrides=TINY)
+    assert set().union(*records) == committed_record_keys("cifar10")  # the schema of the committed results
     names = [r["model"] for r in records]
     assert any("w0.35" in n for n in names) and any("1 + 1 epochs as BasisNet" in n for n in names)
     basis = [r for r in records if r["model"].startswith("basisnet")]
@@ -73,7 +76,7 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     basis_top1 = exit_accuracy(exit_logits(out / "basisnet_warm", "test"))
     assert (full["top1"], full["madds"]) == (round(basis_top1[1], 2), round(run_exit_madds(out / "basisnet_warm")[1], 3))
     assert f"| basisnet (no early exit) | {full['top1']:.2f} | {full['madds']:.2f} | {full['params'] / 1e6:.2f}M |  |  |" \
-        in format_table(records).splitlines()
+        in format_records_table(records).splitlines()
     assert meta["targets"]["gain_over_control_pt"] == round(full["top1"] - control["top1"], 2)
     early = next(r for r in records if r["threshold"] is not None)
     assert meta["targets"]["early_exit_saving"] == pytest.approx(1 - early["madds"] / full["madds"], abs=1e-3)
@@ -90,9 +93,9 @@ def test_accuracy_benchmark_warm_starts_basisnet_and_trains_the_control(cifar_tr
     assert f"saves {100 * meta['targets']['early_exit_saving']:.1f}%" in lines[1]
     assert len(static) == 3  # x0.35, x0.5 and the control
     with pytest.raises(ValueError, match="must include"):
-        run_accuracy_benchmark(cifar_tree, out, results, quick=True, widths=[0.75])
+        run_study("accuracy", data=cifar_tree, output=out, results=results, quick=True, widths=[0.75])
     with pytest.raises(ValueError, match="holds a run with another config .*train.epochs: 1 -> 3"):
-        run_accuracy_benchmark(cifar_tree, out, results, quick=True, epochs=3, overrides=TINY)
+        run_study("accuracy", data=cifar_tree, output=out, results=results, quick=True, epochs=3, overrides=TINY)
 
 
 @pytest.fixture
@@ -132,8 +135,10 @@ def _budgeted(records, label):
 
 def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp_path, tiny_peers, capsys):
     out, results = tmp_path / "runs", tmp_path / "compare.json"
-    records, verdicts = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY)
+    records = run_study("compare", data=cifar_tree, output=out, results=results, quick=True, epochs=1, overrides=TINY)
     assert _trained(capsys.readouterr().out) == [peer.run for peer in PEERS]
+    assert set().union(*records) == committed_record_keys("compare_n10000")
+    verdicts = json.loads(results.with_name("compare_meta.json").read_text())["verdicts"]
     for peer in PEERS:
         rows = [r for r in records if r["model"] == peer.label]
         anytime = [r for r in rows if r["protocol"] == "anytime"]
@@ -158,9 +163,9 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     expected = {"RANet vs MSDNet": compare_curves(_budgeted(records, "RANet"), _budgeted(records, "MSDNet"))}
     expected |= {f"{basisnet} vs {p.label}": compare_curves(_budgeted(records, basisnet), _budgeted(records, p.label))
                  for p in PEERS if p.label != basisnet}
-    assert verdicts == expected
+    assert verdicts == json.loads(json.dumps(expected))
     meta = json.loads(results.with_name("compare_meta.json").read_text())
-    assert meta["verdicts"] == json.loads(json.dumps(verdicts)) and results.with_suffix(".png").stat().st_size > 0
+    assert results.with_suffix(".png").stat().st_size > 0
     assert meta["train_minutes"] == {peer.run: train_minutes(out / peer.run) for peer in PEERS}
     full = rows[1]["top1"]
     static = next(r for r in records if r["model"] == PEERS[1].label and r["protocol"] == "anytime")["top1"]
@@ -185,21 +190,23 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     saved = _saved(out)
 
     # --models: re-run BasisNet alone (reused, re-evaluated), keep every other peer's records and minutes as they were
-    again, _ = run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY,
-                                     models=["basisnet"])
+    again = run_study("compare", data=cifar_tree, output=out, results=results, quick=True, epochs=1, overrides=TINY,
+                      models=["basisnet"])
     assert _trained(capsys.readouterr().out) == [] and _saved(out) == saved
     assert [r for r in again if r["model"] != basisnet] == [r for r in records if r["model"] != basisnet]
     assert [r for r in again if r["model"] == basisnet] == rows
     meta2 = json.loads(results.with_name("compare_meta.json").read_text())
     assert meta2["kept_from_earlier_run"] == sorted(p.run for p in PEERS[1:])
-    assert meta2["train_minutes"] == meta["train_minutes"]
+    assert meta2["train_minutes"] == meta["train_minutes"] and meta2["shortcut_val"] == meta["shortcut_val"]
     with pytest.raises(ValueError, match="unknown --models"):
-        run_compare_benchmark(cifar_tree, out, results, quick=True, epochs=1, overrides=TINY, models=["resnet"])
+        run_study("compare", data=cifar_tree, output=out, results=results, quick=True, epochs=1, overrides=TINY,
+                  models=["resnet"])
 
     # The regime study reuses compare's runs at their length (1) and trains the peers it names at the others;
     # CondConv, left out, is read where a run of that length exists.
-    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 2], quick=True,
-                                  overrides=TINY, models=["basisnet", "static_w0.5"])
+    regime = run_study("regime", data=cifar_tree, output=out, results=tmp_path / "regime.json", lengths=[1, 2],
+                       quick=True, overrides=TINY, models=["basisnet", "static_w0.5"])
+    assert set().union(*regime) == committed_record_keys("regime_n10000")
     assert _trained(capsys.readouterr().out) == ["basisnet_e2", "static_w0.5_e2"] and _saved(out).items() >= saved.items()
     assert not (out / "condconv_e2").exists() and not (out / "basisnet_e1").exists()
     gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
@@ -215,18 +222,20 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
         f"| 2 | {last[basisnet, 2]:.2f} | {last[PEERS[1].label, 2]:.2f} | - | "
         f"{gains[1]['gain_over_static_pt']:+.2f} | - |") and (tmp_path / "regime.png").stat().st_size > 0
     saved = _saved(out)
-    regime = run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1, 2], quick=True,
-                                  overrides=TINY)  # every studied peer: only CondConv is missing at 2 epochs
+    regime = run_study("regime", data=cifar_tree, output=out, results=tmp_path / "regime.json", lengths=[1, 2],
+                       quick=True, overrides=TINY)  # every studied peer: only CondConv is missing at 2 epochs
     assert _trained(capsys.readouterr().out) == ["condconv_e2"] and _saved(out).items() >= saved.items()
     gains = json.loads((tmp_path / "regime_meta.json").read_text())["gains"]
     assert gains[1]["gain_over_condconv_pt"] is not None
     with pytest.raises(ValueError, match="must name BasisNet and its static backbone"):
-        run_regime_benchmark(cifar_tree, out, tmp_path / "regime.json", lengths=[1], quick=True, overrides=TINY,
-                             models=["condconv"])
+        run_study("regime", data=cifar_tree, output=out, results=tmp_path / "regime.json", lengths=[1], quick=True,
+                  overrides=TINY, models=["condconv"])
 
     # Self-distillation: the bundled setting is compare's run (reused), the other trains beside it.
     saved = _saved(out)
-    distill = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY)
+    distill = run_study("distill", data=cifar_tree, output=out, results=tmp_path / "distill.json", quick=True, epochs=1,
+                        overrides=TINY)
+    assert set().union(*distill) == committed_record_keys("distill_n10000")
     assert _trained(capsys.readouterr().out) == ["basisnet_sd0.5", "msdnet_sd0.5", "ranet_sd0.5"]
     assert _saved(out).items() >= saved.items()
     for peer in PEERS:  # the other setting than the bundled config's trains beside compare's run
@@ -250,12 +259,13 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
         f"| BasisNet | 0.5 | {rows[0]['budget']:.2f} | {rows[0]['top1_on']:.2f} | {rows[0]['top1_off']:.2f} | "
         f"{rows[0]['change_pt']:+.2f} |")
     saved = _saved(out)
-    only = run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, overrides=TINY,
-                                 models=["ranet"])
+    only = run_study("distill", data=cifar_tree, output=out, results=tmp_path / "distill.json", quick=True, epochs=1,
+                     overrides=TINY, models=["ranet"])
     assert {r["base_model"] for r in only} == {"RANet"} and _trained(capsys.readouterr().out) == []
     assert _saved(out) == saved
     with pytest.raises(ValueError, match="unknown --models"):
-        run_distill_benchmark(cifar_tree, out, tmp_path / "distill.json", quick=True, epochs=1, models=["condconv"])
+        run_study("distill", data=cifar_tree, output=out, results=tmp_path / "distill.json", quick=True, epochs=1,
+                  models=["condconv"])
 
 
 def test_compare_reports_the_spread_of_seeds_and_the_targets(tmp_path):
@@ -303,35 +313,44 @@ def test_training_minutes_come_from_each_runs_epoch_log(tmp_path):
     assert format_train_minutes({"a": 1.2, "b": 0.5}) == "training: 1.7 min in all (a 1.2, b 0.5)"
 
 
+def _fake_execute(monkeypatch, seen, records, **meta):
+    """``study.execute`` replaced: records what the CLI planned, writes ``meta`` and returns ``records``."""
+    import basisnet.bench.study as study
+
+    def fake(which, plan, out, results, command):
+        seen.update(study=which.name, plan=plan, out=out, results=results, command=command)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.with_name(results.stem + "_meta.json").write_text(json.dumps(meta))
+        return records
+
+    monkeypatch.setattr(study, "execute", fake)
+
+
 def test_cli_bench_prints_table_verdicts_and_training_time(monkeypatch, tmp_path, capsys):
-    import basisnet.bench as bench
     from basisnet.cli import main
 
     record = {"model": "RANet", "top1": 70.0, "madds": 3.5, "params": 1000, "protocol": "anytime"}
     found = {"RANet vs MSDNet": {"range": [4.0, 9.0], "budgets": 3, "a_wins": 1, "ties": 0, "min_margin": -1.0,
                                  "max_margin": 0.5}}
-
-    def fake(data, output, results, **kwargs):
-        results.with_name(results.stem + "_meta.json").write_text(json.dumps({
-            "verdicts": found, "train_minutes": {"msdnet": 31.2, "ranet": 25.8},
-            "targets": {"gain_over_static_pt": 1.6, "madds_ratio_to_static": 1.24, "gain_over_condconv_pt": 0.5,
-                        "early_exit_saving": 0.31, "early_exit_loss_pt": 0.2, "early_exit_threshold": 0.8}}))
-        return [record], found
-
-    monkeypatch.setattr(bench, "run_compare_benchmark", fake)
+    seen = {}
+    _fake_execute(monkeypatch, seen, [record], verdicts=found, train_minutes={"msdnet": 31.2, "ranet": 25.8},
+                  targets={"gain_over_static_pt": 1.6, "madds_ratio_to_static": 1.24, "gain_over_condconv_pt": 0.5,
+                           "early_exit_saving": 0.31, "early_exit_loss_pt": 0.2, "early_exit_threshold": 0.8})
     assert main(["bench", "compare", "--results", str(tmp_path / "c.json")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[2].startswith("| RANet | 0.00M | 1 | 70.0@3.5 |")
     assert lines[-5] == format_verdicts(found) and lines[-1] == "training: 57.0 min in all (msdnet 31.2, ranet 25.8)"
     assert lines[-4] == "BasisNet - static backbone: +1.60 pt at 1.24x MAdds (target >= +1.5 pt at <= 1.35x)"
+    assert seen["results"] == tmp_path / "c.json" and seen["command"] == f"basisnet bench compare --results {tmp_path / 'c.json'}"
 
 
 def test_ablation_trains_named_candidates_and_reports_the_shortcut(cifar_tree, tmp_path):
-    from basisnet.bench import ABLATIONS, format_ablation_table, run_ablation
+    from basisnet.bench import ABLATIONS, format_ablation_table
 
     results = tmp_path / "ablation.json"
-    records = run_ablation(["static", "scratch"], cifar_tree, tmp_path / "runs", results, epochs=1, command="test",
-                           overrides=TINY)
+    records = run_study("ablation", candidates=["static", "scratch"], data=cifar_tree, output=tmp_path / "runs",
+                        results=results, epochs=1, command="test", overrides=TINY)
+    assert set().union(*records) == committed_record_keys("ablation")
     assert [r["candidate"] for r in records] == ["static", "scratch"] and json.loads(results.read_text()) == records
     static, scratch = records
     assert len(static["val_top1"]) == 1 and "shortcut" not in static
@@ -348,7 +367,7 @@ def test_ablation_trains_named_candidates_and_reports_the_shortcut(cifar_tree, t
         f"{scratch['madds'][-1]:.2f} | {s['specialist_mean_coeffs']:.2f} | {s['drop']:+.2f} |"]
     assert s["drop"] == pytest.approx(s["specialist"] - s["specialist_mean_coeffs"], abs=0.011)
     with pytest.raises(ValueError, match="unknown ablation candidates"):
-        run_ablation(["nope"], cifar_tree, tmp_path / "runs", results)
+        run_study("ablation", candidates=["nope"], data=cifar_tree, output=tmp_path / "runs", results=results)
 
 
 def test_deploy_forms_ratios_and_targets():
@@ -372,68 +391,58 @@ def test_deploy_forms_ratios_and_targets():
 
 
 def test_cli_study_options_belong_to_the_studies(capsys, tmp_path):
+    """An option a study does not take is an argparse error naming it; a bad value of one it takes is refused
+    before anything trains."""
     from basisnet.cli import main
 
-    assert main(["bench", "speed", "--seeds", "3"]) == 2
-    assert "--seeds belongs to 'bench compare'" in capsys.readouterr().err
-    assert main(["bench", "accuracy", "--teacher", "runs/t"]) == 2
-    assert "--teacher belongs to 'bench compare' or 'bench regime' or 'bench distill'" in capsys.readouterr().err
+    for argv, option in ((["speed", "--seeds", "3"], "--seeds"), (["accuracy", "--teacher", "runs/t"], "--teacher"),
+                         (["regime", "--epochs", "3"], "--epochs"), (["ablation", "--quick"], "--quick")):
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", *argv])
+        assert stop.value.code == 2
+        assert f"basisnet bench {argv[0]}: error: unrecognized arguments: {option}" in capsys.readouterr().err
     assert main(["bench", "compare", "--teacher", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "compare", "--seeds", "0", "--output", str(tmp_path)]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
-    assert main(["bench", "regime", "--epochs", "3"]) == 2
-    assert "--epochs does not apply" in capsys.readouterr().err
 
 
-def test_cli_regime_and_distill_print_their_tables(monkeypatch, tmp_path, capsys):
-    import basisnet.bench as bench
+def test_cli_regime_and_distill_plan_from_their_options_and_print_their_tables(monkeypatch, tmp_path, capsys):
     from basisnet.cli import main
 
     seen = {}
-
-    def fake(name):
-        def run(data, output, results, **kwargs):
-            seen[name] = (output, results, kwargs)
-            results.with_name(results.stem + "_meta.json").write_text(json.dumps({"train_minutes": {"a": 1.0}}))
-            return [name]
-        return run
-
-    for name in ("regime", "distill"):
-        monkeypatch.setattr(bench, f"run_{name}_benchmark", fake(name))
-        monkeypatch.setattr(bench, f"format_{name}_table", lambda records: f"table of {records[0]}")
-    assert main(["bench", "regime", "--subset", "500", "--lengths", "2", "4", "--results", str(tmp_path / "r.json")]) == 0
-    assert capsys.readouterr().out.splitlines() == ["table of regime", "training: 1.0 min in all (a 1.0)"]
-    output, _, kwargs = seen["regime"]
-    assert output == "runs/bench_cifar10_n500" and kwargs["lengths"] == [2, 4] and kwargs["overrides"] == ["data.subset=500"]
-    assert kwargs["models"] is None
-    assert main(["bench", "distill", "--teacher", "t", "--epochs", "3", "--results", str(tmp_path / "d.json")]) == 0
-    output, _, kwargs = seen["distill"]
-    assert output == "runs/bench_cifar10_kd" and kwargs["epochs"] == 3 and kwargs["teacher"] == "t"
-    assert main(["bench", "distill", "--models", "ranet", "--results", str(tmp_path / "d.json")]) == 0
-    assert seen["distill"][2]["models"] == ["ranet"]
+    records = [{"model": "BasisNet", "top1": 60.0, "madds": 5.0, "epochs": 2, "exit": 2, "num_exits": 2,
+                "protocol": "anytime"}]
+    _fake_execute(monkeypatch, seen, records, train_minutes={"a": 1.0})
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "regime", "--subset", "500", "--lengths", "4", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [*format_regime_table(records).splitlines(),
+                                                    "training: 1.0 min in all (a 1.0)"]
+    plan = seen["plan"]
+    assert seen["out"] == Path("runs/bench_cifar10_n500") and seen["results"] == Path("benchmarks/results/regime_n500.json")
+    assert [(r.name, r.epochs) for r in plan.runs] == [(f"{p}_e{e}", e) for e in (2, 4)
+                                                       for p in ("basisnet", "static_w0.5", "condconv")]
+    assert all("data.subset=500" in r.overrides and not r.only_if_trained for r in plan.runs)
+    _fake_execute(monkeypatch, seen, [], train_minutes={"a": 1.0})
+    assert main(["bench", "distill", "--teacher", "t", "--epochs", "3"]) == 0
+    assert seen["out"] == Path("runs/bench_cifar10_kd") and seen["results"] == Path("benchmarks/results/distill_kd.json")
+    assert {r.epochs for r in seen["plan"].runs} == {3} and all("train.kd_teacher=t" in r.overrides
+                                                               for r in seen["plan"].runs)
+    assert main(["bench", "distill", "--models", "ranet"]) == 0
+    assert [r.name for r in seen["plan"].runs] == ["ranet", "ranet_sd0.5"]
 
 
-def test_compare_gives_every_peer_the_teacher_and_each_seed_its_own_run(monkeypatch, tmp_path):
-    import basisnet.bench.compare as compare
+def test_compare_gives_every_peer_the_teacher_and_each_seed_its_own_run(tmp_path):
+    from basisnet.bench.study import get_study, resolve_options
 
-    teacher, trained = tmp_path / "teacher", []
+    teacher = tmp_path / "teacher"
     teacher.mkdir()
-
-    class Stop(Exception):
-        pass
-
-    def train(config, run, overrides):
-        trained.append((run.name, list(overrides)))
-        if len(trained) == 3:
-            raise Stop
-        return 0.0
-
-    monkeypatch.setattr(compare, "train_or_reuse", train)
-    monkeypatch.setattr(compare, "evaluate_peer", lambda *args, **kwargs: [])
-    with pytest.raises(Stop):
-        run_compare_benchmark("data", tmp_path / "runs", tmp_path / "c.json", seeds=3, teacher=teacher)
-    assert [name for name, _ in trained] == ["basisnet", "basisnet_seed1", "basisnet_seed2"]
-    assert all(f"train.kd_teacher={teacher}" in overrides for _, overrides in trained)
-    assert [[o for o in overrides if o.startswith("train.seed")] for _, overrides in trained] == \
+    compare = get_study("compare")
+    opts = resolve_options(compare, {"seeds": 3, "teacher": teacher, "output": tmp_path / "runs"})
+    runs = compare.plan(opts, opts.output).runs
+    assert [r.name for r in runs] == ["basisnet", "basisnet_seed1", "basisnet_seed2", "static_w0.5",
+                                      "static_w0.5_seed1", "static_w0.5_seed2", "condconv", "msdnet", "ranet"]
+    assert all(f"train.kd_teacher={teacher}" in r.config_overrides for r in runs)
+    assert [[o for o in r.config_overrides if o.startswith("train.seed")] for r in runs[:3]] == \
         [[], ["train.seed=1"], ["train.seed=2"]]
+    assert [r.extra["seed"] for r in runs] == [0, 1, 2, 0, 1, 2, 0, 0, 0]

@@ -156,95 +156,126 @@ def in_tmp(monkeypatch, tmp_path):
     return tmp_path
 
 
-def _write_meta(results, **meta):
-    results = Path(results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_name(results.stem + "_meta.json").write_text(json.dumps({"train_minutes": {"a": 1.5}, **meta}))
+def _fake_execute(monkeypatch, seen, records, **meta):
+    """``study.execute`` replaced: keeps what the CLI planned, writes ``meta`` beside the results."""
+    import basisnet.bench.study as study
+
+    def fake(which, plan, out, results, command):
+        seen.update(plan=plan, out=out, results=results, command=command)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.with_name(results.stem + "_meta.json").write_text(json.dumps({"train_minutes": {"a": 1.5}, **meta}))
+        return records
+
+    monkeypatch.setattr(study, "execute", fake)
 
 
-def test_bench_ablation_passes_candidates_subset_epochs_and_paths(monkeypatch, in_tmp, capsys):
+def test_bench_ablation_plans_candidates_subset_epochs_and_paths(monkeypatch, in_tmp, capsys):
     import basisnet.bench as bench
 
     seen = {}
     record = {"candidate": "scratch", "what": "w", "val_top1": [50.0, 60.0], "madds": [1.0, 7.0]}
-
-    def fake(candidates, data, output, results, **kwargs):
-        seen.update(candidates=candidates, data=data, output=output, results=results, **kwargs)
-        _write_meta(results)
-        return [record]
-
-    monkeypatch.setattr(bench, "run_ablation", fake)
+    _fake_execute(monkeypatch, seen, [record])
     argv = ["bench", "ablation", "--candidates", "static", "scratch", "--subset", "500", "--epochs", "3",
             "--data", "cifar"]
     assert main(argv) == 0
-    assert seen == {"candidates": ["static", "scratch"], "data": "cifar", "output": "runs/bench_ablation_s500",
-                    "results": Path("benchmarks/results/ablation_s500.json"), "subset": 500, "epochs": 3,
-                    "command": "basisnet " + " ".join(argv)}
+    runs = seen["plan"].runs
+    assert [r.name for r in runs] == ["static", "scratch"] and {(r.epochs, r.data) for r in runs} == {(3, "cifar")}
+    assert all(r.overrides[0] == "data.subset=500" and r.overrides[1:] == bench.ABLATIONS[r.name].overrides
+               for r in runs)
+    assert (seen["out"], seen["results"]) == (Path("runs/bench_ablation_s500"), Path("benchmarks/results/ablation_s500.json"))
+    assert seen["command"] == "basisnet " + " ".join(argv)
     assert capsys.readouterr().out.splitlines() == [*bench.format_ablation_table([record]).splitlines(),
                                                     "training: 1.5 min in all (a 1.5)"]
-    assert main(["bench", "ablation"]) == 0  # defaults: every candidate, all images, the bundled epochs
-    assert seen["candidates"] == list(bench.ABLATIONS) and seen["subset"] == 0 and seen["epochs"] is None
-    assert seen["output"] == "runs/bench_ablation" and seen["data"] == "../shared/data/cifar10"
-    assert main(["bench", "ablation", "--quick"]) == 2
-    assert "no --quick" in capsys.readouterr().err
+    assert main(["bench", "ablation"]) == 0  # defaults: every candidate, all images, 12 epochs
+    runs = seen["plan"].runs
+    assert [r.name for r in runs] == list(bench.ABLATIONS) and seen["plan"].facts == {"subset": 0}
+    assert {(r.epochs, r.data) for r in runs} == {(12, "../shared/data/cifar10")}
+    assert seen["out"] == Path("runs/bench_ablation")
+    with pytest.raises(SystemExit):
+        main(["bench", "ablation", "--quick"])
+    assert "unrecognized arguments: --quick" in capsys.readouterr().err
 
 
-def test_bench_accuracy_passes_quick_epochs_widths_and_warm_epochs(monkeypatch, in_tmp, capsys):
-    import basisnet.bench as bench
-
+def test_bench_accuracy_plans_quick_epochs_widths_and_warm_epochs(monkeypatch, in_tmp, capsys):
     seen = {}
     curve = {"range": [1.0, 2.0], "budgets": 2, "a_wins": 1, "ties": 0, "min_margin": -1.0, "max_margin": 2.0}
     targets = {"gain_over_control_pt": 1.25, "madds_ratio_to_control": 1.3, "early_exit_saving": 0.4,
                "early_exit_loss_pt": 0.1, "curve_vs_static_family": curve}
-
-    def fake(data, output, results, **kwargs):
-        seen.update(data=data, output=output, results=results, **kwargs)
-        _write_meta(results, targets=targets)
-        return [{"model": "m", "top1": 70.0, "madds": 2.0, "params": 2e6, "threshold": None, "exit_fraction": None}]
-
-    monkeypatch.setattr(bench, "run_accuracy_benchmark", fake)
+    _fake_execute(monkeypatch, seen, [{"model": "m", "top1": 70.0, "madds": 2.0, "params": 2e6, "threshold": None,
+                                       "exit_fraction": None}], targets=targets)
     assert main(["bench", "accuracy", "--quick", "--epochs", "4", "--widths", "0.35", "0.5", "--warm-epochs", "2",
                  "--output", "o", "--results", "r/acc.json"]) == 0
-    assert (seen["output"], seen["results"], seen["quick"], seen["epochs"]) == ("o", Path("r/acc.json"), True, 4)
-    assert seen["widths"] == [0.35, 0.5] and seen["warm_epochs"] == 2
+    plan = seen["plan"]
+    assert (seen["out"], seen["results"], plan.quick, plan.epochs) == (Path("o"), Path("r/acc.json"), True, 4)
+    assert [(r.name, r.epochs, r.init_epochs) for r in plan.runs] == [
+        ("static_w0.35", 4, None), ("static_w0.5", 4, None), ("static_w0.5_warm", 2, 4), ("basisnet_warm", 2, 4)]
+    assert all("data.subset=4000" in r.overrides for r in plan.runs)  # --quick
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| m | 70.00 | 2.00 | 2.00M |  |  |"
     assert lines[3] == "BasisNet - control: +1.25 pt at 1.30x MAdds (target >= +1.5 pt at <= 1.35x)"
     assert lines[-1] == "training: 1.5 min in all (a 1.5)"
     assert main(["bench", "accuracy"]) == 0
-    assert (seen["quick"], seen["epochs"], seen["widths"], seen["warm_epochs"]) == (False, None, None, None)
-    assert (seen["output"], seen["results"]) == ("runs/bench_cifar10", Path("benchmarks/results/cifar10.json"))
+    plan = seen["plan"]
+    assert (plan.quick, plan.epochs, plan.facts["warm_epochs"]) == (False, 12, 6)
+    assert [r.name for r in plan.runs][:3] == ["static_w0.35", "static_w0.5", "static_w0.75"]
+    assert not any("data.subset=4000" in r.overrides for r in plan.runs)
+    assert (seen["out"], seen["results"]) == (Path("runs/bench_cifar10"), Path("benchmarks/results/cifar10.json"))
     assert main(["bench", "accuracy", "--quick"]) == 0
-    assert (seen["output"], seen["results"]) == ("runs/bench_cifar10_quick", Path("benchmarks/results/cifar10_quick.json"))
+    assert (seen["out"], seen["results"]) == (Path("runs/bench_cifar10_quick"),
+                                              Path("benchmarks/results/cifar10_quick.json"))
 
 
-def test_bench_transfer_builds_its_plan_from_the_options(monkeypatch, in_tmp, capsys):
-    import basisnet.bench as bench
-
+def test_bench_compare_plans_subset_seeds_models_and_its_folders(monkeypatch, in_tmp, capsys):
     seen = {}
+    _fake_execute(monkeypatch, seen, [], verdicts={}, seed_spread={}, targets={
+        "gain_over_static_pt": 1.0, "madds_ratio_to_static": 1.2, "gain_over_condconv_pt": 0.5,
+        "early_exit_saving": 0.3, "early_exit_loss_pt": 0.2, "early_exit_threshold": 0.8})
+    assert main(["bench", "compare", "--quick", "--subset", "800", "--seeds", "2"]) == 0
+    runs = seen["plan"].runs
+    assert (seen["out"], seen["results"]) == (Path("runs/bench_cifar10_quick_n800"),
+                                              Path("benchmarks/results/compare_quick_n800.json"))
+    assert [r.name for r in runs] == ["basisnet", "basisnet_seed1", "static_w0.5", "static_w0.5_seed1", "condconv",
+                                      "msdnet", "ranet"]
+    assert all(r.epochs == 2 and r.overrides.index("data.subset=800") > r.overrides.index("data.subset=4000")
+               for r in runs)  # --subset wins over --quick's
+    (in_tmp / "benchmarks" / "results" / "compare.json").write_text(json.dumps(
+        [{"model": label, "seed": 0} for label in ("MobileNetV3-Small x0.5 (static)", "CondConv-MobileNetV3-Small x0.5",
+                                                   "MSDNet", "RANet")]))
+    (in_tmp / "benchmarks" / "results" / "compare_meta.json").write_text(json.dumps(
+        {"train_minutes": {"msdnet": 2.0}}))
+    assert main(["bench", "compare", "--models", "basisnet"]) == 0
+    kept = [r for r in seen["plan"].runs if not hasattr(r, "config")]
+    assert [k.name for k in kept] == ["static_w0.5", "condconv", "msdnet", "ranet"]
+    assert [k.minutes for k in kept] == [{}, {}, {"msdnet": 2.0}, {}]
+    assert seen["plan"].facts["kept_from_earlier_run"] == ["condconv", "msdnet", "ranet", "static_w0.5"]
 
-    def fake(data, output, results, plan, command):
-        seen.update(data=data, output=output, results=results, plan=plan, command=command)
-        _write_meta(results, targets={"upcycled_minus_finetuned_pt": 1.5, "finetuned_minus_scratch_pt": 3.0,
-                                      "upcycled_minus_scratch_pt": 4.0})
-        return [{"model": "static, fine-tuned", "top1": 80.0, "madds": 5.0, "params": 1e6, "threshold": None,
-                 "exit_fraction": None}]
 
-    monkeypatch.setattr(bench, "run_transfer_benchmark", fake)
+def test_bench_transfer_plans_its_sizes_from_the_options(monkeypatch, in_tmp, capsys):
+    seen = {}
+    _fake_execute(monkeypatch, seen, [{"model": "static, fine-tuned", "top1": 80.0, "madds": 5.0, "params": 1e6,
+                                       "threshold": None, "exit_fraction": None}],
+                  targets={"upcycled_minus_finetuned_pt": 1.5, "finetuned_minus_scratch_pt": 3.0,
+                           "upcycled_minus_scratch_pt": 4.0})
+    tree = in_tmp / "tree"
+    for split, cls, n in (("train", "a", 400), ("train", "b", 400), ("train", "c", 12), ("train", "d", 12),
+                          *(("test", cls, 1) for cls in "abcd")):  # --quick: 400 source images per class
+        (tree / split / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tree / split / cls / f"{i}.png")
     assert main(["bench", "transfer", "--quick", "--epochs", "3", "--source-epochs", "2", "--per-class", "7",
-                 "--data", "tree"]) == 0
-    p = seen["plan"]
-    assert (p.quick, p.epochs, p.source_epochs, p.per_class, p.source_per_class) == (True, 3, 2, 7, 400)
-    assert (seen["data"], seen["output"], seen["results"]) == ("tree", "runs/bench_transfer_quick",
-                                                                Path("benchmarks/results/transfer_quick.json"))
+                 "--data", str(tree)]) == 0
+    plan = seen["plan"]
+    assert (seen["out"], seen["results"]) == (Path("runs/bench_transfer_quick"),
+                                              Path("benchmarks/results/transfer_quick.json"))
+    assert [(r.name, r.epochs) for r in plan.runs] == [
+        ("source_static", 2), ("source_lightweight", 2), ("static_finetuned", 3), ("basisnet_upcycled", 3),
+        ("static_scratch", 3), ("basisnet_scratch", 3)]
+    assert (plan.facts["target_train_per_class"], plan.facts["target_val_per_class"]) == (7, 2)
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| static, fine-tuned | 80.00 | 5.00 | 1.00M |  |  |"
     assert lines[3] == "BasisNet upcycled - static fine-tuned: +1.50 pt (target >= +1 pt: met)"
-    assert main(["bench", "transfer"]) == 0
-    p = seen["plan"]
-    assert (p.quick, p.epochs, p.source_epochs, p.per_class, p.source_per_class) == (False, 30, 15, 500, None)
-    assert main(["bench", "transfer", "--per-class", "7", "--source-epochs", "1", "--quick"]) == 0
-    assert (seen["plan"].per_class, seen["plan"].source_epochs, seen["plan"].epochs) == (7, 1, 2)
+    assert main(["bench", "transfer", "--data", str(tree), "--output", "t2"]) == 2  # 500 per class: too few here
+    assert "has 12 images; the benchmark takes 550" in capsys.readouterr().err
 
 
 def test_bench_deploy_without_a_run_measures_the_forms_with_its_plan(monkeypatch, in_tmp, capsys):
@@ -282,8 +313,9 @@ def test_bench_deploy_with_a_run_passes_run_static_run_and_data(monkeypatch, in_
     assert seen == {"run": "runs/b", "data": "cams", "results": "benchmarks/results/deploy.json",
                     "static_run": "runs/s", "command": "basisnet bench deploy --run runs/b --static-run runs/s --data cams"}
     assert capsys.readouterr().out == "tables of {'out': 1}\n"
-    assert main(["bench", "accuracy", "--static-run", "runs/s"]) == 2  # a deploy option given to another bench
-    assert "--static-run belongs to 'bench deploy'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a deploy option given to another bench
+        main(["bench", "accuracy", "--static-run", "runs/s"])
+    assert "unrecognized arguments: --static-run" in capsys.readouterr().err
 
 
 def test_bench_loader_and_train_pass_their_plans_data_and_scratch(monkeypatch, in_tmp, capsys):
@@ -312,42 +344,42 @@ def test_bench_loader_and_train_pass_their_plans_data_and_scratch(monkeypatch, i
                              "plan": train_speed.TrainSpeedPlan.quick_plan(), "scratch": "runs/bench_train"}
     assert main(["bench", "train"]) == 0 and seen["train"]["plan"] == train_speed.TrainSpeedPlan()
     assert capsys.readouterr().out.splitlines() == ["loader table ['loader']"] * 2 + ["train table ['train']"] * 2
-    assert main(["bench", "loader", "--epochs", "2"]) == 2
-    assert "--epochs does not apply" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "loader", "--epochs", "2"])
+    assert "unrecognized arguments: --epochs" in capsys.readouterr().err
 
 
 def test_bench_options_a_benchmark_would_ignore_are_errors(monkeypatch, in_tmp, capsys):
-    """Options a benchmark has no use for are refused, not silently dropped (before anything runs)."""
-    import basisnet.bench as bench
+    """Options a benchmark has no use for are refused, not silently dropped (before anything runs): argparse
+    refuses those it does not take, deploy those that apply only with or without --run."""
     import basisnet.bench.deploy as deploy
     import basisnet.bench.deploy_forms as forms
     import basisnet.bench.gpu_check as gpu_check
     import basisnet.bench.loader as loader
+    import basisnet.bench.speed as speed
     import basisnet.bench.train_speed as train_speed
 
     def ran(*args, **kwargs):
-        raise RuntimeError("the benchmark ran")
+        raise AssertionError("the benchmark ran")
 
-    for module, name in ((bench, "run_speed_benchmark"), (deploy, "run_deploy_benchmark"),
+    for module, name in ((speed, "run_speed_benchmark"), (deploy, "run_deploy_benchmark"),
                          (forms, "run_forms_benchmark"), (gpu_check, "run_gpu_check"),
                          (loader, "run_loader_benchmark"), (train_speed, "run_train_speed_benchmark")):
         monkeypatch.setattr(module, name, ran)
-    for which in ("train", "gpu", "deploy", "speed", "loader"):
-        assert main(["bench", which, "--epochs", "3"]) == 2, which
-        assert "--epochs" in capsys.readouterr().err
-    assert main(["bench", "deploy", "--output", "o"]) == 2
-    assert "--output" in capsys.readouterr().err
-    assert main(["bench", "deploy", "--run", "r", "--quick"]) == 2
-    assert "--quick" in capsys.readouterr().err
-    assert main(["bench", "gpu", "--quick"]) == 2
-    assert "--quick" in capsys.readouterr().err
-    for argv in (["speed", "--data", "d"], ["deploy", "--data", "d"], ["deploy", "--static-run", "s"]):
-        assert main(["bench", *argv]) == 2
-        assert argv[1] in capsys.readouterr().err
+    for argv in (*(["bench", which, "--epochs", "3"] for which in ("train", "gpu", "deploy", "speed", "loader")),
+                 ["bench", "deploy", "--output", "o"], ["bench", "gpu", "--quick"], ["bench", "speed", "--data", "d"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert f"basisnet bench {argv[1]}: error: unrecognized arguments: {argv[2]}" in capsys.readouterr().err
+    for argv, option in ((["--run", "r", "--quick"], "--quick"), (["--data", "d"], "--data"),
+                         (["--static-run", "s"], "--static-run")):
+        assert main(["bench", "deploy", *argv]) == 2
+        assert option in capsys.readouterr().err
 
 
 def test_bench_speed_passes_quick_devices_threads_and_prints_json(monkeypatch, in_tmp, capsys):
-    import basisnet.bench as bench
+    import basisnet.bench.speed as bench
 
     seen = {}
 
@@ -384,12 +416,12 @@ def test_bench_gpu_passes_shapes_and_fails_when_the_check_failed(monkeypatch, in
 
 
 def test_every_bench_subcommand_has_a_wiring_test():
-    from basisnet.cli import _BENCHES
+    from basisnet.bench.commands import bench_commands
 
-    tested = {"compare", "regime", "distill"}  # test_bench.py
     source = Path(__file__).read_text()
-    tested |= {w for w in _BENCHES if f'"bench", "{w}"' in source}
-    assert tested == set(_BENCHES)
+    names = {command.name for command in bench_commands()}
+    tested = {"regime", "distill"}  # test_bench.py
+    assert tested | {w for w in names if f'"bench", "{w}"' in source} == names
 
 
 # ------------------------------------------------------------------ madds options

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basisnet.bench.transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+from basisnet.bench import format_records_table, format_transfer_targets, run_study
 from basisnet.evaluate import exit_accuracy
 from basisnet.train import RunDir
 from basisnet.workflow import exit_logits
+from helpers import committed_record_keys
 
 TINY = ["data.batch_size=16", "data.eval_batch_size=32", "train.warmup_epochs=0", "train.log_interval=1"]
 COLOURS = ("a_red", "b_green", "c_blue", "d_grey")
@@ -33,8 +34,9 @@ def tree(tmp_path_factory):
 @pytest.mark.slow
 def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_path, capsys):
     out, results = tmp_path / "runs", tmp_path / "transfer.json"
-    plan = TransferPlan(quick=True, epochs=1, per_class=10, source_per_class=12)
-    records = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
+    plan = dict(quick=True, epochs=1, per_class=10, source_per_class=12)
+    records = run_study("transfer", data=tree, output=out, results=results, overrides=TINY, **plan)
+    assert set().union(*records) == committed_record_keys("transfer")
     models = [r["model"] for r in records]
     assert len(models) == 8 and {"static, fine-tuned", "BasisNet, upcycled (no early exit)", "static, from scratch",
                                  "BasisNet, from scratch + early exit (val max-drop 0.3)"} <= set(models)
@@ -72,17 +74,17 @@ def test_transfer_benchmark_upcycles_from_the_sources_and_reuses_runs(tree, tmp_
     for other, verdict in ((1.0, "met"), (0.99, "missed")):
         shifted = {**meta, "targets": {**t, "upcycled_minus_finetuned_pt": other}}
         assert format_transfer_targets(shifted).splitlines()[0].endswith(f"(target >= +1 pt: {verdict})")
-    table = format_transfer_table(records).splitlines()
+    table = format_records_table(records).splitlines()
     assert len(table) == 2 + len(records)
     for line, r in zip(table[2:], records):
         assert line.startswith(f"| {r['model']} | {r['top1']:.2f} | {r['madds']:.2f} | {r['params'] / 1e6:.2f}M |")
     # A second run reuses every run: nothing trained, no weights rewritten, no file added.
     files = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
-    again = run_transfer_benchmark(tree, out, results, plan, overrides=TINY)
+    again = run_study("transfer", data=tree, output=out, results=results, overrides=TINY, **plan)
     printed = capsys.readouterr().out
     assert printed.count("already trained, reusing") == 6 and "[bench] training" not in printed and again == records
     assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
     with pytest.raises(ValueError, match="holds a class split made with other settings"):
-        run_transfer_benchmark(tree, out, results, TransferPlan(quick=True, epochs=1, per_class=8, source_per_class=12),
-                               overrides=TINY)
+        run_study("transfer", data=tree, output=out, results=results, overrides=TINY,
+                  **{**plan, "per_class": 8})

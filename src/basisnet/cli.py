@@ -192,209 +192,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that belong to one benchmark only: given to another, they are an error rather than ignored.
-_BENCH_OPTIONS = {
-    "widths": "accuracy", "warm_epochs": "accuracy", "candidates": "ablation",
-    "subset": ("ablation", "compare", "regime", "distill"), "seeds": "compare", "teacher": ("compare", "regime", "distill"),
-    "lengths": "regime", "models": ("compare", "regime", "distill"), "json": "speed", "threads": "speed", "device": "speed",
-    "run": "deploy",
-    "static_run": "deploy", "source_epochs": "transfer", "per_class": "transfer",
-}
-
-
 def _bench(args: argparse.Namespace) -> int:
-    for option, owner in _BENCH_OPTIONS.items():
-        owners = (owner,) if isinstance(owner, str) else owner
-        if getattr(args, option) and args.which not in owners:
-            raise ValueError(f"--{option.replace('_', '-')} belongs to " + " or ".join(f"'bench {o}'" for o in owners))
-    # Shared options some benchmarks have no use for: refused there rather than dropped (loader and speed
-    # refuse --epochs themselves, ablation --quick).
-    unused = {"epochs": ("train", "gpu", "deploy"), "quick": ("gpu",), "output": ("deploy",), "data": ("speed",)}
-    if args.which == "deploy" and args.run:
-        unused["quick"] = ("gpu", "deploy")  # --quick sizes the forms benchmark, not a trained run's
-    elif args.which == "deploy":
-        unused["data"] = ("speed", "deploy")  # the forms run at random initialisation, on no data
-    for option, benches in unused.items():
-        if getattr(args, option) and args.which in benches:
-            raise ValueError(f"bench {args.which} has no use for --{option}" +
-                             (" (it applies with --run)" if args.which == "deploy" and option == "data" else ""))
-    if args.which == "deploy" and args.static_run and not args.run:
-        raise ValueError("--static-run needs --run: the camera table compares a trained run with it")
-    if args.data is None:  # the GPU check carries no data set with it: SHAPES is generated
-        args.data = "shapes" if args.which == "gpu" else "../shared/data/cifar10"
-    return _BENCHES[args.which](args, " ".join(["basisnet", *args.argv]))
-
-
-def _read_meta(results: Path) -> dict:
-    from .bench.records import read_meta as read  # the bench package loads lazily, as every command does
-
-    return read(results)
-
-
-def _bench_ablation(args: argparse.Namespace, command: str) -> int:
-    from .bench import ABLATIONS, format_ablation_table, format_train_minutes, run_ablation
-
-    if args.quick:
-        raise ValueError("bench ablation has no --quick: use --subset N and --epochs E")
-    tag = f"_s{args.subset}" if args.subset else ""
-    results = Path(args.results or f"benchmarks/results/ablation{tag}.json")
-    records = run_ablation(args.candidates or list(ABLATIONS), args.data, args.output or f"runs/bench_ablation{tag}",
-                           results, subset=args.subset or 0, epochs=args.epochs, command=command)
-    print(format_ablation_table(records))
-    print(format_train_minutes(_read_meta(results)["train_minutes"]))
-    return 0
-
-
-def _bench_accuracy(args: argparse.Namespace, command: str) -> int:
-    from .bench import format_table, format_targets, format_train_minutes, run_accuracy_benchmark
-
-    suffix = "_quick" if args.quick else ""
-    results = Path(args.results or f"benchmarks/results/cifar10{suffix}.json")
-    records = run_accuracy_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results, quick=args.quick,
-                                     epochs=args.epochs, command=command, widths=args.widths,
-                                     warm_epochs=args.warm_epochs)
-    print(format_table(records))
-    meta = _read_meta(results)
-    print(format_targets(meta))
-    print(format_train_minutes(meta["train_minutes"]))
-    return 0
-
-
-def _bench_transfer(args: argparse.Namespace, command: str) -> int:
-    from .bench import (TransferPlan, format_train_minutes, format_transfer_table, format_transfer_targets,
-                        run_transfer_benchmark)
-
-    suffix = "_quick" if args.quick else ""
-    results = Path(args.results or f"benchmarks/results/transfer{suffix}.json")
-    plan = TransferPlan(quick=args.quick, epochs=args.epochs, source_epochs=args.source_epochs, per_class=args.per_class)
-    records = run_transfer_benchmark(args.data, args.output or f"runs/bench_transfer{suffix}", results, plan,
-                                     command=command)
-    print(format_transfer_table(records))
-    meta = _read_meta(results)
-    print(format_transfer_targets(meta))
-    print(format_train_minutes(meta["train_minutes"]))
-    return 0
-
-
-def _study(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """The suffix of the runs folder and results of compare / regime / distill, and the overrides it stands for:
-    the three share runs, so one set of options names one folder."""
-    suffix = ("_quick" if args.quick else "") + (f"_n{args.subset}" if args.subset else "") + ("_kd" if args.teacher else "")
-    return suffix, [f"data.subset={args.subset}"] if args.subset else []
-
-
-def _bench_compare(args: argparse.Namespace, command: str) -> int:
-    from .bench import (format_compare_table, format_compare_targets, format_seed_table, format_train_minutes,
-                        format_verdicts, run_compare_benchmark)
-
-    suffix, overrides = _study(args)
-    results = Path(args.results or f"benchmarks/results/compare{suffix}.json")
-    records, _ = run_compare_benchmark(args.data, args.output or f"runs/bench_cifar10{suffix}", results,
-                                       quick=args.quick, epochs=args.epochs, overrides=overrides, command=command,
-                                       models=args.models, seeds=1 if args.seeds is None else args.seeds,
-                                       teacher=args.teacher)
-    print(format_compare_table(records))
-    meta = _read_meta(results)
-    if (args.seeds or 0) > 1:
-        print(format_seed_table(meta["seed_spread"]))
-    print(format_verdicts(meta["verdicts"]))
-    print(format_compare_targets(meta))
-    print(format_train_minutes(meta["train_minutes"]))
-    return 0
-
-
-def _bench_study(args: argparse.Namespace, command: str) -> int:
-    """bench regime / distill: studies over compare's runs folder (same options, same runs)."""
-    from . import bench
-
-    run, table = {"regime": (bench.run_regime_benchmark, bench.format_regime_table),
-                  "distill": (bench.run_distill_benchmark, bench.format_distill_table)}[args.which]
-    length = {"lengths": args.lengths} if args.which == "regime" else {"epochs": args.epochs}
-    if args.which == "regime" and args.epochs:
-        raise ValueError("bench regime trains every --lengths; --epochs does not apply")
-    suffix, overrides = _study(args)
-    results = Path(args.results or f"benchmarks/results/{args.which}{suffix}.json")
-    records = run(args.data, args.output or f"runs/bench_cifar10{suffix}", results, quick=args.quick,
-                  overrides=overrides, command=command, teacher=args.teacher, models=args.models, **length)
-    print(table(records))
-    print(bench.format_train_minutes(_read_meta(results)["train_minutes"]))
-    return 0
-
-
-def _bench_loader(args: argparse.Namespace, command: str) -> int:
-    from .bench.loader import LoaderPlan, format_loader_table, run_loader_benchmark
-
-    if args.epochs:
-        raise ValueError("bench loader trains nothing: --epochs does not apply")
-    plan = LoaderPlan.quick_plan() if args.quick else LoaderPlan()
-    results = args.results or f"benchmarks/results/loader{'_quick' if args.quick else ''}.json"
-    records = run_loader_benchmark(args.data, results, plan, scratch=args.output or "runs/bench_loader",
-                                   command=command)
-    print(format_loader_table(records))
-    return 0
-
-
-def _bench_speed(args: argparse.Namespace, command: str) -> int:
-    from .bench import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
-
-    if args.epochs or args.output:
-        raise ValueError("bench speed trains nothing: --epochs and --output do not apply")
-    results = Path(args.results or f"benchmarks/results/speed{'_quick' if args.quick else ''}.json")
-    plan = SpeedPlan.quick_plan() if args.quick else SpeedPlan()
-    records = run_speed_benchmark(results, plan, devices=args.device, threads=args.threads, command=command)
-    meta = _read_meta(results)
-    if args.json:
-        for r in records:
-            print(json.dumps(r))
-        return 0
-    print(format_speed_table(records))
-    print(f"ceilings: {meta['ceilings']}")
-    print(format_speed_targets(meta["targets"]))
-    return 0
-
-
-def _bench_deploy(args: argparse.Namespace, command: str) -> int:
-    from .bench.deploy import format_deploy_tables, run_deploy_benchmark
-
-    if not args.run:  # the exported forms at random initialisation
-        from .bench.deploy_forms import DeployPlan, deploy_targets, run_forms_benchmark
-
-        plan = DeployPlan.quick_plan() if args.quick else DeployPlan()
-        records = run_forms_benchmark(args.results or f"benchmarks/results/deploy_forms{'_quick' if args.quick else ''}.json",
-                                      plan, command=command)
-        for variant in plan.variants:
-            for t in deploy_targets(records, variant):
-                print(f"{'MET   ' if t['met'] else 'MISSED'} [{variant}] {t['target']}: {t['ratio']:.2f}")
-        return 0
-    out = run_deploy_benchmark(args.run, args.data, args.results or "benchmarks/results/deploy.json",
-                               static_run=args.static_run, command=command)
-    print(format_deploy_tables(out))
-    return 0
-
-
-def _bench_train(args: argparse.Namespace, command: str) -> int:
-    from .bench.train_speed import TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
-
-    plan = TrainSpeedPlan.quick_plan() if args.quick else TrainSpeedPlan()
-    results = args.results or f"benchmarks/results/train_speed{'_quick' if args.quick else ''}.json"
-    print(format_train_speed_table(run_train_speed_benchmark(args.data, results, plan,
-                                                             scratch=args.output or "runs/bench_train",
-                                                             command=command)))
-    return 0
-
-
-def _bench_gpu(args: argparse.Namespace, command: str) -> int:
-    from .bench.gpu_check import format_gpu_check, run_gpu_check
-
-    summary = run_gpu_check(args.results or "benchmarks/results/gpu_check.json", data=args.data,
-                            scratch=args.output or "runs/gpu_check", command=command)
-    print(format_gpu_check(summary))
-    return 0 if summary["ok"] else 1
-
-
-_BENCHES = {"compare": _bench_compare, "regime": _bench_study, "distill": _bench_study, "ablation": _bench_ablation, "accuracy": _bench_accuracy,
-            "speed": _bench_speed, "deploy": _bench_deploy, "loader": _bench_loader, "train": _bench_train, "gpu": _bench_gpu,
-            "transfer": _bench_transfer}
+    return args.bench.main(args, " ".join(["basisnet", *args.argv]))
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -404,13 +203,24 @@ class _IntermixedParser(argparse.ArgumentParser):
     _inside = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
-        if self._inside:  # parse_known_intermixed_args calls back in here (Python < 3.12)
-            return super().parse_known_args(args, namespace)
+        if self._inside or self._subparsers is not None:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)  # (Python < 3.12); it cannot take subcommands
         self._inside = True
         try:
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._inside = False
+
+
+class _OwnOptionsParser(argparse.ArgumentParser):
+    """A bench's parser: an option it does not take is its own error (``basisnet bench accuracy: error:
+    unrecognized arguments: --seeds``), not passed up to the top-level parser."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)} (see {self.prog} --help)")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,53 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="benchmarks: compare (every peer on CIFAR-10, both protocols; --seeds, --teacher), "
-                       "regime (BasisNet's gain over static and CondConv against training length), distill (the "
-                       "multi-exit models with and without self-distillation), ablation "
-                       "(BasisNet recipe candidates), accuracy (warm-started BasisNet vs the static family), speed "
-                       "(milliseconds side by side with multiply-adds), deploy (exported forms in ONNX Runtime vs the static twin; --run: a trained run per stage, cameras), loader "
-                       "(streaming images/s against bare JPEG decoding), train (basisnet train against a bare "
-                       "loop, images/s), transfer (a pretrained static net fine-tuned vs a BasisNet upcycled from it, on 5 "
-                       "new CIFAR-10 classes) or gpu (the GPU-only tests, train and speed on a CUDA device: one results "
-                       "file; fails without a GPU)")
-    p.add_argument("which", choices=list(_BENCHES))
-    p.add_argument("--data", help="CIFAR-10 root (ImageFolder or python format; transfer: ImageFolder only; default "
-                   "../shared/data/cifar10, gpu: the embedded SHAPES set)")
-    p.add_argument("--output", help="where the runs go, reused and resumed (default runs/bench_cifar10, "
-                   "runs/bench_cifar10_quick with --quick); both benchmarks share it; transfer: runs/bench_transfer[_quick]")
-    p.add_argument("--results", help="records file (default benchmarks/results/{cifar10,compare,transfer}[_quick].json)")
-    p.add_argument("--epochs", type=int, help="epochs per model (default 12; --quick: 2; transfer: target epochs, default 30)")
-    p.add_argument("--quick", action="store_true", help="the same code on 4,000 images for 2 epochs (< 5 min); "
-                   "speed: 32 px models only, batches 1 and 64, fewer repeats, no compile (< 2 min); "
-                   "loader: 5,000 CIFAR files, 120 large JPEGs, 0 and 2 workers; transfer: 400 source images per "
-                   "class for 1 epoch, 40 target images per class for 2 epochs (about a minute)")
-    p.add_argument("--widths", type=float, nargs="+", help="accuracy: static MobileNetV3-Small widths "
-                   "(default 0.35 0.5 0.75; must include 0.35 and 0.5)")
-    p.add_argument("--warm-epochs", type=int, help="accuracy: BasisNet's epochs on top of the static nets "
-                   "(default 6; --quick: 1)")
-    p.add_argument("--models", nargs="+", help="compare: re-run only these peers (run names: basisnet, static_w0.5, "
-                   "condconv, msdnet, ranet), keeping the others' records from --results; regime: the peers trained at "
-                   "every length (default basisnet static_w0.5 condconv; a peer left out is read where its run exists); distill: "
-                   "the multi-exit peers to study (default basisnet msdnet ranet)")
-    p.add_argument("--candidates", nargs="+", help="ablation: candidate names (default: all)")
-    p.add_argument("--subset", type=int, help="ablation, compare, regime, distill: train on N images of the training "
-                   "split (default: all; runs go to runs/bench_cifar10_n<N>)")
-    p.add_argument("--seeds", type=int, help="compare: train BasisNet and its static backbone with this many seeds "
-                   "(train.seed 0..N-1; mean and min-max reported; default 1)")
-    p.add_argument("--teacher", help="compare, regime, distill: every run distils from this trained run directory "
-                   "(train.kd_teacher; runs go to a folder ending in _kd)")
-    p.add_argument("--lengths", type=int, nargs="+", help="regime: training lengths in epochs (default 3 6 12)")
-    p.add_argument("--threads", type=int, help="speed: torch threads (default: torch's own choice)")
-    p.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="speed: devices (default: cpu, and cuda "
-                   "when present)")
-    p.add_argument("--json", action="store_true", help="speed: print the records as JSON lines")
-    p.add_argument("--source-epochs", type=int, help="transfer: epochs of the pretrained sources (default 15; "
-                   "--quick: 1)")
-    p.add_argument("--per-class", type=int, help="transfer: target training images per class (default 500; --quick: 40)")
-    p.add_argument("--run", help="deploy: a trained BasisNet run directory (ONNX Runtime per stage, cameras); "
-                   "without it: the exported forms against the static twin at random initialisation")
-    p.add_argument("--static-run", help="deploy: a trained static backbone run, for the camera table")
-    p.set_defaults(func=_bench)
+    from .bench.commands import bench_commands
+
+    p = sub.add_parser("bench", help="benchmarks: studies that train and evaluate runs (compare, regime, distill, "
+                       "ablation, accuracy, transfer) and measurements (speed, deploy, loader, train, gpu); "
+                       "basisnet bench NAME --help")
+    benches = p.add_subparsers(dest="which", required=True, metavar="NAME", parser_class=_OwnOptionsParser)
+    for bench in bench_commands():
+        q = benches.add_parser(bench.name, help=bench.help, description=bench.help)
+        bench.add_options(q)
+        q.set_defaults(func=_bench, bench=bench)
     return parser
 
 

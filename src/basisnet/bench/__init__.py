@@ -1,18 +1,22 @@
-"""Benchmarks that write ``benchmarks/results/*.json``."""
+"""Benchmarks that write ``benchmarks/results/*.json``: studies (plans of training runs, ``study.py``) and
+measuring benches (speed, deploy, loader, training loop, GPU check); ``commands.py`` makes each a
+``basisnet bench`` subcommand."""
 
-from .ablation import ABLATIONS, format_ablation_table, run_ablation
-from .accuracy import format_table, format_targets, run_accuracy_benchmark
-from .compare import (PEERS, format_compare_table, format_compare_targets, format_seed_table, format_verdicts,
-                      run_compare_benchmark, verdicts)
-from .distill import format_distill_table, run_distill_benchmark
-from .regime import format_regime_table, run_regime_benchmark
+from . import compare, regime, distill, ablation, accuracy, transfer  # noqa: F401, I001  (register, in help order)
+from .ablation import ABLATIONS, format_ablation_table
+from .accuracy import format_targets
+from .compare import format_compare_table, format_compare_targets, format_seed_table, format_verdicts, verdicts
+from .distill import format_distill_table
+from .evaluations import format_records_table
+from .peers import PEERS
+from .regime import format_regime_table
 from .runs import format_train_minutes
 from .speed import SpeedPlan, format_speed_table, format_speed_targets, run_speed_benchmark
-from .transfer import TransferPlan, format_transfer_table, format_transfer_targets, run_transfer_benchmark
+from .study import Plan, Run, Study, get_study, list_studies, register_study, run_study
+from .transfer import format_transfer_targets
 
-__all__ = ["ABLATIONS", "format_ablation_table", "run_ablation", "PEERS", "format_compare_table", "format_compare_targets", "format_table", "format_targets", "format_train_minutes", "format_verdicts",
-           "format_seed_table", "format_distill_table", "run_distill_benchmark", "format_regime_table",
-           "run_regime_benchmark",
-           "run_accuracy_benchmark", "run_compare_benchmark", "verdicts", "SpeedPlan", "format_speed_table",
-           "format_speed_targets", "run_speed_benchmark", "TransferPlan", "format_transfer_table",
-           "format_transfer_targets", "run_transfer_benchmark"]
+__all__ = ["ABLATIONS", "PEERS", "Plan", "Run", "SpeedPlan", "Study", "format_ablation_table", "format_compare_table",
+           "format_compare_targets", "format_distill_table", "format_records_table", "format_regime_table",
+           "format_seed_table", "format_speed_table", "format_speed_targets", "format_targets",
+           "format_train_minutes", "format_transfer_targets", "format_verdicts", "get_study", "list_studies",
+           "register_study", "run_speed_benchmark", "run_study", "verdicts"]

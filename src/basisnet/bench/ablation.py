@@ -8,18 +8,18 @@ diagnostic: the specialist's top-1 with each image's own coefficients vs with th
 
 from __future__ import annotations
 
-import json
-import time
+from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..evaluate import count_params, exit_accuracy
+from ..evaluate import exit_accuracy
 from ..models import BasisNet
-from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
-from .runs import plan, train_or_reuse, write_meta
+from ..workflow import shortcut_run
+from .evaluations import Evaluated, Evaluation, TrainedRun
+from .study import Option, Plan, Run, Study, cifar_epochs, register_study
 
-__all__ = ["ABLATIONS", "Candidate", "format_ablation_table", "run_ablation"]
+__all__ = ["ABLATION", "ABLATIONS", "Candidate", "format_ablation_table"]
 
 
 class Candidate(NamedTuple):
@@ -66,41 +66,35 @@ ABLATIONS: dict[str, Candidate] = {
 }
 
 
-def run_ablation(
-    candidates: Sequence[str],
-    data: str | Path = "../shared/data/cifar10",
-    out: str | Path = "runs/bench_ablation",
-    results: str | Path = "benchmarks/results/ablation.json",
-    subset: int = 0,
-    epochs: int | None = None,
-    command: str = "basisnet bench ablation",
-    overrides: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Train (or reuse) each named candidate on ``subset`` training images (0 = all), write one record each;
-    ``overrides`` apply to every candidate (before its own)."""
+def validation(subset: int) -> Evaluation:
+    """One record per run: validation top-1 per exit, MAdds per exit and, for BasisNet, the shortcut diagnostic."""
+
+    def evaluate(run: Run, trained: TrainedRun, command: str) -> Evaluated:
+        top1, madds = exit_accuracy(trained.logits("val")), trained.madds
+        rec: dict[str, Any] = {**run.extra, "val_top1": [round(a, 2) for a in top1],
+                               "madds": [round(m, 3) for m in madds], "params": trained.params, "epochs": run.epochs,
+                               "subset": subset, "command": command}
+        if isinstance(trained.model, BasisNet):
+            rec["shortcut"] = {k: round(v, 2) for k, v in shortcut_run(trained.path, "val").as_dict().items()}
+        return Evaluated([rec], madds, top1)
+
+    return evaluate
+
+
+def plan(opts: Namespace, out: Path) -> Plan:
+    """Each named candidate (default: all) on ``--subset`` training images (0 = all); ``overrides`` apply to
+    every candidate (before its own)."""
+    candidates = opts.candidates or list(ABLATIONS)
     unknown = [c for c in candidates if c not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation candidates {unknown}; choose from {list(ABLATIONS)}")
-    p = plan(False, epochs, data, [*([f"data.subset={subset}"] if subset else []), *overrides])
-    out, results = Path(out), Path(results)
-    start = time.time()
-    records, minutes = [], {}
-    for name in candidates:
-        cand = ABLATIONS[name]
-        run = out / name
-        minutes[name] = train_or_reuse(cand.config, run, [*p.overrides, *cand.overrides])
-        model, _ = load_run(run)
-        rec: dict[str, Any] = {"candidate": name, "what": cand.what, "overrides": list(cand.overrides),
-                               "val_top1": [round(a, 2) for a in exit_accuracy(exit_logits(run, "val"))],
-                               "madds": [round(m, 3) for m in run_exit_madds(run)], "params": count_params(model),
-                               "epochs": p.epochs, "subset": subset, "command": command}
-        if isinstance(model, BasisNet):
-            rec["shortcut"] = {k: round(v, 2) for k, v in shortcut_run(run, "val").as_dict().items()}
-        records.append(rec)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
-    write_meta(results, start, p, minutes, subset=subset)
-    return records
+    subset, epochs = opts.subset or 0, cifar_epochs(False, opts.epochs)
+    common = (*([f"data.subset={subset}"] if subset else []), *opts.overrides)
+    runs = tuple(Run(name, ABLATIONS[name].config, opts.data, epochs, validation(subset),
+                     (*common, *ABLATIONS[name].overrides),
+                     extra={"candidate": name, "what": ABLATIONS[name].what, "overrides": list(ABLATIONS[name].overrides)})
+                 for name in candidates)
+    return Plan(runs, opts, False, epochs, {"subset": subset})
 
 
 def format_ablation_table(records: Sequence[dict[str, Any]]) -> str:
@@ -113,3 +107,13 @@ def format_ablation_table(records: Sequence[dict[str, Any]]) -> str:
         mean, drop = (f"{s['specialist_mean_coeffs']:.2f}", f"{s['drop']:+.2f}") if s else ("", "")
         lines.append(f"| {r['candidate']} | {r['what']} | {top1} | {r['madds'][-1]:.2f} | {mean} | {drop} |")
     return "\n".join(lines)
+
+
+ABLATION = register_study(Study(
+    "ablation", "BasisNet recipe candidates, validation only", plan, results="ablation", runs="bench_ablation",
+    report=lambda records, meta, opts: [format_ablation_table(records)],
+    suffix=lambda opts: f"_s{opts.subset}" if opts.subset else "",
+    options=(Option("--candidates", "candidate names (default: all)", nargs="+"),
+             Option("--subset", "train on N images of the training split (default: all; runs go to "
+                    "runs/bench_ablation_s<N>)", type=int),
+             Option("--epochs", "epochs per candidate (default 12)", type=int))))

@@ -1,115 +1,92 @@
-"""The CIFAR-10 accuracy benchmark: static MobileNet family vs BasisNet, with and without early exit.
+"""The CIFAR-10 accuracy study: static MobileNet family vs BasisNet, with and without early exit.
 
 The static family is trained with one recipe and epoch budget (the bundled ``cifar10_static``
 config). BasisNet (``cifar10_basisnet``) starts from two of those trained nets and trains a few epochs
 more; the control is the static specialist backbone restarted from itself for the same extra epochs
 (same schedule, same total), so a gain is not just more training. Models are selected on the held-out
-validation split and reported on the test set. Interrupted runs are resumed, finished runs reused, so
-the command can be re-run safely.
+validation split and reported on the test set.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Sequence
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import compare_curves, count_params, exit_accuracy, plot_tradeoff
-from ..workflow import exit_logits, load_run, run_exit_madds
-from .runs import basisnet_records, plan, record, train_or_reuse, write_meta
+from ..evaluate import compare_curves, plot_tradeoff
+from .evaluations import basisnet_exits, format_records_table, last_exit
+from .study import Option, Outcome, Plan, Run, Study, cifar_epochs, quick_overrides, register_study
+
+__all__ = ["ACCURACY", "format_targets"]
 
 STATIC_WIDTHS = (0.35, 0.5, 0.75)
 QUICK_WIDTHS = (0.35, 0.5)
 SPECIALIST_WIDTH = 0.5  # cifar10_basisnet's specialist_width
 LIGHTWEIGHT_WIDTH = 0.35  # and its lightweight_width
 # BasisNet starts from the trained static specialist (every basis a noisy copy) and lightweight model,
-# then trains this many epochs more: from scratch it learns a routing shortcut (see BENCHMARKS.md).
+# then trains this many epochs more: from scratch it learns a routing shortcut (see docs/benchmarks.md).
 WARM_EPOCHS = 6
+CONTROL, BASISNET = f"static_w{SPECIALIST_WIDTH}_warm", "basisnet_warm"
 
 
-def run_accuracy_benchmark(
-    data: str | Path = "../shared/data/cifar10",
-    out: str | Path = "runs/bench_cifar10",
-    results: str | Path = "benchmarks/results/cifar10.json",
-    quick: bool = False,
-    epochs: int | None = None,
-    overrides: Sequence[str] = (),
-    command: str = "basisnet bench accuracy",
-    widths: Sequence[float] | None = None,
-    warm_epochs: int | None = None,
-) -> list[dict[str, Any]]:
-    """Train the static family, BasisNet warm-started from two of its members and, as the control, the
-    static specialist restarted from itself for as many epochs as BasisNet; evaluate on test, write
-    records and a plot.
-    """
-    p = plan(quick, epochs, data, overrides)
-    widths = widths or (QUICK_WIDTHS if quick else STATIC_WIDTHS)
-    warm = warm_epochs or (1 if quick else WARM_EPOCHS)
+def plan(opts: Namespace, out: Path) -> Plan:
+    epochs = cifar_epochs(opts.quick, opts.epochs)
+    widths = opts.widths or (QUICK_WIDTHS if opts.quick else STATIC_WIDTHS)
+    warm = opts.warm_epochs or (1 if opts.quick else WARM_EPOCHS)
     missing = {SPECIALIST_WIDTH, LIGHTWEIGHT_WIDTH} - set(widths)
     if missing:
         raise ValueError(f"--widths must include {sorted(missing)}: BasisNet starts from those static runs")
-    out, results = Path(out), Path(results)
-    start = time.time()
-    records: list[dict[str, Any]] = []
-    family: list[tuple[float, float]] = []
-    minutes: dict[str, float] = {}
+    common = (*quick_overrides(opts.quick), *opts.overrides)
 
-    def static(width: float, name: str = "", run_name: str = "", extra: Sequence[str] = (),
-               init_epochs: int | None = None) -> tuple[float, float]:
-        """Train (or reuse) one static net; ``init_epochs``: the epochs of the run it starts from."""
-        run = out / (run_name or f"static_w{width}")
-        minutes[run.name] = train_or_reuse("cifar10_static", run,
-                                           [*p.overrides, f"model.kwargs.width={width}", *extra])
-        top1 = exit_accuracy(exit_logits(run, "test"))[-1]
-        madds = run_exit_madds(run)[-1]
-        model, cfg = load_run(run)
-        budget = {"epochs": cfg.train.epochs + (init_epochs or 0)}
-        if init_epochs is not None:
-            budget["init_epochs"] = init_epochs
-        records.append(record(f"mobilenetv3_small_w{width}{name}", top1, madds, count_params(model),
-                               command=command, **budget))
-        return madds, top1
+    def static(width: float, name: str = "", run: str = "", length: int = epochs, extra: tuple[str, ...] = (),
+               init_epochs: int | None = None) -> Run:
+        return Run(run or f"static_w{width}", "cifar10_static", opts.data, length, last_exit,
+                   (*common, f"model.kwargs.width={width}", *extra), label=f"mobilenetv3_small_w{width}{name}",
+                   init_epochs=init_epochs)
 
-    for width in sorted(widths):
-        family.append(static(width, name=" (specialist backbone)" if width == SPECIALIST_WIDTH else ""))
-    # The control: the static specialist given BasisNet's schedule, restarted from itself for `warm` epochs.
-    total = p.epochs + warm
-    specialist_run = out / f"static_w{SPECIALIST_WIDTH}"
-    control = static(SPECIALIST_WIDTH, f" (specialist backbone, {p.epochs} + {warm} epochs as BasisNet)",
-                     f"static_w{SPECIALIST_WIDTH}_warm",
-                     [f"train.epochs={warm}", f"train.init_from={json.dumps({'model': str(specialist_run)})}"],
-                     init_epochs=p.epochs)
+    family = [static(w, " (specialist backbone)" if w == SPECIALIST_WIDTH else "") for w in sorted(widths)]
+    specialist = str(out / f"static_w{SPECIALIST_WIDTH}")
+    init = {"specialist": specialist, "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")}
+    return Plan((
+        *family,
+        # The control: the static specialist given BasisNet's schedule, restarted from itself for `warm` epochs.
+        static(SPECIALIST_WIDTH, f" (specialist backbone, {epochs} + {warm} epochs as BasisNet)", run=CONTROL,
+               length=warm, extra=(f"train.init_from={json.dumps({'model': specialist})}",), init_epochs=epochs),
+        Run(BASISNET, "cifar10_basisnet", opts.data, warm, basisnet_exits,
+            (*common, f"train.init_from={json.dumps(init)}"), label="basisnet", init_epochs=epochs),
+    ), opts, opts.quick, epochs, {"warm_epochs": warm})
 
-    run = out / "basisnet_warm"
-    init = json.dumps({"specialist": str(specialist_run), "lightweight": str(out / f"static_w{LIGHTWEIGHT_WIDTH}")})
-    minutes[run.name] = train_or_reuse("cifar10_basisnet", run,
-                                       [*p.overrides, f"train.epochs={warm}", f"train.init_from={init}"])
-    result = basisnet_records(run, "basisnet", command, epochs=total, init_epochs=p.epochs)
-    records += result.records
-    madds, full_top1, chosen, threshold, sweep_curve = (result.madds, result.top1[1], result.chosen, result.threshold,
-                                                        result.sweep)
-    family.sort()
 
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
+def _family(outcome: Outcome) -> list[tuple[float, float]]:
+    """The static family's (MAdds, top-1) points, the control left out."""
+    return sorted(e.last for name, e in outcome.evaluated.items() if name not in (CONTROL, BASISNET))
+
+
+def plot(outcome: Outcome, path: Path) -> None:
+    epochs, warm = outcome.plan.epochs, outcome.plan.facts["warm_epochs"]
+    basis, control = outcome.evaluated[BASISNET], outcome.evaluated[CONTROL]
     plot_tradeoff(
-        {f"static MobileNetV3-Small family ({p.epochs} epochs)": family,
-         f"BasisNet early exit (test sweep; {p.epochs} static + {warm} epochs)": sweep_curve},
-        {f"static specialist backbone, {p.epochs} + {warm} epochs (control)": [control],
-         "BasisNet (no early exit)": [(madds[1], full_top1)],
-         f"BasisNet early exit, threshold {threshold:.2f} (picked on val)": [(chosen["madds"], chosen["top1"])]},
-        results.with_suffix(".png"), title="CIFAR-10 test: static nets vs BasisNet warm-started from them",
+        {f"static MobileNetV3-Small family ({epochs} epochs)": _family(outcome),
+         f"BasisNet early exit (test sweep; {epochs} static + {warm} epochs)": basis.sweep},
+        {f"static specialist backbone, {epochs} + {warm} epochs (control)": [control.last],
+         "BasisNet (no early exit)": [(basis.madds[1], basis.top1[1])],
+         f"BasisNet early exit, threshold {basis.threshold:.2f} (picked on val)":
+             [(basis.chosen["madds"], basis.chosen["top1"])]},
+        path, title="CIFAR-10 test: static nets vs BasisNet warm-started from them",
     )
-    targets = {
-        "gain_over_control_pt": round(full_top1 - control[1], 2), "madds_ratio_to_control": round(madds[1] / control[0], 3),
-        "early_exit_saving": round(1 - chosen["madds"] / madds[1], 4),
+
+
+def summarize(outcome: Outcome) -> dict[str, Any]:
+    basis, (control_madds, control_top1) = outcome.evaluated[BASISNET], outcome.evaluated[CONTROL].last
+    full_top1, chosen = basis.top1[1], basis.chosen
+    return {"targets": {
+        "gain_over_control_pt": round(full_top1 - control_top1, 2),
+        "madds_ratio_to_control": round(basis.madds[1] / control_madds, 3),
+        "early_exit_saving": round(1 - chosen["madds"] / basis.madds[1], 4),
         "early_exit_loss_pt": round(full_top1 - chosen["top1"], 2),
-        "curve_vs_static_family": compare_curves(sweep_curve, family),
-    }
-    write_meta(results, start, p, minutes, warm_epochs=warm, targets=targets)
-    return records
+        "curve_vs_static_family": compare_curves(basis.sweep, _family(outcome)),
+    }}
 
 
 def format_targets(meta: dict[str, Any]) -> str:
@@ -127,11 +104,13 @@ def format_targets(meta: dict[str, Any]) -> str:
     ])
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """The records as a Markdown table (what BENCHMARKS.md shows)."""
-    lines = ["| model | top-1 (%) | MAdds (M) | params | threshold | exit fraction |", "|---|---:|---:|---:|---:|---:|"]
-    for r in records:
-        thr = "" if r["threshold"] is None else f"{r['threshold']:.2f}"
-        frac = "" if r["exit_fraction"] is None else f"{r['exit_fraction']:.2f}"
-        lines.append(f"| {r['model']} | {r['top1']:.2f} | {r['madds']:.2f} | {r['params'] / 1e6:.2f}M | {thr} | {frac} |")
-    return "\n".join(lines)
+ACCURACY = register_study(Study(
+    "accuracy", "warm-started BasisNet vs the static family and a control", plan, results="cifar10",
+    runs="bench_cifar10", report=lambda records, meta, opts: [format_records_table(records), format_targets(meta)],
+    options=(
+        Option("--quick", "the same code on 4,000 images, 2 + 1 epochs", action="store_true", default=False),
+        Option("--epochs", "epochs of the static nets (default 12; --quick: 2)", type=int),
+        Option("--widths", "static MobileNetV3-Small widths (default 0.35 0.5 0.75; must include 0.35 and 0.5)",
+               type=float, nargs="+"),
+        Option("--warm-epochs", "BasisNet's epochs on top of the static nets (default 6; --quick: 1)", type=int),
+    ), summarize=summarize, plot=plot))

@@ -1,60 +1,35 @@
 """One protocol for every adaptive model: BasisNet, a static MobileNet, CondConv, MSDNet and RANet.
 
-Each model is trained on CIFAR-10 with one recipe and epoch budget (its bundled ``cifar10_*`` config,
-identical training keys; BasisNet with its default one-run recipe), then evaluated from cached exit
-logits under both protocols of MSDNet / RANet: anytime prediction (every exit) and budgeted batch
-classification (thresholds fitted on the validation split, applied to test). BasisNet's targets
-(gain over its static backbone and CondConv, early-exit saving, the shortcut diagnostic) go to the
-meta file. Runs share a directory with ``bench accuracy`` (the static x0.5 is the same run), are reused
-when finished with the same config and resumed when interrupted. ``seeds`` > 1 trains the headline pair
-(BasisNet, its static backbone) once per seed, so a gain can be told from the spread of seeds;
-``bench regime`` and ``bench distill`` read and extend the same runs folder.
+Each peer (``peers.PEERS``) is trained on CIFAR-10 with one recipe and epoch budget (its bundled
+``cifar10_*`` config, identical training keys; BasisNet with its default one-run recipe), then evaluated
+from cached exit logits under both protocols of MSDNet / RANet: anytime prediction (every exit) and
+budgeted batch classification (thresholds fitted on the validation split, applied to test). BasisNet's
+targets (gain over its static backbone and CondConv, early-exit saving, the shortcut diagnostic) go to
+the meta file. Runs share a directory with ``bench accuracy`` (the static x0.5 is the same run) and with
+``bench regime`` and ``bench distill``. ``seeds`` > 1 trains the headline pair (BasisNet, its static
+backbone) once per seed, so a gain can be told from the spread of seeds.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-
-from ..evaluate import (anytime, apply_threshold, best_within, budgeted_batch, compare_curves, count_params,
-                        plot_models, select_threshold)
-from ..workflow import exit_logits, load_run, run_exit_madds, shortcut_run
+from ..evaluate import best_within, compare_curves, plot_models
+from ..workflow import shortcut_run
+from .evaluations import protocols
+from .peers import BASISNET, CONDCONV, PEERS, RUNS, STATIC, peer_options, peer_overrides, peer_suffix
 from .records import meta_path
-from .runs import MAX_DROP, plan, record, train_or_reuse, write_meta
+from .study import Kept, Option, Outcome, Plan, Run, Study, cifar_epochs, register_study
 
-__all__ = ["BUDGETS", "PEERS", "Peer", "format_compare_table", "format_compare_targets", "format_seed_table",
-           "evaluate_peer", "format_verdicts", "run_compare_benchmark", "seed_run", "seed_spread", "targets", "verdicts"]
-
-
-class Peer(NamedTuple):
-    label: str
-    config: str  # bundled config name
-    run: str  # run directory name under the benchmark's output
-    overrides: tuple[str, ...] = ()
-
-
-BASISNET = "BasisNet"
-STATIC = "MobileNetV3-Small x0.5 (static)"
-CONDCONV = "CondConv-MobileNetV3-Small x0.5"
-PEERS: tuple[Peer, ...] = (  # BasisNet first: the table and the plot lead with it
-    Peer(BASISNET, "cifar10_basisnet", "basisnet"),
-    Peer(STATIC, "cifar10_static", "static_w0.5", ("model.kwargs.width=0.5",)),
-    Peer(CONDCONV, "cifar10_condconv", "condconv"),
-    Peer("MSDNet", "cifar10_msdnet", "msdnet"),
-    Peer("RANet", "cifar10_ranet", "ranet"),
-)
+__all__ = ["BUDGETS", "COMPARE", "SEEDED", "format_compare_table", "format_compare_targets", "format_seed_table",
+           "format_verdicts", "seed_run", "seed_spread", "targets", "verdicts"]
 
 BUDGETS: tuple[float, ...] = (2, 4, 6, 8, 12, 16, 24)  # MAdds (M) columns of the summary table
-_NEVER = 1e8  # MSDNet's "nobody exits here" threshold
-
-
-def _thresholds(values: list[float]) -> list[float | None]:
-    """Budgeted-batch thresholds for JSON: null = nobody exits there, 0 = everyone left exits."""
-    return [None if v >= _NEVER else max(round(v, 4), 0.0) for v in values]
+SEEDED = (BASISNET, STATIC)  # the headline pair: trained with every seed of --seeds
 
 
 def seed_run(run: str, seed: int) -> str:
@@ -62,32 +37,83 @@ def seed_run(run: str, seed: int) -> str:
     return run if seed == 0 else f"{run}_seed{seed}"
 
 
-def evaluate_peer(peer: Peer, run: Path, epochs: int, command: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Every protocol's records of one trained run; ``seed`` is written into each."""
-    model, _ = load_run(run)
-    params = count_params(model)
-    madds = run_exit_madds(run)
-    val, test = exit_logits(run, "val"), exit_logits(run, "test")
-    command = f"{command} (seed {seed})" if seed else command
-    records = [record(peer.label, row["top1"], row["madds"], params, epochs, command, protocol="anytime",
-                       exit=row["exit"] + 1, num_exits=len(madds), seed=seed)
-               for row in anytime(test, madds)]
-    if len(madds) > 1:  # one confidence threshold for every exit, the cheapest within MAX_DROP on val
-        threshold = select_threshold(val, madds, max_drop=MAX_DROP)
-        chosen = apply_threshold(test, madds, threshold)
-        records.append(record(peer.label, chosen["top1"], chosen["madds"], params, epochs, command,
-                               threshold=threshold, exit_fraction=chosen["exit_fraction"], num_exits=len(madds),
-                               max_drop=MAX_DROP, seed=seed))
-    seen = set()
-    for row in budgeted_batch(val, test, madds):
-        fractions = tuple(round(f, 4) for f in row["exit_fractions"])
-        if fractions in seen:  # several priors can route identically (always so with one exit)
+def _kept(results: Path, models: Sequence[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Records (per peer label) of the peers not in ``models`` and the meta of an earlier run (``--models``)."""
+    meta_file = meta_path(results)
+    if not results.is_file() or not meta_file.is_file():
+        raise ValueError(f"--models re-runs some peers and keeps the others from {results}, which does not exist")
+    old, meta = json.loads(results.read_text()), json.loads(meta_file.read_text())
+    kept = [peer for peer in PEERS if peer.run not in models]
+    records = {peer.label: [r for r in old if r["model"] == peer.label] for peer in kept}
+    missing = [peer.run for peer in kept if not records[peer.label]]
+    if missing:
+        raise ValueError(f"{results} holds no records of {missing}: add them to --models")
+    return records, meta
+
+
+def plan(opts: Namespace, out: Path) -> Plan:
+    """Every peer (seeds of the headline pair), or with ``--models`` only those, the others kept from
+    ``--results``; ``--teacher``: every peer distils from that trained run, so the comparison stays fair."""
+    names = [peer.run for peer in PEERS]
+    models = opts.models or []
+    unknown = sorted(set(models) - set(names))
+    if unknown:
+        raise ValueError(f"unknown --models {unknown}; choose from {names}")
+    seeds = 1 if opts.seeds is None else opts.seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if opts.teacher is not None and not Path(opts.teacher).exists():
+        raise ValueError(f"--teacher {opts.teacher} does not exist: pass a trained run directory or weights file")
+    epochs, common = cifar_epochs(opts.quick, opts.epochs), peer_overrides(opts)
+    kept, old_meta = _kept(opts.results, models) if models else ({}, {})
+    runs: list[Run | Kept] = []
+    for peer in PEERS:
+        names_of_seeds = [seed_run(peer.run, seed) for seed in range(seeds if peer.label in SEEDED else 1)]
+        if peer.label in kept:
+            old_minutes = old_meta["train_minutes"]
+            runs.append(Kept(peer.run, tuple(kept[peer.label]),
+                             {run: old_minutes[run] for run in names_of_seeds if run in old_minutes}))
             continue
-        seen.add(fractions)
-        records.append(record(peer.label, row["top1"], row["madds"], params, epochs, command,
-                               protocol="budgeted-batch", q=row["q"], num_exits=len(madds),
-                               threshold=_thresholds(row["thresholds"]), exit_fraction=list(fractions), seed=seed))
-    return records
+        runs += [Run(name, peer.config, opts.data, epochs, protocols(), (*common, *peer.overrides), seed=seed,
+                     label=peer.label, extra={"seed": seed}) for seed, name in enumerate(names_of_seeds)]
+    facts = {"teacher": None if opts.teacher is None else str(opts.teacher),
+             "kept_from_earlier_run": sorted(set(names) - set(models)) if models else []}
+    if BASISNET in kept:
+        facts["shortcut_val"] = old_meta.get("shortcut_val")
+    return Plan(tuple(runs), opts, opts.quick, epochs, facts)
+
+
+def _subset(run: Run) -> str | None:
+    """The training images a run was given (``data.subset``), None when all."""
+    return next((o.split("=", 1)[1] for o in reversed(run.overrides) if o.startswith("data.subset=")), None)
+
+
+def plot(outcome: Outcome, path: Path) -> None:
+    records, seeds = outcome.records, outcome.plan.options.seeds or 1
+    trained = [run for run in outcome.plan.runs if isinstance(run, Run)]
+    subset = _subset(trained[0]) if trained else None
+    spread = seed_spread(records)
+    plot_models({peer.label: (_curve(records, peer.label, "budgeted-batch"), _curve(records, peer.label, "anytime"))
+                 for peer in PEERS}, path,
+                title=f"CIFAR-10 test{f', {subset} training images' if subset else ''}, {outcome.plan.epochs} epochs "
+                      "each: budgeted batch (lines), anytime (circles)" + (f", bars: {seeds} seeds" if seeds > 1 else ""),
+                emphasis=BASISNET,
+                spread={label: [(e["madds"], e["mean"], e["min"], e["max"]) for e in spread[label]]
+                        for label in SEEDED if seeds > 1})
+
+
+def summarize(outcome: Outcome) -> dict[str, Any]:
+    records = outcome.records
+    found = {"verdicts": verdicts(records), "targets": targets(records), "seed_spread": seed_spread(records)}
+    if "shortcut_val" not in outcome.plan.facts:  # BasisNet was trained or reused: its diagnostic, on val
+        run = outcome.out / PEERS[0].run
+        found["shortcut_val"] = {k: round(v, 2) for k, v in shortcut_run(run, "val").as_dict().items()}
+    return found
+
+
+def report(records: list[dict[str, Any]], meta: dict[str, Any], opts: Namespace) -> list[str]:
+    seeds = [format_seed_table(meta["seed_spread"])] if (opts.seeds or 0) > 1 else []
+    return [format_compare_table(records), *seeds, format_verdicts(meta["verdicts"]), format_compare_targets(meta)]
 
 
 def _curve(records: list[dict[str, Any]], label: str, protocol: str) -> list[tuple[float, float]]:
@@ -149,89 +175,6 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
         "curve_reaches_static_at_madds_ratio": None if reach is None else round(reach / static["madds"], 3),
         "curve_minus_condconv_pt": None if at_condconv is None else round(at_condconv - condconv["mean"], 2),
     }
-
-
-def _kept(results: Path, peers: Sequence[Peer]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """Records (per peer label) of ``peers`` and the meta of an earlier run of this benchmark (``--models``)."""
-    meta_file = meta_path(results)
-    if not results.is_file() or not meta_file.is_file():
-        raise ValueError(f"--models re-runs some peers and keeps the others from {results}, which does not exist")
-    old, meta = json.loads(results.read_text()), json.loads(meta_file.read_text())
-    records = {peer.label: [r for r in old if r["model"] == peer.label] for peer in peers}
-    missing = [peer.run for peer in peers if not records[peer.label]]
-    if missing:
-        raise ValueError(f"{results} holds no records of {missing}: add them to --models")
-    return records, meta
-
-
-SEEDED = (BASISNET, STATIC)  # the headline pair: trained with every seed of --seeds
-
-
-def run_compare_benchmark(
-    data: str | Path = "../shared/data/cifar10",
-    out: str | Path = "runs/bench_cifar10",
-    results: str | Path = "benchmarks/results/compare.json",
-    quick: bool = False,
-    epochs: int | None = None,
-    overrides: Sequence[str] = (),
-    command: str = "basisnet bench compare",
-    models: Sequence[str] | None = None,
-    seeds: int = 1,
-    teacher: str | Path | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train every peer, evaluate both protocols on test, write records, verdicts, targets and one plot.
-
-    ``models`` (run names, e.g. ``["basisnet"]``): train and evaluate only those peers and keep the
-    others' records and training minutes from the existing ``results`` (after a change to one model).
-    ``seeds``: BasisNet and its static backbone are trained with ``train.seed`` 0..seeds-1 (same data split
-    and subset; runs ``<run>_seed<k>``); curves and verdicts use seed 0, targets the mean over seeds.
-    ``teacher``: every peer distils from this trained run (``train.kd_teacher``), so the comparison stays fair.
-    """
-    names = [peer.run for peer in PEERS]
-    unknown = sorted(set(models or ()) - set(names))
-    if unknown:
-        raise ValueError(f"unknown --models {unknown}; choose from {names}")
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if teacher is not None and not Path(teacher).exists():
-        raise ValueError(f"--teacher {teacher} does not exist: pass a trained run directory or weights file")
-    p = plan(quick, epochs, data, [*overrides, *([f"train.kd_teacher={teacher}"] if teacher else [])])
-    out, results = Path(out), Path(results)
-    start = time.time()
-    kept, old_meta = _kept(results, [peer for peer in PEERS if peer.run not in models]) if models else ({}, {})
-    records: list[dict[str, Any]] = []
-    minutes: dict[str, float] = {}
-    shortcut = old_meta.get("shortcut_val") if BASISNET in kept else None
-    for peer in PEERS:
-        runs = [seed_run(peer.run, seed) for seed in range(seeds if peer.label in SEEDED else 1)]
-        if peer.label in kept:
-            records += kept[peer.label]
-            minutes.update({run: old_meta["train_minutes"][run] for run in runs if run in old_meta["train_minutes"]})
-            continue
-        for seed, name in enumerate(runs):
-            run = out / name
-            minutes[name] = train_or_reuse(peer.config, run, [*p.overrides, *peer.overrides,
-                                                              *([f"train.seed={seed}"] if seed else [])])
-            records.extend(evaluate_peer(peer, run, p.epochs, command, seed))
-        if peer.label == BASISNET:
-            shortcut = {k: round(v, 2) for k, v in shortcut_run(out / peer.run, "val").as_dict().items()}
-    found = verdicts(records)
-
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
-    spread = seed_spread(records)
-    subset = next((o.split("=", 1)[1] for o in reversed(p.overrides) if o.startswith("data.subset=")), None)
-    plot_models({peer.label: (_curve(records, peer.label, "budgeted-batch"), _curve(records, peer.label, "anytime"))
-                 for peer in PEERS}, results.with_suffix(".png"),
-                title=f"CIFAR-10 test{f', {subset} training images' if subset else ''}, {p.epochs} epochs each: "
-                      "budgeted batch (lines), anytime (circles)" + (f", bars: {seeds} seeds" if seeds > 1 else ""),
-                emphasis=BASISNET,
-                spread={label: [(e["madds"], e["mean"], e["min"], e["max"]) for e in spread[label]]
-                        for label in SEEDED if seeds > 1})
-    write_meta(results, start, p, minutes, verdicts=found, targets=targets(records), seed_spread=spread,
-               shortcut_val=shortcut, teacher=None if teacher is None else str(teacher),
-               kept_from_earlier_run=sorted(set(names) - set(models)) if models else [])
-    return records, found
 
 
 def format_compare_targets(meta: dict[str, Any]) -> str:
@@ -297,3 +240,13 @@ def format_compare_table(records: Sequence[dict[str, Any]], budgets: Sequence[fl
             ", ".join(f"{r['top1']:.1f}@{r['madds']:.1f}" for r in exits),
             *("-" if v is None else f"{v:.2f}" for v in at)]) + " |")
     return "\n".join(lines)
+
+
+COMPARE = register_study(Study(
+    "compare", "every peer on CIFAR-10, both protocols (anytime, budgeted batch); --seeds, --teacher", plan,
+    results="compare", runs=RUNS, report=report, suffix=peer_suffix, summarize=summarize, plot=plot,
+    options=(*peer_options("re-run only these peers (run names: basisnet, static_w0.5, condconv, msdnet, ranet), "
+                           "keeping the others' records from --results"),
+             Option("--epochs", "epochs per model (default 12; --quick: 2)", type=int),
+             Option("--seeds", "train BasisNet and its static backbone with this many seeds (train.seed 0..N-1; mean "
+                    "and min-max reported; default 1)", type=int))))

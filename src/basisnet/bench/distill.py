@@ -8,8 +8,7 @@ last exit's MAdds.
 
 from __future__ import annotations
 
-import json
-import time
+from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ from typing import Any
 from ..configs import bundled_config
 from ..evaluate import best_within, plot_tradeoff
 from ..train import load_config
-from .compare import PEERS, evaluate_peer
-from .runs import plan, train_or_reuse, write_meta
+from .evaluations import protocols
+from .peers import BASISNET, MSDNET, RANET, RUNS, peer_options, peer_overrides, peer_suffix, peers
+from .study import Option, Outcome, Plan, Run, Study, cifar_epochs, register_study
 
-__all__ = ["DISTILLED", "format_distill_table", "run_distill_benchmark", "self_distill_budgets"]
+__all__ = ["DISTILL", "DISTILLED", "format_distill_table", "self_distill_budgets"]
 
-DISTILLED = ("BasisNet", "MSDNet", "RANet")  # the peers with more than one exit
+DISTILLED = (BASISNET, MSDNET, RANET)  # the peers with more than one exit
 _OTHER_WEIGHT = 0.5  # the weight tried when a bundled config does not distil
 
 
@@ -47,46 +47,31 @@ def self_distill_budgets(records: Sequence[dict[str, Any]]) -> list[dict[str, An
     return rows
 
 
-def run_distill_benchmark(
-    data: str | Path = "../shared/data/cifar10",
-    out: str | Path = "runs/bench_cifar10",
-    results: str | Path = "benchmarks/results/distill.json",
-    quick: bool = False,
-    epochs: int | None = None,
-    overrides: Sequence[str] = (),
-    command: str = "basisnet bench distill",
-    teacher: str | Path | None = None,
-    models: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Train (or reuse) every multi-exit peer (or those ``models`` names) with self-distillation on and off;
-    records, budgets and one plot."""
-    every = [peer for peer in PEERS if peer.label in DISTILLED]
-    unknown = sorted(set(models or ()) - {peer.run for peer in every})
+def plan(opts: Namespace, out: Path) -> Plan:
+    """Every multi-exit peer (or those ``--models`` names) with its bundled self-distillation and the other."""
+    every = peers(*DISTILLED)
+    unknown = sorted(set(opts.models or ()) - {peer.run for peer in every})
     if unknown:
         raise ValueError(f"unknown --models {unknown}; choose from {[peer.run for peer in every]}")
-    peers = [peer for peer in every if not models or peer.run in models]
-    p = plan(quick, epochs, data, [*overrides, *([f"train.kd_teacher={teacher}"] if teacher else [])])
-    out, results = Path(out), Path(results)
-    start = time.time()
-    records: list[dict[str, Any]] = []
-    minutes: dict[str, float] = {}
-    for peer in peers:
+    epochs, common = cifar_epochs(opts.quick, opts.epochs), peer_overrides(opts)
+    runs = []
+    for peer in (peer for peer in every if not opts.models or peer.run in opts.models):
         bundled = load_config(bundled_config(peer.config)).train.self_distill
         other = 0.0 if bundled else _OTHER_WEIGHT
-        for weight, name, extra in ((bundled, peer.run, []),
-                                    (other, f"{peer.run}_sd{other:g}", [f"train.self_distill={other:g}"])):
-            minutes[name] = train_or_reuse(peer.config, out / name, [*p.overrides, *peer.overrides, *extra])
-            records += [{**r, "model": _label(peer.label, weight), "base_model": peer.label, "self_distill": weight}
-                        for r in evaluate_peer(peer, out / name, p.epochs, command) if r["protocol"] != "early-exit"]
-    budgets = self_distill_budgets(records)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
+        for weight, name, extra in ((bundled, peer.run, ()),
+                                    (other, f"{peer.run}_sd{other:g}", (f"train.self_distill={other:g}",))):
+            runs.append(Run(name, peer.config, opts.data, epochs, protocols("anytime", "budgeted-batch"),
+                            (*common, *peer.overrides, *extra), label=_label(peer.label, weight),
+                            extra={"seed": 0, "base_model": peer.label, "self_distill": weight}))
+    return Plan(tuple(runs), opts, opts.quick, epochs)
+
+
+def plot(outcome: Outcome, path: Path) -> None:
+    records = outcome.records
     plot_tradeoff({label: [(r["madds"], r["top1"]) for r in records
                            if r["model"] == label and r["protocol"] == "budgeted-batch"]
-                   for label in dict.fromkeys(r["model"] for r in records)}, None, results.with_suffix(".png"),
-                  title=f"CIFAR-10 test, {p.epochs} epochs: budgeted batch with and without self-distillation")
-    write_meta(results, start, p, minutes, budgets=budgets)
-    return records
+                   for label in dict.fromkeys(r["model"] for r in records)}, None, path,
+                  title=f"CIFAR-10 test, {outcome.plan.epochs} epochs: budgeted batch with and without self-distillation")
 
 
 def format_distill_table(records: Sequence[dict[str, Any]]) -> str:
@@ -99,3 +84,11 @@ def format_distill_table(records: Sequence[dict[str, Any]]) -> str:
     lines += [f"| {b['model']} | {b['self_distill']:g} | {b['budget']:.2f} | {cell(b['top1_on'])} | "
               f"{cell(b['top1_off'])} | {cell(b['change_pt'], '+')} |" for b in self_distill_budgets(records)]
     return "\n".join(lines)
+
+
+DISTILL = register_study(Study(
+    "distill", "the multi-exit models with and without self-distillation", plan, results="distill", runs=RUNS,
+    report=lambda records, meta, opts: [format_distill_table(records)], suffix=peer_suffix,
+    summarize=lambda outcome: {"budgets": self_distill_budgets(outcome.records)}, plot=plot,
+    options=(*peer_options("the multi-exit peers to study (default basisnet msdnet ranet)"),
+             Option("--epochs", "epochs per model (default 12; --quick: 2)", type=int))))

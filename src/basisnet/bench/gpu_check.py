@@ -11,7 +11,6 @@ Sized to finish within 8 minutes on one data-centre GPU; the embedded SHAPES set
 
 from __future__ import annotations
 
-import platform
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .records import save_records
+from .records import machine, save_records
 from .speed import SpeedPlan, format_speed_table, run_speed_benchmark
 from .train_speed import TrainSpeedPlan, format_train_speed_table, run_train_speed_benchmark
 
@@ -61,7 +60,7 @@ def run_gpu_check(results: str | Path, data: str = "shapes", scratch: str | Path
     results = Path(results)
     summary: dict[str, Any] = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "machine": platform.machine(), "command": command,
+        "machine": machine("cuda"), "command": command,
     }
     print(f"[gpu-check] {summary['device']}, torch {summary['torch']}, CUDA {summary['cuda']}", flush=True)
     summary["tests"] = _run_tests(results.with_name(results.stem + "_junit.xml"))

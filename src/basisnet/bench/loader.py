@@ -11,7 +11,6 @@ crop) on generated 500x375 JPEGs.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from ..data import CenterCrop, FileIndex, RandomResizedCrop, StreamDataset, Stre
 from ..data.autoaugment import create_policy
 from ..data.decode import available_decoders
 from ..data.sources import split_dir
-from .records import save_records
+from .records import machine, save_records
 
 __all__ = ["LoaderPlan", "format_loader_table", "generate_jpegs", "run_loader_benchmark"]
 
@@ -125,7 +124,7 @@ def run_loader_benchmark(cifar: str | Path, results: str | Path, plan: LoaderPla
     ], plan)
     save_records(results, records, {
         "command": command, "seconds": round(time.time() - start), "target_ratio": TARGET,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+        "machine": machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "pillow": Image.__version__, "decoders": decoders})
     return records
 

@@ -8,23 +8,22 @@ answers: does the gap grow with training (the paper trains hundreds of epochs) o
 
 from __future__ import annotations
 
-import json
-import time
+from argparse import Namespace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import count_params, exit_accuracy, plot_tradeoff
+from ..evaluate import plot_tradeoff
 from ..train import RunDir, load_config
-from ..workflow import exit_logits, load_run, run_exit_madds
-from .compare import BASISNET, CONDCONV, PEERS, STATIC
-from .runs import epochs_done, plan, record, train_or_reuse, write_meta
+from .evaluations import protocols
+from .peers import BASISNET, CONDCONV, RUNS, STATIC, peer_options, peer_overrides, peer_suffix, peers
+from .study import Option, Outcome, Plan, Run, Study, register_study
 
-__all__ = ["LENGTHS", "STUDIED", "format_regime_table", "regime_gains", "run_regime_benchmark"]
+__all__ = ["LENGTHS", "REGIME", "STUDIED", "format_regime_table", "regime_gains"]
 
 LENGTHS: tuple[int, ...] = (3, 6, 12)  # epochs; 12 is bench compare's default, so its runs are reused
 STUDIED = (BASISNET, STATIC, CONDCONV)
-_RUNS = {peer.run for peer in PEERS if peer.label in STUDIED}
+_RUNS = {peer.run for peer in peers(*STUDIED)}
 
 
 def _epochs_of(run: Path) -> int | None:
@@ -49,52 +48,29 @@ def regime_gains(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for e in sorted({e for _, e in top1})]
 
 
-def run_regime_benchmark(
-    data: str | Path = "../shared/data/cifar10",
-    out: str | Path = "runs/bench_cifar10",
-    results: str | Path = "benchmarks/results/regime.json",
-    lengths: Sequence[int] | None = None,
-    quick: bool = False,
-    overrides: Sequence[str] = (),
-    command: str = "basisnet bench regime",
-    teacher: str | Path | None = None,
-    models: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Train (or reuse) BasisNet, static and CondConv at every length; records, gains and one plot.
-
-    ``models`` (run names): the peers trained at every length; the others (CondConv, to save time) only
-    where a finished run of that length exists already, e.g. bench compare's.
-    """
-    lengths = sorted(set(lengths or LENGTHS))
+def plan(opts: Namespace, out: Path) -> Plan:
+    """BasisNet, static and CondConv at every length; ``--models`` (run names): the peers trained at every
+    length, the others (CondConv, to save time) read only where a finished run of that length exists."""
+    lengths = sorted(set(opts.lengths or LENGTHS))
     if lengths[0] < 1:
         raise ValueError(f"--lengths must be epochs >= 1, got {lengths}")
-    every = set(models or [peer.run for peer in PEERS if peer.label in STUDIED])
-    if not {peer.run for peer in PEERS if peer.label in (BASISNET, STATIC)} <= every or every - _RUNS:
+    every = set(opts.models or _RUNS)
+    if not {peer.run for peer in peers(BASISNET, STATIC)} <= every or every - _RUNS:
         raise ValueError(f"--models must name BasisNet and its static backbone, from {sorted(_RUNS)}; got {sorted(every)}")
-    out, results = Path(out), Path(results)
-    start = time.time()
-    records: list[dict[str, Any]] = []
-    minutes: dict[str, float] = {}
-    for epochs in lengths:
-        p = plan(quick, epochs, data, [*overrides, *([f"train.kd_teacher={teacher}"] if teacher else [])])
-        for peer in (peer for peer in PEERS if peer.label in STUDIED):
-            name = peer.run if _epochs_of(out / peer.run) == epochs else f"{peer.run}_e{epochs}"
-            if peer.run not in every and epochs_done(out / name) < epochs:
-                continue
-            minutes[name] = train_or_reuse(peer.config, out / name, [*p.overrides, *peer.overrides])
-            top1, madds = exit_accuracy(exit_logits(out / name, "test")), run_exit_madds(out / name)
-            params = count_params(load_run(out / name)[0])
-            records += [record(peer.label, t, m, params, epochs, command, protocol="anytime", exit=k + 1,
-                               num_exits=len(madds)) for k, (t, m) in enumerate(zip(top1, madds))]
-    gains = regime_gains(records)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
+    common = peer_overrides(opts)
+    runs = tuple(Run(peer.run if _epochs_of(out / peer.run) == epochs else f"{peer.run}_e{epochs}", peer.config,
+                     opts.data, epochs, protocols("anytime"), (*common, *peer.overrides), label=peer.label,
+                     only_if_trained=peer.run not in every)
+                 for epochs in lengths for peer in peers(*STUDIED))
+    return Plan(runs, opts, opts.quick, lengths[-1], {"lengths": lengths})
+
+
+def plot(outcome: Outcome, path: Path) -> None:
+    gains = regime_gains(outcome.records)
     plot_tradeoff({f"{BASISNET} - {peer}": [(g["epochs"], g[key]) for g in gains if g[key] is not None]
                    for peer, key in ((STATIC, "gain_over_static_pt"), (CONDCONV, "gain_over_condconv_pt"))},
-                  None, results.with_suffix(".png"), title="CIFAR-10 test: BasisNet's gain against training length",
+                  None, path, title="CIFAR-10 test: BasisNet's gain against training length",
                   xlabel="training epochs", ylabel="top-1 gain (pt)")
-    write_meta(results, start, plan(quick, lengths[-1], data, overrides), minutes, lengths=lengths, gains=gains)
-    return records
 
 
 def format_regime_table(records: Sequence[dict[str, Any]]) -> str:
@@ -110,3 +86,12 @@ def format_regime_table(records: Sequence[dict[str, Any]]) -> str:
               f"{cell(g['gain_over_static_pt'], '+')} | {cell(g['gain_over_condconv_pt'], '+')} |"
               for g in regime_gains(records)]
     return "\n".join(lines)
+
+
+REGIME = register_study(Study(
+    "regime", "BasisNet's gain over static and CondConv against training length", plan, results="regime", runs=RUNS,
+    report=lambda records, meta, opts: [format_regime_table(records)], suffix=peer_suffix,
+    summarize=lambda outcome: {"gains": regime_gains(outcome.records)}, plot=plot,
+    options=(*peer_options("the peers trained at every length (default basisnet static_w0.5 condconv; a peer left "
+                           "out is read where its run exists)"),
+             Option("--lengths", "training lengths in epochs (default 3 6 12)", type=int, nargs="+"))))

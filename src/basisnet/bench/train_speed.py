@@ -10,7 +10,6 @@ steps only (validation excluded). On a GPU the target is >= 0.8x.
 from __future__ import annotations
 
 import contextlib
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ..layers import to_channels_last
 from ..models import create_model
 from ..train import load_config
 from ..workflow import train_run
-from .records import save_records
+from .records import machine, save_records
 from .timing import train_step
 
 __all__ = ["TrainSpeedPlan", "format_train_speed_table", "run_train_speed_benchmark"]
@@ -87,9 +86,7 @@ def run_train_speed_benchmark(data: str | Path, results: str | Path, plan: Train
                         "ratio": round(loop_rate / bare, 3)})
         print(f"[bench train] {name}: basisnet train {loop_rate:.0f} images/s, bare loop {bare:.0f}", flush=True)
     save_records(results, records, {
-        "command": command, "target_ratio": TARGET, "torch": torch.__version__,
-        "machine": platform.machine() + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else
-                                         f", {torch.get_num_threads()} threads")})
+        "command": command, "target_ratio": TARGET, "torch": torch.__version__, "machine": machine(device)})
     return records
 
 

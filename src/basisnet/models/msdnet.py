@@ -26,22 +26,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
-from ..layers.densenet import (
-    DenseLayer,
-    ExitHead,
-    ScaleStem,
-    bottleneck_conv,
-    check_factors,
-    check_variant,
-    concat_channels,
-    halve,
-    head_for,
-    init_weights,
-    stem_side,
-)
+from ..layers.densenet import (DenseLayer, ExitHead, ScaleStem, bottleneck_conv, check_factors, check_variant,
+                               concat_channels, halve, head_for, init_weights, stem_side)
 from .equilibrium import SharedTrunkHooks, split_exit
-from .protocol import State, run_exits
+from .protocol import State
 from .registry import register_model
+from .staged import StagedMultiExit
 
 STEPMODES = ("even", "lin_grow")
 PRUNE_MODES = ("max", "min")
@@ -127,7 +117,7 @@ def compressed(channels: int, reduction: float) -> int:
     return out
 
 
-class MSDNet(SharedTrunkHooks, nn.Module):
+class MSDNet(SharedTrunkHooks, StagedMultiExit):
     """Multi-scale dense network; defaults: a CIFAR-100 anytime model (10 blocks, step 2, base 4).
 
     Args:
@@ -215,17 +205,6 @@ class MSDNet(SharedTrunkHooks, nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList(heads)
         init_weights(self)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.heads)
-
-    def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
-        """Logits of exits 1..``max_exits`` (default: all), cheapest first; later blocks are not run."""
-        return run_exits(self, x, max_exits)
-
-    def start(self, x: Tensor) -> State:
-        return x
 
     def step(self, state: State, k: int) -> tuple[Tensor, State]:
         """Block ``k`` (block 0 holds the stem) on the maps of block ``k - 1``, then its exit."""

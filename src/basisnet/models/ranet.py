@@ -22,22 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct
-from ..layers.densenet import (
-    DenseLayer,
-    ExitHead,
-    ScaleStem,
-    bottleneck_conv,
-    check_factors,
-    check_variant,
-    concat_channels,
-    halve,
-    head_for,
-    init_weights,
-    stem_side,
-)
+from ..layers.densenet import (DenseLayer, ExitHead, ScaleStem, bottleneck_conv, check_factors, check_variant,
+                               concat_channels, halve, head_for, init_weights, stem_side)
 from .equilibrium import SharedTrunkHooks, split_exit
 from .msdnet import STEPMODES, compressed, register_with_presets
-from .protocol import State, run_exits
+from .protocol import State
+from .staged import StagedMultiExit
 
 # The constructor defaults are the official CIFAR script's config; explicit options override a preset's.
 RANET_PRESETS: dict[str, dict[str, Any]] = {
@@ -126,7 +116,7 @@ class FusionBlock(nn.Module):
         return self.transition(x), feats
 
 
-class RANet(SharedTrunkHooks, nn.Module):
+class RANet(SharedTrunkHooks, StagedMultiExit):
     """Resolution-adaptive network; defaults: the official CIFAR script (8 exits).
 
     Args:
@@ -230,14 +220,6 @@ class RANet(SharedTrunkHooks, nn.Module):
         self.flows = nn.ModuleList(flows)
         self.heads = nn.ModuleList(heads)
         init_weights(self)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.heads)
-
-    def forward(self, x: Tensor, max_exits: int | None = None) -> list[Tensor]:
-        """Logits of exits 1..``max_exits`` (default: all), cheapest first; nothing after the last is run."""
-        return run_exits(self, x, max_exits)
 
     def start(self, x: Tensor) -> State:
         """The stem's maps, one per flow (coarsest first), and a cursor at flow 0, block 0."""
