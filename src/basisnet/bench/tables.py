@@ -39,7 +39,8 @@ from .transfer import format_transfer_table, format_transfer_targets
 
 __all__ = ["TABLES", "markdown_table", "render_docs", "render_table", "render_text"]
 
-REGION = re.compile(r"(<!-- table: (?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+REGION = re.compile(r"^(<!-- table: (?P<name>[^ ]+) -->\n)(?P<body>.*?)^(<!-- /table -->)$", re.S | re.M)
+_OPEN, _CLOSE = re.compile(r"^<!-- table: ", re.M), re.compile(r"^<!-- /table -->$", re.M)  # markers start a line
 _FAMILY = re.compile(r"(_n\d+|_s\d+)?(_quick)?$")
 
 
@@ -164,10 +165,10 @@ def render_text(text: str, results: str | Path) -> tuple[str, list[str]]:
         return match[1] + body + match[4]
 
     rendered = REGION.sub(replace, text)
-    opened, closed = text.count("<!-- table: "), text.count("<!-- /table -->")
+    opened, closed = len(_OPEN.findall(text)), len(_CLOSE.findall(text))
     if opened != closed or opened != len(REGION.findall(text)):
-        raise ValueError(f"{opened} '<!-- table: NAME -->' markers but {closed} '<!-- /table -->': every table "
-                         "region is one opening line and one closing marker")
+        raise ValueError(f"{opened} lines open a table ('<!-- table: NAME -->') and {closed} close one "
+                         "('<!-- /table -->'): every region is one opening line, its table, one closing line")
     return rendered, changed
 
 
