@@ -185,6 +185,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from .bench.tables import render_docs
+
+    differ = render_docs(args.docs, args.results, write=not args.check)
+    for page, names in differ.items():
+        print(f"{page}: {'differs' if args.check else 'rewrote'}: {', '.join(names)}")
+    return 1 if differ and args.check else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
@@ -316,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="a new classifier with this many outputs (default: the checkpoint's)")
     p.add_argument("--list", action="store_true", help="print the supported SOURCE:NAME checkpoints")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("docs", help="render the tables of docs/*.md from benchmarks/results/*.json and the "
+                       "config keys (between <!-- table: NAME --> and <!-- /table -->)")
+    p.add_argument("--check", action="store_true", help="rewrite nothing; name the tables that differ (exit 1)")
+    p.add_argument("--docs", default="docs", help="folder of the Markdown pages (default docs)")
+    p.add_argument("--results", default="benchmarks/results", help="folder of the results files "
+                   "(default benchmarks/results)")
+    p.set_defaults(func=_docs)
 
     p = sub.add_parser("demo", help="train a small BasisNet on the embedded SHAPES data and show the trade-off")
     p.add_argument("--output", default="runs/demo")
