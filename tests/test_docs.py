@@ -132,3 +132,18 @@ def test_readme_and_docs_carry_no_history(page: Path) -> None:
 
 def test_readme_is_the_front_door() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_python_api_page_runs_as_written() -> None:
+    """Every ``python`` block of docs/python-api.md, pasted in order into one interpreter, runs: a renamed or
+    re-typed API (a predictor over Stages, layer weights, execution policies) fails here, not for a reader."""
+    import torch
+
+    text = (DOCS / "python-api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    torch.manual_seed(0)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - the page's own code
+    assert namespace["out"] is not None

@@ -63,7 +63,7 @@ def test_train_run_resolves_once_and_fit_gets_the_resolved_config(tmp_path: Path
     cfg = load_config(None, SHAPES_SMALL)
     before = copy.deepcopy(cfg)
     got = []
-    monkeypatch.setattr(basisnet.workflow, "fit", lambda model, train, val, config, *a, **k: got.append(config) or {})
+    monkeypatch.setattr(basisnet.workflow, "fit", lambda model, data, config, *a, **k: got.append(config) or {})
     inputs_py = str(Path(basisnet.workflow.__file__).with_name("inputs.py"))
     entries: list[tuple[str, str]] = []
 

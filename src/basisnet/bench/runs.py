@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..configs import bundled_config
-from ..train import RunConfig, RunDir, config_diff, config_to_dict, load_config
+from ..resolve import same_run
+from ..train import RunConfig, RunDir, load_config
 from ..workflow import train_run
 
 __all__ = ["epochs_done", "format_train_minutes", "train_minutes", "train_or_reuse"]
@@ -37,12 +38,7 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     saved = RunDir(run_dir).config
     if not saved.is_file():
         return
-    old = config_to_dict(load_config(saved))
-    new = config_to_dict(cfg)
-    for key in ("num_classes", "resolution"):  # train_run fills these from the data when absent
-        if key in old["model"]["kwargs"]:
-            new["model"]["kwargs"].setdefault(key, old["model"]["kwargs"][key])
-    diffs = config_diff(old, new)
+    diffs = same_run(load_config(saved), cfg)  # two resolved runs: what the data fills in compares equal
     if diffs:
         raise ValueError(f"{run_dir} holds a run with another config ({'; '.join(diffs)}): "
                          "pass another --output or remove that directory")

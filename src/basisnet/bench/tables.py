@@ -24,7 +24,7 @@ from typing import Any
 from ..configs import bundled_config, list_configs
 from ..train import config_help, load_config
 from .ablation import format_ablation_table
-from .accuracy import format_table, format_targets
+from .accuracy import format_targets
 from .compare import format_compare_table, format_compare_targets, format_seed_table, format_verdicts
 from .deploy import format_deploy_tables
 from .deploy_forms import ratios
@@ -35,7 +35,8 @@ from .regime import format_regime_table
 from .runs import format_train_minutes
 from .speed import format_speed_table, format_speed_targets
 from .train_speed import format_train_speed_table
-from .transfer import format_transfer_table, format_transfer_targets
+from .evaluations import format_records_table
+from .transfer import format_transfer_targets
 
 __all__ = ["TABLES", "markdown_table", "render_docs", "render_table", "render_text"]
 
@@ -116,7 +117,7 @@ Renderer = Callable[[Records, dict[str, Any]], str]
 
 TABLES: dict[str, Renderer] = {  # "<family>" or "<family>/<kind>": (records, meta) -> the region's text
     "ablation": lambda records, meta: format_ablation_table(records),
-    "cifar10": lambda records, meta: format_table(records),
+    "cifar10": lambda records, meta: format_records_table(records),
     "cifar10/targets": lambda records, meta: _block(format_targets(meta)),
     "compare": lambda records, meta: format_compare_table(records),
     "compare/seeds": lambda records, meta: format_seed_table(meta["seed_spread"]),
@@ -132,7 +133,7 @@ TABLES: dict[str, Renderer] = {  # "<family>" or "<family>/<kind>": (records, me
     "speed": lambda records, meta: _block(format_speed_table(records)),
     "speed/targets": lambda records, meta: _block(format_speed_targets(meta["targets"])),
     "train_speed": lambda records, meta: format_train_speed_table(records),
-    "transfer": lambda records, meta: format_transfer_table(records),
+    "transfer": lambda records, meta: format_records_table(records),
     "transfer/targets": lambda records, meta: _block(format_transfer_targets(meta)),
 }
 
