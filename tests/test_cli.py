@@ -532,12 +532,17 @@ def test_evaluate_protocol_anytime_and_budgeted_report_their_protocol(crafted_ru
     assert main(["evaluate", str(crafted_run), "--protocol", "anytime"]) == 0
     lines = capsys.readouterr().out.splitlines()
     light, full = 100 * 40 / N, 100 * (N - TEST_WRONG) / N
-    assert lines == [f"per exit (test): {light:.2f}% @ 1.00M, {full:.2f}% @ 3.00M",
-                     f"exit 0, top1 {light:.3f}, madds 1.000", f"exit 1, top1 {full:.3f}, madds 3.000"]
+    assert lines[0] == f"per exit (test): {light:.2f}% @ 1.00M, {full:.2f}% @ 3.00M"
+    assert "top-1 %" in lines[1] and "MAdds (M)" in lines[1]  # a header with units
+    assert [line.split() for line in lines[2:]] == [["1", f"{light:.2f}", "1.000"], ["2", f"{full:.2f}", "3.000"]]
     assert json.loads((crafted_run / "evaluation_anytime.json").read_text())["protocol"] == "anytime"
+    assert main(["evaluate", str(crafted_run), "--protocol", "budgeted"]) == 0
+    expected = budgeted_batch(VAL, TEST, MADDS)
+    printed = capsys.readouterr().out.splitlines()
+    assert "q" in printed[1] and "top-1 %" in printed[1] and "MAdds (M)" in printed[1]
+    assert [float(line.split()[1]) for line in printed[2:]] == pytest.approx([r["top1"] for r in expected], abs=0.006)
     assert main(["evaluate", str(crafted_run), "--protocol", "budgeted", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    expected = budgeted_batch(VAL, TEST, MADDS)
     assert report["protocol"] == "budgeted" and len(report["result"]) == len(expected) > 1
     assert [(r["q"], r["top1"], r["madds"]) for r in report["result"]] == pytest.approx(
         [(r["q"], r["top1"], r["madds"]) for r in expected])
@@ -601,7 +606,7 @@ def test_predict_stream_passes_workers_threads_limit_and_runtime(monkeypatch, tm
                         "stage_threads": [2, 1], "limit": 7, "workers": "thread", "runtime": "torch"}
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["f0\tcircle\t0.900\tstage 1\t2.00 ms", "f1\tcircle\t0.900\tstage 1\t3.00 ms"]
-    assert lines[2].startswith("2 frames in ") and "latency mean 2.50 ms, p95 2.00 ms (how it ran)" in lines[2]
+    assert lines[2].startswith("2 frames in ") and "latency mean 2.50 ms, p95 3.00 ms (how it ran)" in lines[2]
     assert main(["predict", "run", "--stream", "dir", "--sequential", "--summary"]) == 0
     assert (seen[-1]["workers"], seen[-1]["parallel"], seen[-1]["runtime"]) == ("auto", False, None)
     assert len(capsys.readouterr().out.splitlines()) == 1
@@ -702,3 +707,15 @@ def test_data_errors_speak_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cannot read image {tree / 'train' / 'a' / 'notes.png'}: not an image file" in err, err
     assert "data.skip_bad=true" in err and "BytesIO" not in err and "skip_bad=True" not in err
+
+
+def test_version_and_help_speak_to_a_user(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"basisnet {version('basisnet')}"
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    shown = capsys.readouterr().out
+    assert "Adaptive image classification" in shown and "``" not in shown  # not the module's docstring

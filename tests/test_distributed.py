@@ -167,7 +167,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(
     out = basisnet_train("--output", str(run), *TRAIN_ARGS, procs=procs, signal_at=f"{min(procs, 1)}:5:{signalled}")
     loop = load_state(run / "last.state.pt")["loop"]
     assert (loop["epoch"], loop["batch"], loop["global_step"]) == (1, 1, 5), out.stderr
-    message = (f"stopped by {signalled} after epoch 2, step 1 (global step 5); checkpoint: {run / 'last.state.pt'}; "
+    message = (f"stopped by {signalled} in epoch 2 after step 1 (global step 5); checkpoint: {run / 'last.state.pt'}; "
                f"continue with: {'torchrun ... -m basisnet' if procs else 'basisnet'} train --resume {run}")
     if procs:  # torchrun fails itself, naming its workers' exit codes (once one exits it stops the other)
         assert out.returncode != 0 and f"exitcode  : {code}" in out.stderr, out.stderr

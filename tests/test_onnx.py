@@ -88,8 +88,12 @@ def test_cli_export_of_a_run(shapes_run_onnx):
     assert "stage 1:" in printed and "stage 2:" in printed
     assert complaints == ""  # no warning or log line alarms whoever exports: the outputs are right
     assert json.loads((out / "classes.json").read_text()) == json.loads((run / "classes.json").read_text())
-    assert json.loads((out / "stages.json").read_text())["batch"] == 1
-    model, _ = load_run(run)
+    manifest = json.loads((out / "stages.json").read_text())
+    model, cfg = load_run(run)
+    assert manifest["batch"] == 1
+    # what a deployer needs to preprocess an image, as the run evaluated it
+    assert (manifest["preprocess"]["mean"], manifest["preprocess"]["std"]) == (list(cfg.data.mean), list(cfg.data.std))
+    assert manifest["preprocess"]["image_size"] == cfg.data.image_size == manifest["resolution"]
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         expected = model(x)

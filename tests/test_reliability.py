@@ -151,7 +151,7 @@ def test_sigterm_mid_epoch_resumes_bitwise(runs: dict, tmp_path: Path) -> None:
     loop = load_state(run / "last.state.pt")["loop"]
     assert proc.returncode == 143, log
     assert log.strip().splitlines()[-1] == (
-        f"basisnet train: stopped by SIGTERM after epoch {loop['epoch'] + 1}, step {loop['batch']} (global step "
+        f"basisnet train: stopped by SIGTERM in epoch {loop['epoch'] + 1} after step {loop['batch']} (global step "
         f"{loop['global_step']}); checkpoint: {run / 'last.state.pt'}; continue with: basisnet train --resume {run}")
     assert 0 < loop["global_step"] < STEPS
     out = basisnet_train("--resume", str(run), "train.log_interval=3", "train.checkpoint_every_steps=5")

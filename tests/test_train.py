@@ -442,3 +442,20 @@ def test_compiled_training_forward_matches_eager(tmp_path) -> None:
         assert (graphs > 0) == (backend != "false"), (backend, graphs)  # compiled exactly when asked
     for key, value in weights[0].items():
         torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_an_atomic_write_has_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """Checkpoints land beside config.yaml and summary.csv with the same permissions (not mkstemp's 0600)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_bytes(tmp_path / "last.safetensors", b"x")
+    assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_resuming_a_finished_run_says_it_is_finished(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_cfg("train.epochs=1", "train.warmup_epochs=0")
+    first = run(tmp_path, cfg)
+    with caplog.at_level("INFO", logger="basisnet.train.loop"):
+        again = run(tmp_path, cfg, resume=True)
+    assert "has finished its 1 epoch(s): nothing left to train" in caplog.text and "resuming " not in caplog.text
+    assert again["global_step"] == first["global_step"]  # and it trained no further

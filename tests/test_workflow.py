@@ -310,3 +310,20 @@ def test_evaluate_for_a_latency_target(run_dir, capsys, monkeypatch):
 
 def report_keys(report: dict) -> bool:
     return {"runtime", "exit_ms", "mean_ms_val", "mean_ms_test", "measured_ms_test", "target_ms"} <= set(report)
+
+
+def test_predict_defaults_to_the_threshold_evaluate_picked(tmp_path):
+    from basisnet.train import RunDir
+    from basisnet.workflow import DEFAULT_THRESHOLD, run_threshold
+
+    assert run_threshold(tmp_path)[0] == DEFAULT_THRESHOLD and "basisnet evaluate" in run_threshold(tmp_path)[1]
+    RunDir(tmp_path).evaluation("early-exit").write_text(json.dumps({"result": {"threshold": 0.625}}))
+    assert run_threshold(tmp_path)[0] == 0.625
+
+
+def test_a_run_at_chance_is_named():
+    from basisnet.workflow import chance_warning
+
+    assert "at chance (10.0% for 10 classes)" in chance_warning(10.4, 10)
+    assert chance_warning(14.4, 10) is not None and chance_warning(14.6, 10) is None
+    assert chance_warning(52.0, 2) is not None and chance_warning(53.0, 2) is None

@@ -1,4 +1,4 @@
-"""``basisnet <command>``: argument parsing only; each command calls one library function."""
+"""``basisnet <command>``: argument parsing and dispatch only; each command calls one library function."""
 
 from __future__ import annotations
 
@@ -10,27 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .configs import list_configs
-from .models import create_model, list_models
+from .models import list_models
 from .train.distributed import launch_env
 from .train.preemption import TrainingInterrupted
 
 
 def _madds(args: argparse.Namespace) -> int:
-    from .evaluate import count_madds
+    from .workflow import model_madds
 
-    kwargs = dict(width=args.width, resolution=args.resolution, num_classes=args.num_classes)
-    if args.bases:
-        kwargs["num_bases"] = args.bases
-    if args.drop_strides:
-        kwargs["drop_strides"] = args.drop_strides
-    model = create_model(args.model, **kwargs)
-    forward = {}
-    if getattr(model, "num_basis_layers", 0):
-        # A bare basis network needs coefficients: one per-image set (counts synthesis per image).
-        import torch
-
-        forward["coeffs"] = torch.full((1, model.num_basis_layers, args.bases), 1.0 / args.bases)
-    report = count_madds(model, depth=args.depth, **forward)
+    kwargs, report = model_madds(args.model, args.width, args.resolution, args.num_classes, args.bases,
+                                 args.drop_strides, args.depth)
     if args.json:
         print(json.dumps({"model": args.model, **kwargs, **report.as_dict()}))
         return 0
@@ -49,7 +38,7 @@ def _madds(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
     from .train import RunDir, config_help, load_config
-    from .workflow import dry_run, train_run
+    from .workflow import chance_warning, dry_run, train_run
 
     main_process = launch_env().rank == 0  # under torchrun / srun only rank 0 reports
     if not main_process:
@@ -71,6 +60,9 @@ def _train(args: argparse.Namespace) -> int:
         result = train_run(cfg, args.output)
     if main_process:
         print(f"best val top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}")
+        warning = chance_warning(result["best_top1"], result["num_classes"])
+        if warning:
+            print(warning, file=sys.stderr)
     return 0
 
 
@@ -105,10 +97,15 @@ def _evaluate(args: argparse.Namespace) -> int:
                   f"{', '.join(f'{t:.2f}' for t in report['exit_ms'])} ms; predicted mean {report['mean_ms_val']:.2f} "
                   f"ms/image on val, {report['mean_ms_test']:.2f} on test; measured on test "
                   f"{report['measured_ms_test']:.2f} ms (target {report['target_ms']} ms)")
-    else:
+    elif args.protocol == "anytime":  # exits counted from 1, as predict's stages and the sweep's columns
+        print(f"{'budget cut after exit':>22}{'top-1 %':>9}{'MAdds (M)':>11}")
         for r in result:
-            print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                            if not isinstance(v, list)))
+            print(f"{r['exit'] + 1:>22}{r['top1']:>9.2f}{r['madds']:>11.3f}")
+    else:  # MSDNet's budgeted batch: q sets how the exits share the images (p_k ~ q^k)
+        print(f"{'q':>6}{'top-1 %':>9}{'MAdds (M)':>11}  images answered per exit (%)")
+        for r in result:
+            shares = " ".join(f"{100 * f:.0f}" for f in r["exit_fractions"])
+            print(f"{r['q']:>6.3f}{r['top1']:>9.2f}{r['madds']:>11.3f}  {shares}")
     return 0
 
 
@@ -126,7 +123,11 @@ def _shortcut(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .workflow import predict_files, predict_stream
+    from .workflow import predict_files, predict_stream, run_threshold
+
+    if args.threshold is None:
+        args.threshold, where = run_threshold(args.run_dir)
+        print(f"threshold {args.threshold:.3f} ({where})", file=sys.stderr)
 
     if args.stream:
         if args.images:
@@ -232,8 +233,21 @@ class _OwnOptionsParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("basisnet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="basisnet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="basisnet", description="Adaptive image classification: train BasisNet and its peers, pick an "
+        "accuracy / cost trade-off, evaluate it under one protocol, export and serve with early exit.",
+        epilog="basisnet COMMAND --help shows a command's options; docs/quickstart.md walks through them.")
+    parser.add_argument("--version", action="version", version=f"basisnet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     p = sub.add_parser("madds", help="count multiply-adds and parameters of a model")
@@ -286,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="class, confidence and answering stage for image files")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="*")
-    p.add_argument("--threshold", type=float, default=0.8, help="confidence needed to stop at exit 1 (default 0.8)")
+    p.add_argument("--threshold", type=float,
+                   help="confidence needed to stop at an earlier exit (default: the threshold the run's latest "
+                        "`basisnet evaluate` picked, else 0.8)")
     p.add_argument("--stream", metavar="DIR_OR_GLOB", help="a stream of frames (sorted files): each stage in its own "
                    "thread, the lightweight model on frame t+1 while the specialist works on frame t")
     p.add_argument("--sequential", action="store_true", help="stream: the stages one after the other (baseline)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from .data.folder import IMAGE_EXTENSIONS
 from .deploy import EarlyExitPredictor, Stages, TorchStages, check_threshold, mean_coefficients
 from .deploy.latency import exit_latency_ms
 from .evaluate import (
-    ExitLogits, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, count_params, exit_accuracy,
+    ExitLogits, MaddsReport, anytime, apply_threshold, budgeted_batch, collect_exit_logits, count_madds, count_params, exit_accuracy,
     exit_madds, ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
@@ -101,7 +102,20 @@ def train_run(
                 to_channels_last(model)
             model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
         data = TrainData(train_loader, val_loader, inputs.train_transform(), inputs.eval_transform())
-        return fit(model, data, rc, run, teacher=teacher, resume=resume, progress=progress)
+        result = fit(model, data, rc, run, teacher=teacher, resume=resume, progress=progress)
+    return {**result, "num_classes": len(resolved.classes)}
+
+
+def chance_warning(top1: float, num_classes: int) -> str | None:
+    """A note when a validation accuracy is no better than guessing (within 5% of the way from chance,
+    100 / classes %, to 100%): every later sweep, threshold and speed-up would describe a model that learnt
+    nothing."""
+    chance = 100.0 / num_classes
+    if top1 > chance + 0.05 * (100.0 - chance):
+        return None
+    return (f"warning: val top-1 {top1:.2f}% is at chance ({chance:.1f}% for {num_classes} classes): the model has "
+            "not learnt yet. Train longer or on more images (the smallest run that learns is the demo, "
+            "`basisnet demo`; docs/quickstart.md gives a CIFAR-10 recipe).")
 
 
 def dry_run(cfg: RunConfig) -> str:
@@ -135,6 +149,22 @@ def exit_logits(run_dir: str | Path, split: str, progress: bool | None = None) -
         logits = collect_exit_logits(model, batches, inputs.eval_transform(), progress=progress is not False)
     logits.save(cache)
     return logits
+
+
+def model_madds(name: str, width: float, resolution: int, num_classes: int, bases: int | None = None,
+                drop_strides: int | None = None, depth: int = 3) -> tuple[dict[str, Any], MaddsReport]:
+    """A registered model's multiply-adds per module (``basisnet madds``); a bare basis network is counted
+    with one per-image coefficient set, so kernel synthesis is charged per image."""
+    kwargs: dict[str, Any] = dict(width=width, resolution=resolution, num_classes=num_classes)
+    if bases:
+        kwargs["num_bases"] = bases
+    if drop_strides:
+        kwargs["drop_strides"] = drop_strides
+    model = create_model(name, **kwargs)
+    forward = {}
+    if getattr(model, "num_basis_layers", 0):
+        forward["coeffs"] = torch.full((1, model.num_basis_layers, bases), 1.0 / bases)
+    return kwargs, count_madds(model, depth=depth, **forward)
 
 
 def run_exit_madds(run_dir: str | Path) -> list[float]:
@@ -392,11 +422,19 @@ def export_run(run_dir: str | Path, output: str | Path, batch: int | str = "dyna
     its class names."""
     from .deploy.onnx_export import export_stages  # needs the onnx extra
 
-    model, _ = load_run(run_dir)
+    from .deploy.onnx_export import MANIFEST
+
+    model, cfg = load_run(run_dir)
     stages = export_stages(model, output, batch=batch)
     classes = RunDir(run_dir).classes
     if classes.is_file():
         (Path(output) / classes.name).write_text(classes.read_text())
+    # What a deployer must do to an image before stage 1, as the run's evaluation did it.
+    manifest = Path(output) / MANIFEST
+    d = cfg.data
+    preprocess = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std), "eval_crop": d.eval_crop,
+                  "input": "float32 NCHW RGB in [0, 1] (pixels / 255), then (x - mean) / std per channel"}
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "preprocess": preprocess}, indent=2) + "\n")
     return [s.__dict__ for s in stages]
 
 
@@ -417,14 +455,15 @@ class StreamRun:
         self.ended = time.perf_counter()
 
     def summary(self) -> str:
-        """Frames per second from the call (loading included) and after the first answer, mean and p95 latency."""
+        """Frames per second from the call (loading included) and after the first answer, mean and p95 latency
+        (the nearest-rank p95: the smallest latency at least 95% of the frames reach, never below the median)."""
         if not self.latencies:
             raise ValueError(f"no frames in {self.source}")
         n, seconds = len(self.latencies), self.ended - self.started
         latencies = sorted(self.latencies)
         steady = (n - 1) / (self.ended - self.first) if n > 1 and self.ended > self.first else float("nan")
         return (f"{n} frames in {seconds:.2f} s: {n / seconds:.1f} frames/s ({steady:.1f} after the first answer), "
-                f"latency mean {sum(latencies) / n:.2f} ms, p95 {latencies[int(0.95 * (n - 1))]:.2f} ms ({self.how})")
+                f"latency mean {sum(latencies) / n:.2f} ms, p95 {latencies[math.ceil(0.95 * n) - 1]:.2f} ms ({self.how})")
 
 
 def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
@@ -446,6 +485,19 @@ def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, pa
     rows = ({"file": str(files[r.index]), "class": classes[r.cls], "confidence": r.confidence, "stage": r.stage + 1,
              "latency_ms": 1e3 * r.latency_s} for r in predictor.predict(frames))
     return StreamRun(rows, predictor.how, source, started)
+
+
+DEFAULT_THRESHOLD = 0.8
+
+
+def run_threshold(run_dir: str | Path) -> tuple[float, str]:
+    """The threshold ``predict`` uses when none is given: the one the run's latest early-exit evaluation
+    picked (``basisnet evaluate``), so serving answers as calibrated; else :data:`DEFAULT_THRESHOLD`.
+    Returns it and where it came from."""
+    evaluation = RunDir(run_dir).evaluation("early-exit")
+    if evaluation.is_file():
+        return float(json.loads(evaluation.read_text())["result"]["threshold"]), f"picked by evaluate: {evaluation}"
+    return DEFAULT_THRESHOLD, "the default: run `basisnet evaluate` to pick one for this run"
 
 
 def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:

@@ -280,7 +280,10 @@ def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, shape: dict[str, Any
     parts.load_state_dict(saved)
     loop = LoopState(**saved["loop"])
     pending = resumed_streams(saved, cfg.train.seed, parts.augment)
-    _logger.info("resuming %s at epoch %d, step %d", run, loop.epoch + 1, loop.batch)
+    if loop.epoch >= cfg.train.epochs:
+        _logger.info("%s has finished its %d epoch(s): nothing left to train", run, cfg.train.epochs)
+    else:
+        _logger.info("resuming %s in epoch %d after step %d", run, loop.epoch + 1, loop.batch)
     return loop, pending
 
 

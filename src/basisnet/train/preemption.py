@@ -38,7 +38,7 @@ class TrainingInterrupted(Exception):
         launcher = "torchrun ... -m basisnet" if world_size() > 1 else "basisnet"
         super().__init__(
             f"stopped by {signal.Signals(signum).name} "
-            + (f"at the end of epoch {epoch}" if step is None else f"after epoch {epoch}, step {step}")
+            + (f"at the end of epoch {epoch}" if step is None else f"in epoch {epoch} after step {step}")
             + f" (global step {global_step}); "
             f"checkpoint: {run.state}; continue with: {launcher} train --resume {run}")
 
