@@ -210,16 +210,16 @@ def python_command(*args: str, procs: int = 0) -> list[str]:
 
 
 def run_python(*args: str, procs: int = 0, env: dict[str, str] | None = None,
-               timeout: float = CHILD_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` (or torchrun) to the end in ``child_env()``, capturing its text output."""
+               timeout: float = CHILD_TIMEOUT_S, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (or torchrun) to the end in ``child_env()`` (in ``cwd``), capturing its text output."""
     return subprocess.run(python_command(*args, procs=procs), env=env or child_env(), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 def basisnet_cli(*args: str, procs: int = 0, env: dict[str, str] | None = None,
-                 timeout: float = CHILD_TIMEOUT_S) -> subprocess.CompletedProcess:
+                 timeout: float = CHILD_TIMEOUT_S, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``basisnet ARGS`` in a child process (``python -m basisnet``)."""
-    return run_python("-m", "basisnet", *args, procs=procs, env=env, timeout=timeout)
+    return run_python("-m", "basisnet", *args, procs=procs, env=env, timeout=timeout, cwd=cwd)
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

@@ -214,13 +214,14 @@ def test_compare_benchmark_records_both_protocols_for_every_peer(cifar_tree, tmp
     last = {(r["model"], r["epochs"]): r["top1"] for r in regime if r["exit"] == r["num_exits"]}
     condconv = next(r for r in records if r["model"] == PEERS[2].label and r["protocol"] == "anytime")["top1"]
     assert last[basisnet, 1] == full and last[PEERS[1].label, 1] == static and last[PEERS[2].label, 1] == condconv
+    one_seed = {"seeds": {basisnet: 1, PEERS[1].label: 1}, "worst_minus_best_static_pt": None}
     assert gains[0] == {"epochs": 1, "gain_over_static_pt": round(full - static, 2),
-                        "gain_over_condconv_pt": round(full - condconv, 2)}
+                        "gain_over_condconv_pt": round(full - condconv, 2), **one_seed}
     assert gains[1] == {"epochs": 2, "gain_over_static_pt": round(last[basisnet, 2] - last[PEERS[1].label, 2], 2),
-                        "gain_over_condconv_pt": None}
+                        "gain_over_condconv_pt": None, **one_seed}
     assert format_regime_table(regime).splitlines()[3] == (
-        f"| 2 | {last[basisnet, 2]:.2f} | {last[PEERS[1].label, 2]:.2f} | - | "
-        f"{gains[1]['gain_over_static_pt']:+.2f} | - |") and (tmp_path / "regime.png").stat().st_size > 0
+        f"| 2 | 1 / 1 | {last[basisnet, 2]:.2f} | {last[PEERS[1].label, 2]:.2f} | - | "
+        f"{gains[1]['gain_over_static_pt']:+.2f} | - | - |") and (tmp_path / "regime.png").stat().st_size > 0
     saved = _saved(out)
     regime = run_study("regime", data=cifar_tree, output=out, results=tmp_path / "regime.json", lengths=[1, 2],
                        quick=True, overrides=TINY)  # every studied peer: only CondConv is missing at 2 epochs
@@ -446,3 +447,48 @@ def test_compare_gives_every_peer_the_teacher_and_each_seed_its_own_run(tmp_path
     assert [[o for o in r.config_overrides if o.startswith("train.seed")] for r in runs[:3]] == \
         [[], ["train.seed=1"], ["train.seed=2"]]
     assert [r.extra["seed"] for r in runs] == [0, 1, 2, 0, 1, 2, 0, 0, 0]
+
+
+def test_regime_with_seeds_and_a_variant_plans_reads_and_tables_them(tmp_path):
+    """``--seeds 3``: the headline pair with three seeds at the longest length, the shorter lengths' other
+    seeds read only where trained; a length whose compare runs are gone is read from compare's records;
+    ``--variant``: BasisNet again at the longest length, every seed. Gains are of the means; the worst
+    BasisNet seed is set against the best static seed."""
+    from basisnet.bench.regime import regime_gains, variant_label
+    from basisnet.bench.study import Kept, get_study, resolve_options
+
+    basisnet, static, condconv = PEERS[0].label, PEERS[1].label, PEERS[2].label
+    kept = [{"model": basisnet, "top1": 60.0, "madds": 7.0, "epochs": 2, "exit": 2, "num_exits": 2,
+             "protocol": "anytime", "seed": 0}]
+    (tmp_path / "compare_n500.json").write_text(json.dumps(kept))
+    study = get_study("regime")
+    opts = resolve_options(study, dict(subset=500, lengths=[4, 2], seeds=3, output=tmp_path / "runs",
+                                       results=tmp_path / "regime_n500.json",
+                                       variant=["bd0.3", "model.kwargs.basis_dropout=0.3"]))
+    plan = study.plan(opts, opts.output)
+    kept_runs = [r for r in plan.runs if isinstance(r, Kept)]
+    assert [(r.name, r.records) for r in kept_runs] == [("basisnet_e2", tuple(kept))]  # compare's run of length 2
+    trained = {(r.name, r.epochs, r.seed): r.only_if_trained for r in plan.runs if not isinstance(r, Kept)}
+    assert trained[("basisnet_e4_seed2", 4, 2)] is False and trained[("static_w0.5_e4_seed1", 4, 1)] is False
+    assert trained[("basisnet_e2_seed1", 2, 1)] is True  # a shorter length's other seeds: read if trained
+    assert ("condconv_e4_seed1", 4, 1) not in trained  # CondConv: one seed
+    variant = [r for r in plan.runs if not isinstance(r, Kept) and r.label == variant_label(["model.kwargs.basis_dropout=0.3"])]
+    assert [(r.name, r.seed) for r in variant] == [("basisnet_bd0.3_e4", 0), ("basisnet_bd0.3_e4_seed1", 1),
+                                                   ("basisnet_bd0.3_e4_seed2", 2)]
+    assert all("model.kwargs.basis_dropout=0.3" in r.overrides and r.epochs == 4 for r in variant)
+    with pytest.raises(ValueError, match="--variant takes a NAME and KEY=VALUE"):
+        study.plan(resolve_options(study, dict(variant=["model.kwargs.basis_dropout=0.3"])), tmp_path)
+
+    def rec(model, top1, seed, epochs=4):
+        return {"model": model, "top1": top1, "madds": 7.0, "epochs": epochs, "exit": 1, "num_exits": 1,
+                "protocol": "anytime", "seed": seed}
+
+    records = [rec(basisnet, t, s) for s, t in enumerate((70.0, 72.0, 74.0))]
+    records += [rec(static, t, s) for s, t in enumerate((69.0, 71.0, 70.0))] + [rec(condconv, 71.5, 0)]
+    records += [rec(variant_label(["x=1"]), t, s) for s, t in enumerate((73.0, 75.0, 74.0))]
+    (gain,) = regime_gains(records)
+    assert gain == {"epochs": 4, "gain_over_static_pt": 2.0, "gain_over_condconv_pt": 0.5,
+                    "seeds": {basisnet: 3, static: 3}, "worst_minus_best_static_pt": -1.0}
+    table = format_regime_table(records).splitlines()
+    assert table[2] == "| 4 | 3 / 3 | 72.00 (70.00-74.00) | 70.00 (69.00-71.00) | 71.50 | +2.00 | -1.00 | +0.50 |"
+    assert table[-1] == f"| {variant_label(['x=1'])} | 4 | 3 | 74.00 (73.00-75.00) | +4.00 | +2.00 |"

@@ -130,18 +130,39 @@ def test_demo_trains_from_the_shapes_config_with_the_overrides_and_prints_the_tr
 # ------------------------------------------------------------------ train --list-keys
 
 
-def test_train_list_keys_prints_every_config_key_with_its_default(capsys, tmp_path, monkeypatch):
+def _listed(capsys) -> list[tuple[str, str, str]]:
+    """``(key, value, help)`` per line of ``train --list-keys``: columns start where the first line's do."""
+    lines = capsys.readouterr().out.splitlines()
+    width = len(lines[0]) - len(lines[0][len(lines[0].split()[0]):].lstrip())
+    return [(line[:width].strip(), line[width:width + 28].strip(), line[width + 28:]) for line in lines]
+
+
+def test_train_list_keys_prints_every_config_key_then_the_models_options(capsys, tmp_path, monkeypatch):
+    from basisnet.models import model_defaults, model_options
     from basisnet.train import config_help
 
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--list-keys"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    rows = _listed(capsys)
     keys = config_help()
-    assert len(lines) == len(keys) > 40
-    for line, (key, default, text) in zip(lines, keys):
-        assert line.split()[0] == key and line[32:60].rstrip() == str(default) and line[60:] == text
-    by_key = {line.split()[0]: line for line in lines}
-    assert by_key["train.lr"][32:60].strip() == "0.1" and by_key["data.source"][32:60].strip() == "shapes"
+    assert len(keys) > 40
+    assert [r[0] for r in rows[:len(keys)]] == [k for k, _, _ in keys]
+    for (key, value, text), (_, default, help_text) in zip(rows, keys):
+        assert value == str(default) and text == help_text
+    by_key = {r[0]: r for r in rows}
+    assert by_key["train.lr"][1] == "0.1" and by_key["data.source"][1] == "shapes"
+    name = by_key["model.name"][1]
+    options = [r for r in rows[len(keys):]]
+    assert [r[0] for r in options] == [f"model.kwargs.{o}" for o in sorted(model_options(name))]
+    assert by_key["model.kwargs.dropout"][1] == str(model_defaults(name)["dropout"])
+    assert by_key["model.kwargs.num_classes"][1] == "(from the data)"
+    # a bundled config's own values, and another model's options
+    assert main(["train", "--config", "cifar10_basisnet", "--list-keys"]) == 0
+    by_key = {r[0]: r for r in _listed(capsys)}
+    assert by_key["model.kwargs.num_bases"][1:] == ("4", "basisnet option: set by this config")
+    assert main(["train", "--list-keys", "model.name=msdnet"]) == 0
+    listed = {r[0] for r in _listed(capsys)}
+    assert {f"model.kwargs.{o}" for o in model_options("msdnet")} <= listed and "model.kwargs.num_bases" not in listed
     assert not list(tmp_path.iterdir())  # listing trains nothing and writes nothing
 
 
@@ -595,7 +616,7 @@ def test_predict_stream_passes_workers_threads_limit_and_runtime(monkeypatch, tm
 
     def fake(run_dir, source, threshold, **kwargs):
         seen.append(dict(run_dir=run_dir, source=source, threshold=threshold, **kwargs))
-        rows = ({"file": f"f{i}", "class": "circle", "confidence": 0.9, "stage": 1, "latency_ms": 2.0 + i}
+        rows = ({"file": f"f{i}", "class": "circle", "confidence": 0.9, "exit": 1, "latency_ms": 2.0 + i}
                 for i in range(2))
         return workflow.StreamRun(rows, "how it ran", source, time.perf_counter())
 
@@ -605,12 +626,12 @@ def test_predict_stream_passes_workers_threads_limit_and_runtime(monkeypatch, tm
     assert seen[-1] == {"run_dir": "run", "source": "dir", "threshold": 0.6, "parallel": True,
                         "stage_threads": [2, 1], "limit": 7, "workers": "thread", "runtime": "torch"}
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["f0\tcircle\t0.900\tstage 1\t2.00 ms", "f1\tcircle\t0.900\tstage 1\t3.00 ms"]
+    assert lines[:2] == ["f0\tcircle\t0.900\texit 1\t2.00 ms", "f1\tcircle\t0.900\texit 1\t3.00 ms"]
     assert lines[2].startswith("2 frames in ") and "latency mean 2.50 ms, p95 3.00 ms (how it ran)" in lines[2]
-    assert main(["predict", "run", "--stream", "dir", "--sequential", "--summary"]) == 0
+    assert main(["predict", "run", "--stream", "dir", "--sequential", "--summary", "--threshold", "0.6"]) == 0
     assert (seen[-1]["workers"], seen[-1]["parallel"], seen[-1]["runtime"]) == ("auto", False, None)
     assert len(capsys.readouterr().out.splitlines()) == 1
-    assert main(["predict", "run", "--stream", "dir", "img.png"]) == 2
+    assert main(["predict", "run", "--stream", "dir", "img.png", "--threshold", "0.6"]) == 2
     assert "not both" in capsys.readouterr().err
 
 
@@ -639,14 +660,14 @@ def test_export_batch_reaches_the_exporter_and_a_bad_batch_is_an_error(monkeypat
 
     def fake(run_dir, output, batch="dynamic"):
         seen.append(batch)
-        return [{"path": "stage0.onnx", "inputs": ["images"], "outputs": ["logits", "state"]}]
+        return [{"path": "stage1.onnx", "inputs": ["images"], "outputs": ["logits", "state"]}]
 
     monkeypatch.setattr(workflow, "export_run", fake)
     assert main(["export", str(shapes_run), "--batch", "1", "--output", str(tmp_path / "b1")]) == 0
     assert main(["export", str(shapes_run), "--output", str(tmp_path / "dyn")]) == 0
     assert main(["export", str(shapes_run), "--batch", "8", "--output", str(tmp_path / "b8")]) == 0
     assert seen == ["1", "dynamic", "8"]
-    assert capsys.readouterr().out.splitlines()[0] == f"stage 1: {tmp_path / 'b1' / 'stage0.onnx'}  images -> logits, state"
+    assert capsys.readouterr().out.splitlines()[0] == f"stage 1: {tmp_path / 'b1' / 'stage1.onnx'}  images -> logits, state"
     monkeypatch.setattr(workflow, "export_run", real)  # the real exporter refuses a batch before tracing anything
     for bad in ("bad", "0", "-2"):
         assert main(["export", str(shapes_run), "--batch", bad, "--output", str(tmp_path / bad)]) == 2

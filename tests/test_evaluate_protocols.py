@@ -95,7 +95,7 @@ def test_select_threshold_max_drop() -> None:
 def test_anytime_and_madds_length_check() -> None:
     data = _random_exit_logits(3, 50)
     rows = anytime(data, [1.0, 2.0, 3.0])
-    assert [r["exit"] for r in rows] == [0, 1, 2]
+    assert [r["exit"] for r in rows] == [1, 2, 3]
     assert [r["top1"] for r in rows] == pytest.approx(exit_accuracy(data))
     with pytest.raises(ValueError, match="exit_madds has 2 entries"):
         anytime(data, [1.0, 2.0])

@@ -43,7 +43,7 @@ def test_basisnet_fixed_batch_forms_equal_pytorch(batch, basisnet_at_batch1, tmp
     if batch == 1:  # the specialist synthesized once: one MatMul mixes every kernel, none per layer
         import onnx
 
-        ops = [node.op_type for node in onnx.load(str(folder / "stage1.onnx")).graph.node]
+        ops = [node.op_type for node in onnx.load(str(folder / "stage2.onnx")).graph.node]
         assert ops.count("MatMul") == 1 and "Split" in ops
     runtime = OnnxStages(folder)
     x = torch.randn(7, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(4))
@@ -74,6 +74,32 @@ def test_export_batch_must_be_a_positive_integer_or_dynamic():
     for bad in (0, -2, "many", 2.5):
         with pytest.raises(ValueError, match="positive integer or 'dynamic'"):
             check_export_batch(bad)
+
+
+@pytest.mark.slow
+def test_a_first_onnx_stream_says_it_exports_and_prints_no_warning(shapes_run, tmp_path):
+    """``predict --stream`` on a run without exported stages, as a user runs it (a child process): stderr holds
+    the threshold used and one line saying the stages are exported (once, before the clock starts), and
+    nothing else (no warning of the exporter, ONNX Runtime or the stream)."""
+    import shutil
+
+    from PIL import Image
+
+    from helpers import basisnet_cli
+
+    run = shutil.copytree(shapes_run, tmp_path / "run")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
+    out = basisnet_cli("predict", str(run), "--stream", str(frames), "--runtime", "onnx", "--summary")
+    assert out.returncode == 0, out.stderr
+    threshold, exporting = out.stderr.splitlines()
+    assert threshold.startswith("threshold ") and exporting.startswith(f"exporting the stages of {run} for batch 1")
+    assert out.stdout.startswith("6 frames in ") and (run / "onnx_batch1" / "stages.json").is_file()
+    again = basisnet_cli("predict", str(run), "--stream", str(frames), "--runtime", "onnx", "--summary")
+    assert again.returncode == 0 and len(again.stderr.splitlines()) == 1  # exported once: only the threshold
 
 
 @pytest.mark.slow
@@ -145,7 +171,7 @@ def test_stream_in_onnx_runtime_answers_as_pytorch(basisnet_at_batch1):
     got = list(stream.predict(frames))
     reference = EarlyExitPredictor(TorchStages(model), threshold).predict(torch.stack(frames))
     assert [r.index for r in got] == list(range(12))
-    assert [r.stage for r in got] == reference.stage.tolist() and 0 < reference.stage.sum() < 12
+    assert [r.exit for r in got] == reference.exit.tolist() and 12 < reference.exit.sum() < 24
     assert np.abs(np.array([r.confidence for r in got]) - reference.confidence.numpy()).max() < 1e-5
 
 

@@ -77,6 +77,35 @@ def test_checkpoint_files_convert_from_the_command_line(tmp_path):
     assert main(["convert", "--output", str(seven)]) == 2  # no source: a clear error, exit 2
 
 
+def test_a_converted_file_predicts_on_the_command_line_with_imagenet_preprocessing(tmp_path, capsys):
+    """``basisnet predict converted.safetensors image``: the torchvision network's own answer, its inputs
+    prepared as torchvision evaluates ImageNet (the statistics and side recorded in the file), the class
+    named by its index (the file has no class names)."""
+    from PIL import Image
+
+    from basisnet.data import EvalTransform, load_image_files
+    from basisnet.served import open_served
+
+    tv = reference("torchvision:mobilenet_v3_small")
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", f"torchvision:mobilenet_v3_small={tmp_path / 'tv.pth'}", "--output", str(out)]) == 0
+    served = open_served(out)
+    assert (served.preprocess.image_size, served.preprocess.mean) == (224, (0.485, 0.456, 0.406))
+    assert served.classes == [str(k) for k in range(1000)]
+    image = tmp_path / "photo.png"
+    Image.fromarray(torch.randint(0, 255, (240, 260, 3), generator=torch.Generator().manual_seed(0),
+                                  dtype=torch.uint8).numpy()).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(out), str(image), "--threshold", "0.5"]) == 0
+    file, cls, confidence, answered, _ = capsys.readouterr().out.strip().split("\t")
+    x = EvalTransform((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), size=224)(load_image_files([image], 224))
+    with torch.no_grad():
+        probs = tv(x).softmax(-1)[0]
+    assert (file, answered) == (str(image), "exit 1") and cls == str(int(probs.argmax()))
+    assert float(confidence) == pytest.approx(float(probs.max()), abs=2e-3)
+
+
 def test_unsupported_checkpoints_name_what_does_not_match_and_leave_the_model_untouched():
     target = MobileNet("mobilenetv3_large", norm_eps=1e-3)
     before = {k: v.clone() for k, v in target.state_dict().items()}

@@ -2,6 +2,8 @@
 not asserted (speed is measured in benchmarks, never in tests); its bookkeeping is."""
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -105,13 +107,22 @@ def test_speed_targets_state_each_ratio_and_verdict():
     assert lines[1].startswith("MET") and "1.050 (target <= 1.1)" in lines[1]
 
 
-def test_instruments():
+def test_instruments(capfd):
     device = torch.device("cpu")
     calls = []
     assert median_ms(lambda: calls.append(1), device, warmup=2, repeats=3) >= 0 and len(calls) == 5
     x = torch.randn(256, 1024)
+    capfd.readouterr()
     peak = peak_memory_mib(lambda: (x * 2) + 1, device)  # two 1 MiB temporaries at most
     assert 0.9 <= peak <= 2.5
+    assert capfd.readouterr().err == ""  # the profiler's start / stop notices stay out of the bench's output
+
+    def speaks() -> None:
+        print("a real message", file=sys.stderr)
+        os.write(2, b"a native one\n")
+
+    peak_memory_mib(speaks, device)
+    assert capfd.readouterr().err == "a real message\na native one\n"  # what the measured code says is passed on
     ceiling = measure_ceiling(device, quick=True)
     assert ceiling.matmul_gmadds_per_s > 0 and ceiling.copy_gb_per_s > 0
 

@@ -27,17 +27,17 @@ def test_stream_returns_every_frame_once_in_order(name):
     sequential = list(StreamPredictor(stages, threshold, parallel=False).predict(frames))
     assert [r.index for r in parallel] == list(range(23)) == [r.index for r in sequential]
     batch = EarlyExitPredictor(stages, threshold).predict(torch.stack(frames))
-    assert [r.stage for r in parallel] == batch.stage.tolist() == [r.stage for r in sequential]
+    assert [r.exit for r in parallel] == batch.exit.tolist() == [r.exit for r in sequential]
     # A frame alone sums in another order than in a batch: its class must agree wherever the top two
     # probabilities of the answering exit are not a numerical tie.
     with torch.no_grad():
-        probs = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))])[batch.stage, torch.arange(23)]
+        probs = torch.stack([z.softmax(-1) for z in model(torch.stack(frames))])[batch.exit - 1, torch.arange(23)]
     clear = decisive(probs).tolist()
     assert sum(clear) >= 20
     assert [r.cls for r, c in zip(parallel, clear) if c] == [int(k) for k, c in zip(batch.classes, clear) if c]
     assert [r.cls for r in parallel] == [r.cls for r in sequential]  # the same per-frame computation
     assert all(r.latency_s > 0 for r in parallel)
-    assert 0 in batch.stage and (batch.stage > 0).any()  # both early and late answers were exercised
+    assert 1 in batch.exit and (batch.exit > 1).any()  # both early and late answers were exercised
 
 
 def _stream_threads() -> list[threading.Thread]:
@@ -130,7 +130,7 @@ def test_cli_predict_stream(shapes_run_onnx, tmp_path, capsys):
         lines = capsys.readouterr().out.splitlines()
         rows = [line.split("\t") for line in lines[:-1]]
         assert [row[0] for row in rows] == [str(f) for f in files]
-        assert [row[3] for row in rows] == [f"stage {e['stage']}" for e in expected]  # the stage that answered
+        assert [row[3] for row in rows] == [f"exit {e['exit']}" for e in expected]  # the exit that answered
         assert "6 frames" in lines[-1] and how in lines[-1], lines[-1]
     assert main(["predict", str(run), "--stream", str(frames), "--sequential", "--summary", "--runtime", "torch"]) == 0
     summary = capsys.readouterr().out.splitlines()

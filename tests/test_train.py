@@ -292,13 +292,13 @@ def test_fit_writes_run_directory(tmp_path: Path) -> None:
     assert load_config(tmp_path / "config.yaml") == cfg
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1", "seconds", "images_per_s"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "val_top1_exit1", "val_top1_exit2", "seconds", "images_per_s"]
     assert result["global_step"] == 8
     # the summary holds what fit returns: the best epoch is the one with the best last-exit accuracy
-    last_exit = [float(r["val_top1_exit1"]) for r in rows]
+    last_exit = [float(r["val_top1_exit2"]) for r in rows]
     assert result["best_top1"] == pytest.approx(max(last_exit), abs=1e-3)
     assert last_exit[result["best_epoch"] - 1] == pytest.approx(result["best_top1"], abs=1e-3)
-    assert result["last_top1"] == pytest.approx([float(rows[-1]["val_top1_exit0"]), last_exit[-1]], abs=1e-3)
+    assert result["last_top1"] == pytest.approx([float(rows[-1]["val_top1_exit1"]), last_exit[-1]], abs=1e-3)
     state = load_state(tmp_path / "last.state.pt")  # weights_only=True
     assert state["loop"]["epoch"] == 2 and state["ema"] is not None
     model = load_run_model(tmp_path, lambda name, **kw: ToyNet(**kw))
@@ -404,8 +404,35 @@ def test_resume_is_bitwise_identical(tmp_path: Path, plain: bool, crash_at: int,
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     wa, wb = (safetensors.torch.load_file(tmp_path / d / "last.safetensors") for d in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    keep = ("epoch", "lr", "train_loss", "val_top1_exit0", "val_top1_exit1")
+    keep = ("epoch", "lr", "train_loss", "val_top1_exit1", "val_top1_exit2")
     assert [{k: r[k] for k in keep} for r in resumed["history"]] == [{k: r[k] for k in keep} for r in reference["history"]]
+
+
+def test_a_run_logged_with_exits_counted_from_0_resumes_and_reads_counted_from_1(tmp_path: Path) -> None:
+    """Runs logged before exits were counted from 1 (val_top1_exit0 ...) resume into one numbering: the
+    summary a resume writes has only val_top1_exit1/2 columns, the old epoch's values under the new names."""
+    from basisnet.train import read_summary, val_top1
+    from basisnet.train.checkpoint import save_state
+
+    cfg = tiny_cfg()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, cfg, lambda: ToyNet(crash_at=5))  # epoch 1 finished and logged
+    state = load_state(tmp_path / "last.state.pt")
+    new_row = dict(state["loop"]["history"][0])
+    old_names = {"val_top1_exit1": "val_top1_exit0", "val_top1_exit2": "val_top1_exit1"}
+    old_row = {old_names.get(k, k): v for k, v in new_row.items()}
+    assert {"val_top1_exit0", "val_top1_exit1"} <= set(old_row) and "val_top1_exit2" not in old_row
+    state["loop"]["history"] = [old_row]
+    save_state(state, tmp_path / "last.state.pt")
+    assert val_top1(old_row) == val_top1(new_row) == [new_row["val_top1_exit1"], new_row["val_top1_exit2"]]
+    result = run(tmp_path, cfg, resume=True)
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert [h for h in header if h.startswith("val_top1")] == ["val_top1_exit1", "val_top1_exit2"]
+    rows = read_summary(tmp_path / "summary.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and len(result["last_top1"]) == 2
+    assert [sorted(k for k in r if k.startswith("val_top1")) for r in result["history"]] == \
+        [["val_top1_exit1", "val_top1_exit2"]] * 2  # the history fit returns is renumbered too
+    assert float(rows[0]["val_top1_exit2"]) == pytest.approx(new_row["val_top1_exit2"], abs=1e-3)
 
 
 def test_init_distributed_single_process(monkeypatch: pytest.MonkeyPatch) -> None:

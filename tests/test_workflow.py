@@ -99,13 +99,13 @@ def test_thresholds_zero_and_one_send_every_image_of_a_run_to_one_exit(run_dir):
     original_step = model.step
     model.step = lambda state, k: (calls.append(k), original_step(state, k))[1]
     always = EarlyExitPredictor(TorchStages(model), threshold=1.0).predict(x)  # nobody is that confident: all reach exit 2
-    assert torch.equal(always.stage, torch.ones(n, dtype=torch.long))
+    assert torch.equal(always.exit, torch.full((n,), 2))
     torch.testing.assert_close(always.classes, full[1].argmax(-1))
     assert always.average_madds == pytest.approx(costs[1])
     calls.clear()  # the first answer counted the exits' MAdds, running the model
     never = EarlyExitPredictor(TorchStages(model, exit_costs=costs), threshold=0.0).predict(x)
     assert calls == [0]  # the specialist's stage never ran
-    assert torch.equal(never.stage, torch.zeros(n, dtype=torch.long))
+    assert torch.equal(never.exit, torch.ones(n, dtype=torch.long))
     torch.testing.assert_close(never.classes, full[0].argmax(-1))
     assert never.average_madds == pytest.approx(costs[0])
 
@@ -146,7 +146,7 @@ def test_predict_files_and_bad_images(responsive_run, tmp_path):
     assert x.shape == (2, 3, 32, 32)  # the 40x50 colour image and the gray one, at the run's image size
     expected = EarlyExitPredictor(TorchStages(model), 0.5).predict(x)
     assert [r["class"] for r in rows] == [classes[c] for c in expected.classes.tolist()]
-    assert [r["stage"] for r in rows] == [s + 1 for s in expected.stage.tolist()]
+    assert [r["exit"] for r in rows] == expected.exit.tolist()
     assert [r["confidence"] for r in rows] == pytest.approx(expected.confidence.tolist(), rel=1e-5)
     assert [r["madds_m"] for r in rows] == pytest.approx([m / 1e6 for m in expected.madds.tolist()])
     assert abs(rows[0]["confidence"] - rows[1]["confidence"]) > 1e-3  # the answers depend on the pixels
@@ -191,7 +191,7 @@ def test_cli_round_trip(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(image)]) == 0
     (row,) = predict_files(run_dir, [image], threshold=0.5)  # predict's default threshold
     assert capsys.readouterr().out.split("\t")[:4] == [str(image), row["class"], f"{row['confidence']:.3f}",
-                                                       f"stage {row['stage']}"]
+                                                       f"exit {row['exit']}"]
     # bad input: clear error, exit code 2
     assert main(["evaluate", str(run_dir), "--threshold", "2"]) == 2
     assert "threshold" in capsys.readouterr().err
@@ -274,6 +274,56 @@ def test_specialize_writes_the_specialist_of_the_mean_coefficients(run_dir, tmp_
     assert "no image files" in capsys.readouterr().err
 
 
+def test_every_weights_file_basisnet_writes_predicts_and_exports_where_a_run_does(run_dir, tmp_path, capsys):
+    """A run's best weights (inside its run or copied out) and specialize's file serve as the run does:
+    ``predict`` answers the same for the run and its best weights; the specialist predicts with the run's
+    classes and preprocessing; ``export`` writes them beside its stages; ``evaluate`` names what it needs."""
+    from basisnet.served import Preprocess, open_served
+
+    images = tmp_path / "cam"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    files = [str(p) for p in sorted(images.glob("*.png"))]
+
+    def predicted(model) -> list[list[str]]:
+        capsys.readouterr()
+        assert main(["predict", str(model), *files, "--threshold", "0.5"]) == 0, capsys.readouterr().err
+        return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+
+    by_run = predicted(run_dir)
+    assert predicted(run_dir / "best.safetensors") == by_run  # its run's classes and preprocessing, beside it
+    copied = tmp_path / "shipped.safetensors"
+    shutil.copy(run_dir / "best.safetensors", copied)
+    assert main(["predict", str(copied), *files]) == 2  # out of its run, nothing says how to prepare an image
+    assert "records no preprocessing" in capsys.readouterr().err
+
+    cfg = load_config(run_dir / "config.yaml")
+    special = tmp_path / "cam.safetensors"
+    assert main(["specialize", str(run_dir), "--data", str(images), "--output", str(special)]) == 0
+    served = open_served(special)
+    assert served.preprocess == Preprocess.of(cfg.data)
+    assert served.classes == json.loads((run_dir / "classes.json").read_text())
+    rows = predicted(special)
+    static = served.build()
+    from basisnet.data import load_image_files
+
+    with torch.no_grad():
+        probs = static(served.preprocess.transform()(load_image_files(files, cfg.data.image_size)))[0].softmax(-1)
+    assert [r[1] for r in rows] == [served.classes[k] for k in probs.argmax(-1).tolist()]
+    assert [r[3] for r in rows] == ["exit 1"] * 4  # one exit: a static network
+
+    pytest.importorskip("onnxscript")
+    assert main(["export", str(special), "--batch", "1", "--output", str(tmp_path / "onnx")]) == 0
+    manifest = json.loads((tmp_path / "onnx" / "stages.json").read_text())
+    assert manifest["num_exits"] == 1 and manifest["preprocess"]["mean"] == list(cfg.data.mean)
+    assert json.loads((tmp_path / "onnx" / "classes.json").read_text()) == served.classes
+    capsys.readouterr()
+    assert main(["evaluate", str(special)]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
+
+
 def test_evaluate_for_a_latency_target(run_dir, capsys, monkeypatch):
     """--target-ms: the threshold is picked on val from each exit's latency weighted by the exit fractions,
     the most accurate within the target; the picked threshold is then timed on test images. The verdicts use
@@ -313,12 +363,13 @@ def report_keys(report: dict) -> bool:
 
 
 def test_predict_defaults_to_the_threshold_evaluate_picked(tmp_path):
+    from basisnet.served import DEFAULT_THRESHOLD, RunModel
     from basisnet.train import RunDir
-    from basisnet.workflow import DEFAULT_THRESHOLD, run_threshold
 
-    assert run_threshold(tmp_path)[0] == DEFAULT_THRESHOLD and "basisnet evaluate" in run_threshold(tmp_path)[1]
+    run = RunModel(tmp_path)
+    assert run.threshold()[0] == DEFAULT_THRESHOLD and "basisnet evaluate" in run.threshold()[1]
     RunDir(tmp_path).evaluation("early-exit").write_text(json.dumps({"result": {"threshold": 0.625}}))
-    assert run_threshold(tmp_path)[0] == 0.625
+    assert run.threshold()[0] == 0.625
 
 
 def test_a_run_at_chance_is_named():

@@ -37,15 +37,18 @@ def _madds(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .configs import bundled_config
-    from .train import RunDir, config_help, load_config
-    from .workflow import chance_warning, dry_run, train_run
+    from .train import RunDir, load_config
+    from .workflow import chance_warning, dry_run, list_keys, train_run
 
     main_process = launch_env().rank == 0  # under torchrun / srun only rank 0 reports
     if not main_process:
         logging.getLogger().setLevel(logging.WARNING)
     if args.list_keys:
-        for key, default, text in config_help():
-            print(f"{key:<32}{default!s:<28}{text}")
+        cfg = load_config(bundled_config(args.config) if args.config else None, args.overrides)
+        rows = list_keys(cfg)
+        width = max(len(key) for key, _, _ in rows) + 2
+        for key, value, text in rows:
+            print(f"{key:<{width}}{value!s:<28}{text}")
         return 0
     if args.resume:
         cfg = load_config(RunDir(args.resume).require_config("cannot resume: "), args.overrides)
@@ -97,10 +100,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                   f"{', '.join(f'{t:.2f}' for t in report['exit_ms'])} ms; predicted mean {report['mean_ms_val']:.2f} "
                   f"ms/image on val, {report['mean_ms_test']:.2f} on test; measured on test "
                   f"{report['measured_ms_test']:.2f} ms (target {report['target_ms']} ms)")
-    elif args.protocol == "anytime":  # exits counted from 1, as predict's stages and the sweep's columns
+    elif args.protocol == "anytime":
         print(f"{'budget cut after exit':>22}{'top-1 %':>9}{'MAdds (M)':>11}")
         for r in result:
-            print(f"{r['exit'] + 1:>22}{r['top1']:>9.2f}{r['madds']:>11.3f}")
+            print(f"{r['exit']:>22}{r['top1']:>9.2f}{r['madds']:>11.3f}")
     else:  # MSDNet's budgeted batch: q sets how the exits share the images (p_k ~ q^k)
         print(f"{'q':>6}{'top-1 %':>9}{'MAdds (M)':>11}  images answered per exit (%)")
         for r in result:
@@ -137,14 +140,14 @@ def _predict(args: argparse.Namespace) -> int:
                                 runtime=args.runtime)
         for row in stream:
             if not args.summary:
-                print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t"
+                print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\texit {row['exit']}\t"
                       f"{row['latency_ms']:.2f} ms")
         print(stream.summary())
         return 0
     if not args.images:
         raise ValueError("give image files to classify (or --stream SOURCE)")
     for row in predict_files(args.run_dir, args.images, args.threshold):
-        print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\tstage {row['stage']}\t{row['madds_m']:.2f}M")
+        print(f"{row['file']}\t{row['class']}\t{row['confidence']:.3f}\texit {row['exit']}\t{row['madds_m']:.2f}M")
     return 0
 
 
@@ -297,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_shortcut)
 
-    p = sub.add_parser("predict", help="class, confidence and answering stage for image files")
-    p.add_argument("run_dir")
+    p = sub.add_parser("predict", help="class, confidence and answering exit for image files")
+    p.add_argument("run_dir", metavar="MODEL", help="a run directory or a weights file basisnet wrote (specialize, "
+                   "convert, a run's best.safetensors)")
     p.add_argument("images", nargs="*")
     p.add_argument("--threshold", type=float,
                    help="confidence needed to stop at an earlier exit (default: the threshold the run's latest "
@@ -311,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for PyTorch, whose threads would share it)")
     p.add_argument("--stage-threads", type=int, nargs="+", help="stream: threads per stage (default 1 each)")
     p.add_argument("--runtime", choices=["onnx", "torch"], help="stream: ONNX Runtime (the stages exported at batch "
-                   "1 into RUN_DIR/onnx_batch1, again when the weights are newer; the default where onnxruntime is "
+                   "1 into MODEL/onnx_batch1 (beside a weights file: <name>_onnx_batch1), again when the weights are newer; the default where onnxruntime is "
                    "installed) or PyTorch eager")
     p.add_argument("--limit", type=int, help="stream: the first N frames only")
     p.add_argument("--summary", action="store_true", help="stream: print only frames/s and latency")
@@ -319,11 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="one ONNX graph per stage plus stages.json, for ONNX Runtime with early exit "
                        "(basisnet.deploy.onnx_runtime.OnnxStages)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="MODEL", help="a run directory or a weights file basisnet wrote")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--batch", default="dynamic", help="the batch the graphs serve: 1 (streams: the specialist "
                    "synthesized once per image), N (bulk batches of N) or dynamic (any batch; default)")
-    p.add_argument("--output", required=True, help="folder for stage{k}.onnx, stages.json and classes.json")
+    p.add_argument("--output", required=True, help="folder for stage1.onnx ... stageN.onnx, stages.json and classes.json")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("specialize", help="BasisNet: one static specialist for a stream (a camera's images), "

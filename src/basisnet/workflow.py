@@ -9,6 +9,7 @@ import csv
 import glob
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import load_image_files
 from .data.folder import IMAGE_EXTENSIONS
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .deploy import EarlyExitPredictor, Stages, TorchStages, check_threshold, mean_coefficients
 from .deploy.latency import exit_latency_ms
 from .evaluate import (
@@ -28,11 +30,12 @@ from .evaluate import (
     exit_madds, ShortcutReport, plot_tradeoff, select_threshold, shortcut_report, threshold_sweep,
 )
 from .layers import to_channels_last
-from .models import BasisNet, MobileNet, create_model
+from .models import BasisNet, MobileNet, create_model, model_defaults
 from .models.pretrained import list_pretrained, load_pretrained, parse_source
 from .inputs import SPLITS, eval_transform, open_inputs
 from .resolve import resolve_run, same_run
-from .train import (ConfigError, RunConfig, RunDir, TrainData, config_to_dict, fit, load_config, load_run_model,
+from .served import Preprocess, Served, open_served
+from .train import (ConfigError, RunConfig, RunDir, TrainData, config_help, config_to_dict, fit, load_config, load_run_model,
                     resolve_weights, save_weights, seed_everything, warm_start)
 from .train.distributed import distributed_session
 
@@ -126,6 +129,32 @@ def dry_run(cfg: RunConfig) -> str:
     resolved = resolve_run(cfg)
     facts = " ".join(f"{k}={v}" for k, v in resolved.describe().items())
     return f"# resolved: {facts}\n" + yaml.safe_dump(config_to_dict(resolved.config), sort_keys=False)
+
+
+_FROM_DATA = {"num_classes": "the data's class count", "resolution": "data.image_size"}
+
+
+def list_keys(cfg: RunConfig) -> list[tuple[str, Any, str]]:
+    """``(key, value, help)`` for every setting of ``cfg``, then every option of its model
+    (``model.kwargs.<option>``) with the value the config gives or the model's default."""
+    rows = [(key, _value_of(cfg, key), text) for key, _, text in config_help()]
+    given = dict(cfg.model.kwargs)
+    for option, default in model_defaults(cfg.model.name).items():
+        if option in given:
+            value, text = given[option], "set by this config"
+        elif option in _FROM_DATA:
+            value, text = "(from the data)", f"filled in from {_FROM_DATA[option]}"
+        else:
+            value, text = default, "the model's default"
+        rows.append((f"model.kwargs.{option}", value, f"{cfg.model.name} option: {text}"))
+    return rows
+
+
+def _value_of(cfg: RunConfig, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -338,7 +367,8 @@ def specialize_run(run_dir: str | Path, source: str | Path, output: str | Path, 
                for i in range(0, len(files), batch_size))
     coeffs, count = mean_coefficients(model, batches)
     static = model.specialist.synthesize(coeffs)
-    meta = {"specialized_from": str(run_dir), "images": str(count), "classes": RunDir(run_dir).classes.read_text()}
+    meta = {"specialized_from": str(run_dir), "images": str(count), "classes": RunDir(run_dir).classes.read_text(),
+            "preprocess": json.dumps(Preprocess.of(cfg.data).as_dict())}
     _save_mobilenet(static, output, meta)
     return {"output": str(output), "images": count, "model": static.config["arch"], "madds": count_madds(static).madds}
 
@@ -365,25 +395,28 @@ def convert_checkpoint(source: str, output: str | Path, num_classes: int | None 
     with torch.random.fork_rng(devices=[]):  # a new classifier's draw: the same file every time
         torch.manual_seed(0)
         model = load_pretrained(name, path, num_classes)
-    _save_mobilenet(model, output, {"converted_from": f"{name} ({Path(path).name})"})
+    # As torchvision and timm evaluate their ImageNet MobileNets: ImageNet statistics, resize 256 -> crop 224.
+    imagenet = Preprocess(model.resolution, IMAGENET_MEAN, IMAGENET_STD, 0.875)
+    _save_mobilenet(model, output, {"converted_from": f"{name} ({Path(path).name})",
+                                    "preprocess": json.dumps(imagenet.as_dict())})
     return {"output": str(output), "model": model.config["arch"], "num_classes": model.num_classes,
             "norm_eps": model.config["norm_eps"], "params": count_params(model)}
 
 
-def _torch_stages(run_dir: str | Path) -> Stages:
-    """The run's model in PyTorch eager, channels_last (the layout CPU kernels run these convs fastest in)."""
-    return TorchStages(to_channels_last(load_run(run_dir)[0]))
+def _torch_stages(served: Served) -> Stages:
+    """The model in PyTorch eager, channels_last (the layout CPU kernels run these convs fastest in)."""
+    return TorchStages(to_channels_last(served.build()))
 
 
-def _onnx_stages(run_dir: str | Path) -> Stages:
-    """The run's stages exported at batch 1 (the form a stream and a latency target serve), in ONNX Runtime;
-    the PyTorch model is built only to export them, when they are missing or older than the weights."""
+def _onnx_stages(served: Served) -> Stages:
+    """The stages exported at batch 1 (the form a stream and a latency target serve), in ONNX Runtime; the
+    PyTorch model is built only to export them, when they are missing or older than the weights."""
     from .deploy.onnx_runtime import OnnxStages  # needs the onnx extra
 
-    return OnnxStages(exported_stages(run_dir, 1))
+    return OnnxStages(exported_stages(served, 1))
 
 
-RUNTIMES = {"onnx": _onnx_stages, "torch": _torch_stages}  # --runtime name -> the run's stages in it
+RUNTIMES = {"onnx": _onnx_stages, "torch": _torch_stages}  # --runtime name -> the stages in it
 
 
 def resolve_runtime(runtime: str | None) -> str:
@@ -399,42 +432,41 @@ def resolve_runtime(runtime: str | None) -> str:
     return runtime
 
 
-def open_stages(run_dir: str | Path, runtime: str | None) -> Stages:
-    """A run's stages in ``runtime`` (a ``--runtime`` choice; None: ``resolve_runtime``'s default). Below this
-    nothing asks which runtime it is."""
-    return RUNTIMES[resolve_runtime(runtime)](run_dir)
+def open_stages(model: str | Path | Served, runtime: str | None) -> Stages:
+    """The stages of a run directory or weights file in ``runtime`` (a ``--runtime`` choice; None:
+    ``resolve_runtime``'s default). Below this nothing asks which runtime it is."""
+    return RUNTIMES[resolve_runtime(runtime)](_served(model))
 
 
-def exported_stages(run_dir: str | Path, batch: int | str = 1) -> Path:
-    """The folder of the run's stages exported for ``batch`` (``RunDir.onnx``), exported (again) when
-    missing or older than the run's weights."""
+def _served(model: str | Path | Served) -> Served:
+    return open_served(model) if isinstance(model, (str, Path)) else model
+
+
+def exported_stages(model: str | Path | Served, batch: int | str = 1) -> Path:
+    """The folder of the stages exported for ``batch`` (``Served.onnx``), exported (again) when missing or
+    older than the weights; an export says so on stderr, so its time is not mistaken for serving's."""
     from .deploy.onnx_export import MANIFEST  # needs the onnx extra
 
-    out = RunDir(run_dir).onnx(batch)
+    served = _served(model)
+    out = served.onnx(batch)
     manifest = out / MANIFEST
-    if not manifest.is_file() or manifest.stat().st_mtime < resolve_weights(run_dir).stat().st_mtime:
-        export_run(run_dir, out, batch)
+    if not manifest.is_file() or manifest.stat().st_mtime < served.weights.stat().st_mtime:
+        print(f"exporting the stages of {served.path} for batch {batch} to {out} (once)", file=sys.stderr, flush=True)
+        export_run(served, out, batch)
     return out
 
 
-def export_run(run_dir: str | Path, output: str | Path, batch: int | str = "dynamic") -> list[dict[str, Any]]:
-    """ONNX graphs of a run's model, one per stage, for ``batch`` (``basisnet.deploy.onnx_export``), with
-    its class names."""
-    from .deploy.onnx_export import export_stages  # needs the onnx extra
+def export_run(model: str | Path | Served, output: str | Path, batch: int | str = "dynamic") -> list[dict[str, Any]]:
+    """ONNX graphs of a run's (or weights file's) model, one per stage, for ``batch``
+    (``basisnet.deploy.onnx_export``), with its class names and the preprocessing an image needs."""
+    from .deploy.onnx_export import MANIFEST, export_stages  # needs the onnx extra
 
-    from .deploy.onnx_export import MANIFEST
-
-    model, cfg = load_run(run_dir)
-    stages = export_stages(model, output, batch=batch)
-    classes = RunDir(run_dir).classes
-    if classes.is_file():
-        (Path(output) / classes.name).write_text(classes.read_text())
-    # What a deployer must do to an image before stage 1, as the run's evaluation did it.
+    served = _served(model)
+    stages = export_stages(served.build(), output, batch=batch)
+    (Path(output) / "classes.json").write_text(json.dumps(served.classes))  # as a run directory names it
     manifest = Path(output) / MANIFEST
-    d = cfg.data
-    preprocess = {"image_size": d.image_size, "mean": list(d.mean), "std": list(d.std), "eval_crop": d.eval_crop,
-                  "input": "float32 NCHW RGB in [0, 1] (pixels / 255), then (x - mean) / std per channel"}
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "preprocess": preprocess}, indent=2) + "\n")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "preprocess": served.preprocess.as_dict()},
+                                   indent=2) + "\n")
     return [s.__dict__ for s in stages]
 
 
@@ -466,49 +498,44 @@ class StreamRun:
                 f"latency mean {sum(latencies) / n:.2f} ms, p95 {latencies[math.ceil(0.95 * n) - 1]:.2f} ms ({self.how})")
 
 
-def predict_stream(run_dir: str | Path, source: str | Path, threshold: float, parallel: bool = True,
+def predict_stream(model: str | Path, source: str | Path, threshold: float, parallel: bool = True,
                    stage_threads: Sequence[int] | None = None, limit: int | None = None,
                    workers: str = "auto", runtime: str | None = None) -> StreamRun:
     """Per frame of a folder or glob (sorted: a stream), its answer with early exit, the stages running
-    in parallel workers (``basisnet.deploy.stream``) or one after the other, in ``runtime`` (``open_stages``)."""
+    in parallel workers (``basisnet.deploy.stream``) or one after the other, in ``runtime`` (``open_stages``).
+    ``model``: a run directory or weights file. The clock starts once the stages are ready (an export the
+    first call makes is not counted in frames/s)."""
     from .deploy.stream import StreamPredictor
 
-    started = time.perf_counter()
     check_threshold(threshold)
-    cfg = load_config(RunDir(run_dir).require_config())
+    served = open_served(model, "predict: ")
     files = image_files(source)[:limit]
-    classes = json.loads(RunDir(run_dir).classes.read_text())
-    normalize = eval_transform(cfg)
-    frames = (normalize(load_image_files([f], cfg.data.image_size))[0] for f in files)
-    predictor = StreamPredictor(open_stages(run_dir, runtime), threshold, stage_threads, parallel=parallel,
-                                workers=workers)
-    rows = ({"file": str(files[r.index]), "class": classes[r.cls], "confidence": r.confidence, "stage": r.stage + 1,
+    classes, normalize, size = served.classes, served.preprocess.transform(), served.preprocess.image_size
+    stages = open_stages(served, runtime)
+    started = time.perf_counter()
+    frames = (normalize(load_image_files([f], size))[0] for f in files)
+    predictor = StreamPredictor(stages, threshold, stage_threads, parallel=parallel, workers=workers)
+    rows = ({"file": str(files[r.index]), "class": classes[r.cls], "confidence": r.confidence, "exit": r.exit,
              "latency_ms": 1e3 * r.latency_s} for r in predictor.predict(frames))
     return StreamRun(rows, predictor.how, source, started)
 
 
-DEFAULT_THRESHOLD = 0.8
+def run_threshold(model: str | Path) -> tuple[float, str]:
+    """The threshold ``predict`` uses when none is given, and where it came from: the one the run's latest
+    early-exit evaluation picked, so serving answers as calibrated (``Served.threshold``)."""
+    return open_served(model, "predict: ").threshold()
 
 
-def run_threshold(run_dir: str | Path) -> tuple[float, str]:
-    """The threshold ``predict`` uses when none is given: the one the run's latest early-exit evaluation
-    picked (``basisnet evaluate``), so serving answers as calibrated; else :data:`DEFAULT_THRESHOLD`.
-    Returns it and where it came from."""
-    evaluation = RunDir(run_dir).evaluation("early-exit")
-    if evaluation.is_file():
-        return float(json.loads(evaluation.read_text())["result"]["threshold"]), f"picked by evaluate: {evaluation}"
-    return DEFAULT_THRESHOLD, "the default: run `basisnet evaluate` to pick one for this run"
-
-
-def predict_files(run_dir: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
-    """Class, confidence and answering stage for each image file (PyTorch)."""
+def predict_files(model: str | Path, paths: Sequence[str | Path], threshold: float) -> list[dict[str, Any]]:
+    """Class, confidence and answering exit (counted from 1) for each image file (PyTorch); ``model``: a run
+    directory or weights file."""
     check_threshold(threshold)
-    cfg = load_config(RunDir(run_dir).require_config())
-    images = load_image_files(paths, cfg.data.image_size)
-    classes = json.loads(RunDir(run_dir).classes.read_text())
-    out = EarlyExitPredictor(open_stages(run_dir, "torch"), threshold).predict(eval_transform(cfg)(images))
+    served = open_served(model, "predict: ")
+    images = load_image_files(paths, served.preprocess.image_size)
+    classes = served.classes
+    out = EarlyExitPredictor(open_stages(served, "torch"), threshold).predict(served.preprocess.transform()(images))
     return [
-        {"file": str(p), "class": classes[c], "confidence": float(conf), "stage": int(s) + 1,
+        {"file": str(p), "class": classes[c], "confidence": float(conf), "exit": int(e),
          "madds_m": float(m) / 1e6}
-        for p, c, conf, s, m in zip(paths, out.classes.tolist(), out.confidence, out.stage, out.madds)
+        for p, c, conf, e, m in zip(paths, out.classes.tolist(), out.confidence, out.exit, out.madds)
     ]

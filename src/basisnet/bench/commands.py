@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import compare, regime, distill, ablation, accuracy, transfer  # noqa: F401, I001  (register, in help order)
 from . import paths
-from .records import read_meta
+from .records import meta_path, read_meta
 from .study import Option, Study, get_study, list_studies, run_study
 
 __all__ = ["BenchCommand", "bench_commands"]
@@ -66,6 +66,8 @@ def _speed(args: Namespace, command: str) -> int:
     print(speed.format_speed_table(records))
     print(f"ceilings: {meta['ceilings']}")
     print(speed.format_speed_targets(meta["targets"]))
+    print(f"wrote {results} (records), {meta_path(results)} (targets, ceilings) and {results.stem}_<device>.png "
+          "beside them; `basisnet docs` renders the tables from them")
     return 0
 
 

@@ -158,7 +158,7 @@ def protocols(*names: str) -> Evaluation:
         records = []
         if "anytime" in chosen_protocols:
             records += [record(run.label, row["top1"], row["madds"], params, epochs, command, protocol="anytime",
-                               exit=row["exit"] + 1, num_exits=exits, **extra) for row in rows]
+                               exit=row["exit"], num_exits=exits, **extra) for row in rows]
         if "early-exit" in chosen_protocols and exits > 1:
             val = trained.logits("val")
             threshold = select_threshold(val, madds, max_drop=MAX_DROP)

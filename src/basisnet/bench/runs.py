@@ -6,13 +6,12 @@ interrupted one and refuses a directory holding another config, so re-running is
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..configs import bundled_config
 from ..resolve import same_run
-from ..train import RunConfig, RunDir, load_config
+from ..train import RunConfig, RunDir, load_config, read_summary
 from ..workflow import train_run
 
 __all__ = ["epochs_done", "format_train_minutes", "train_minutes", "train_or_reuse"]
@@ -46,11 +45,7 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 def _epoch_log(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's ``summary.csv`` (one per finished epoch); none before the first epoch ends."""
-    path = RunDir(run_dir).summary
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_summary(RunDir(run_dir).summary)
 
 
 def epochs_done(run_dir: Path) -> int:

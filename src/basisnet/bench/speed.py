@@ -223,11 +223,11 @@ def early_exit(rec: Recorder, label: str, model: nn.Module, plan: SpeedPlan) -> 
             pred = predictor.predict(x)
             madds_saving = 1 - pred.average_madds / costs[-1]
             wall_saving = 1 - ms / full["ms"]
-            reaching = [float((pred.stage >= k).float().mean()) for k in range(model.num_exits)]
+            reaching = [float((pred.exit > k).float().mean()) for k in range(model.num_exits)]
             stage_saving = 1 - sum(t * r for t, r in zip(stage_ms, reaching)) / full["ms"]
             rec.add(label, f"early exit ({share:.0%} at exit 1)", batch, ms, pred.average_madds / 1e6,
                     threshold=round(predictor.threshold, 4),
-                    exit_fraction=[round(float((pred.stage == k).float().mean()), 4) for k in range(model.num_exits)],
+                    exit_fraction=[round(float((pred.exit == k).float().mean()), 4) for k in range(1, model.num_exits + 1)],
                     madds_saving=round(madds_saving, 4), wall_saving=round(wall_saving, 4),
                     saving_ratio=round(wall_saving / madds_saving, 3) if madds_saving > 0 else None,
                     stage_ms=[round(t, 3) for t in stage_ms], stage_time_saving=round(stage_saving, 4))

@@ -8,7 +8,10 @@ machine's state (threads, clocks, caches) and their ratios mean something on a n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ContextManager
 
@@ -19,6 +22,32 @@ from torch.profiler import ProfilerActivity, profile
 from ..deploy.latency import median_ms
 
 __all__ = ["Ceiling", "measure_ceiling", "peak_memory_mib", "train_step"]
+
+
+_PROFILER_NOTICES = ("USDT:", "STAGE:")  # the native profiler's start / stop lines, printed on every use
+
+
+@contextlib.contextmanager
+def _without_profiler_notices() -> Iterator[None]:
+    """The native profiler prints a start and a stop line to the process's stderr each time it runs, at any
+    log level: a benchmark that measures many models would interleave dozens with its own lines. What
+    reaches file descriptor 2 meanwhile is held back and passed on without those lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(_PROFILER_NOTICES)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
@@ -34,7 +63,7 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _without_profiler_notices(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

@@ -20,11 +20,12 @@ from .stages import Stages
 @dataclass
 class Predictions:
     """Per image: predicted class, its softmax confidence, the exit that answered, MAdds spent (NaN where the
-    stages cannot count them)."""
+    stages cannot count them). Exits are counted from 1, as everywhere a user reads them (logs, tables, the
+    CLI): ``exit == 1`` is the first (BasisNet's lightweight model), ``exit == num_exits`` the last."""
 
     classes: Tensor
     confidence: Tensor
-    stage: Tensor  # 0 = first exit (lightweight), num_exits - 1 = last
+    exit: Tensor  # 1 = first exit, num_exits = last
     madds: Tensor
 
     @property
@@ -65,18 +66,18 @@ class EarlyExitPredictor:
         batch, device = images.shape[0], images.device
         classes = torch.zeros(batch, dtype=torch.long, device=device)
         confidence = torch.zeros(batch, device=device)
-        stage = torch.zeros(batch, dtype=torch.long, device=device)
+        answered_at = torch.zeros(batch, dtype=torch.long, device=device)  # 0-based exit index
         alive = torch.arange(batch, device=device)  # batch positions still undecided
         state = self.stages.start(images)
         for k in range(last + 1):
             confidence[alive], classes[alive], answers, state = self.decide(state, k, last)
-            stage[alive[answers]] = k
+            answered_at[alive[answers]] = k
             if bool(answers.all()):
                 break
             if bool(answers.any()):
                 keep = (~answers).nonzero().squeeze(1)
                 alive, state = alive[keep], self.stages.select(state, keep)
-        return Predictions(classes, confidence, stage, self.exit_costs()[stage.cpu()])
+        return Predictions(classes, confidence, answered_at + 1, self.exit_costs()[answered_at.cpu()])
 
     def exit_costs(self) -> Tensor:
         """The stages' cumulative MAdds per exit as float64 (NaN where they cannot count them)."""

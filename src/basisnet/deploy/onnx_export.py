@@ -123,7 +123,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | str = "dynamic",
                   opset: int | None = None) -> list[StageGraph]:
-    """Write ``stage{k}.onnx`` for every exit and a ``stages.json`` manifest; returns the stages.
+    """Write ``stage{k}.onnx`` for every exit k = 1..num_exits and a ``stages.json`` manifest; returns the stages.
 
     ``batch``: the batch the graphs serve (1, N or ``"dynamic"``; see the module docstring). Traced on
     random images at ``model.resolution``; with ``"dynamic"``, dim 0 of every input and output is a
@@ -143,11 +143,11 @@ def export_stages(model: MultiExitClassifier, out_dir: str | Path, batch: int | 
         for k in range(model.num_exits):
             logits, next_state = model.step(model.start(x) if k == 0 else unflatten_state(skeleton, inputs), k)
             next_tensors, next_skeleton = flatten_state(next_state)
-            # state{k}_{i}: tensor i of the state stage k starts from (stage k-1's outputs, in order)
+            # state{j}_{i}: tensor i of the state stage j hands on (stages counted from 1, as exits), in order
             in_names = ["images"] if k == 0 else [f"state{k}_{i}" for i in range(len(inputs))]
             last = k == model.num_exits - 1
             out_names = ["logits", *([] if last else [f"state{k + 1}_{i}" for i in range(len(next_tensors))])]
-            path = out_dir / f"stage{k}.onnx"
+            path = out_dir / f"stage{k + 1}.onnx"
             dims = None
             if fixed is None:
                 batch_dim = torch.export.Dim("batch", min=1)

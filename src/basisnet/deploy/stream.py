@@ -38,13 +38,13 @@ __all__ = ["FrameResult", "StreamPredictor"]
 
 @dataclass
 class FrameResult:
-    """One frame's answer: its position in the stream, class, confidence, answering stage (0-based) and
-    seconds from entering the pipeline to its answer."""
+    """One frame's answer: its position in the stream, class, confidence, the exit that answered (counted from
+    1, as :class:`Predictions`) and seconds from entering the pipeline to its answer."""
 
     index: int
     cls: int
     confidence: float
-    stage: int
+    exit: int
     latency_s: float
 
 
@@ -92,7 +92,7 @@ class StreamPredictor:
             confidence, classes, answers, state = self.early_exit.decide(
                 self.stages.start(state) if k == 0 else state, k)
         if bool(answers[0]):
-            return True, FrameResult(index, int(classes[0]), float(confidence[0]), k, time.perf_counter() - start)
+            return True, FrameResult(index, int(classes[0]), float(confidence[0]), k + 1, time.perf_counter() - start)
         return False, (index, start, state)
 
     def predict(self, frames: Iterable[Tensor]) -> Iterator[FrameResult]:
@@ -120,10 +120,10 @@ class StreamPredictor:
         stop = ctx.Event() if ctx else threading.Event()
         if ctx:
             workers = [ctx.Process(target=_stage_worker, args=(self, k, links, results, stop, True), daemon=True,
-                                   name=f"stream-stage{k}") for k in range(stages)]
+                                   name=f"stream-stage{k + 1}") for k in range(stages)]
         else:
             workers = [threading.Thread(target=_stage_worker, args=(self, k, links, results, stop, False), daemon=True,
-                                        name=f"stream-stage{k}") for k in range(stages)]
+                                        name=f"stream-stage{k + 1}") for k in range(stages)]
         wire = _to_wire if ctx else (lambda state: state)
 
         def feed() -> None:

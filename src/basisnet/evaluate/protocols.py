@@ -28,11 +28,11 @@ _NEVER, _ALWAYS = 1e8, -1e8
 
 
 def anytime(exit_logits: ExitLogits, exit_madds: Sequence[float]) -> list[dict]:
-    """Rows ``{exit, top1 (%), madds}``: the accuracy if the budget is cut right after exit k."""
+    """Rows ``{exit, top1 (%), madds}``: the accuracy if the budget is cut right after exit k (counted from 1)."""
     check_exit_madds(exit_logits, exit_madds)
     return [
         {"exit": k, "top1": top1, "madds": float(m)}
-        for k, (top1, m) in enumerate(zip(exit_accuracy(exit_logits), exit_madds, strict=True))
+        for k, (top1, m) in enumerate(zip(exit_accuracy(exit_logits), exit_madds, strict=True), start=1)
     ]
 
 

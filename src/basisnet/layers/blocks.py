@@ -34,10 +34,16 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
-    """Channels-last for every 4-D parameter and buffer (``Module.to`` rejects 5-D basis kernels)."""
+    """Channels-last for every 4-D parameter and buffer (``Module.to`` rejects 5-D basis kernels), with the
+    strides a channels_last tensor of its shape is made with. A depthwise kernel (C, 1, k, k) counts as
+    channels_last in either stride of its size-1 dimension, so ``contiguous`` leaves it as it is; but its
+    gradient is made with these strides, and DistributedDataParallel, whose buckets follow the parameters,
+    would copy every such gradient at every step (its "grad strides do not match" warning)."""
     for tensor in [*module.parameters(), *module.buffers()]:
         if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+            target = torch.empty_like(tensor.data, memory_format=torch.channels_last)
+            if target.stride() != tensor.data.stride():
+                tensor.data = target.copy_(tensor.data)
     return module
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], frozenset[str]]] = {}
 _CLASSES: dict[str, type[nn.Module]] = {}
+_DEFAULTS: dict[str, dict[str, object]] = {}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], signature_of: Callable | None = None,
@@ -26,6 +27,8 @@ def register_model(name: str, builder: Callable[..., nn.Module], signature_of: C
         raise TypeError(f"register_model({name!r}): pass model_class, the class {builder.__name__} builds")
     _MODELS[name] = (builder, accepted - {"self", "arch"})
     _CLASSES[name] = cls
+    _DEFAULTS[name] = {k: (None if params[k].default is inspect.Parameter.empty else params[k].default)
+                       for k in sorted(_MODELS[name][1])}
 
 
 def list_models() -> list[str]:
@@ -34,6 +37,12 @@ def list_models() -> list[str]:
 
 def model_options(name: str) -> frozenset[str]:
     return _entry(name)[1]
+
+
+def model_defaults(name: str) -> dict[str, object]:
+    """Every option of model ``name`` with its constructor's default (None where it has none), by name."""
+    _entry(name)
+    return dict(_DEFAULTS[name])
 
 
 def model_class(name: str) -> type[nn.Module]:

@@ -11,6 +11,7 @@ from .distributed import DistributedInfo, init_distributed_device, is_distribute
 from .ema import ModelEma
 from .losses import MultiExitLoss, final_logits, kd_loss
 from .health import NonFiniteLossError
+from .history import read_summary, val_top1, val_top1_key
 from .hooks import check_train_options, training_hooks
 from .loop import EpochContext, TrainData, fit, train_one_epoch, validate
 from .parts import TrainParts, build_parts
@@ -29,6 +30,6 @@ __all__ = [
     "ModelEma", "MultiExitLoss", "final_logits", "kd_loss",
     "NonFiniteLossError", "check_train_options", "training_hooks", "EpochContext", "TrainData", "fit",
     "train_one_epoch", "validate", "TrainParts", "build_parts", "TrainLoader", "seed_everything", "TrainingTask",
-    "config_diff", "RunDir",
+    "config_diff", "RunDir", "read_summary", "val_top1", "val_top1_key",
     "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups", "warm_start",
 ]

@@ -9,8 +9,6 @@ Resuming is exact (``resume.py``); non-finite values are found without a step wa
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import sys
 import time
@@ -25,10 +23,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..layers import NonFiniteCoefficientsError
-from .checkpoint import atomic_write_bytes, save_weights, weights_metadata
+from .checkpoint import save_weights, weights_metadata
 from .config import RunConfig, TrainConfig, save_config, validate_config
 from .distributed import is_distributed, rank, unwrap
 from .health import DeviceStats, NonFiniteLossError, non_finite, settle
+from .history import renumbered, val_top1, val_top1_key, write_summary
 from .parts import TrainParts, build_parts
 from .preemption import StopSignals, TrainingInterrupted
 from .resume import (LoopState, TrainLoader, data_shape, epoch_batches, read_resumable, resumed_streams,
@@ -246,7 +245,7 @@ def fit(model: nn.Module, data: TrainData, cfg: RunConfig, run_dir: str | Path, 
             train_one_epoch(parts, batches, data.train_transform, loop,
                             EpochContext(run, steps_per_epoch, save_last, bar, log, stop))
             row = _end_epoch(parts, cfg, run, loop, data)
-            top1 = [v for k, v in row.items() if k.startswith("val_top1_exit")]
+            top1 = val_top1(row)
             bar.set_postfix(_bar_stats(loop, total_steps) | ({"val_top1": f"{top1[-1]:.2f}"} if top1 else {}),
                             refresh=False)
             bar.close()
@@ -254,12 +253,12 @@ def fit(model: nn.Module, data: TrainData, cfg: RunConfig, run_dir: str | Path, 
                 board.log(loop.global_step, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
             loop = loop.next_epoch()
             if main_rank:
-                _write_summary(run, loop.history)
+                write_summary(run.summary, loop.history)
             save_last()
             if loop.epoch < tc.epochs and (signum := stop.requested()):  # e.g. a signal during validation
                 raise _interrupted(signum, loop, run)
-    evaluated = [row for row in loop.history if "val_top1_exit0" in row]
-    last_top1 = [v for k, v in evaluated[-1].items() if k.startswith("val_top1_exit")] if evaluated else []
+    evaluated = [top1 for top1 in map(val_top1, loop.history) if top1]
+    last_top1 = evaluated[-1] if evaluated else []
     return {"best_top1": loop.best_top1, "best_epoch": loop.best_epoch, "last_top1": last_top1,
             "global_step": loop.global_step, "history": loop.history}
 
@@ -279,6 +278,7 @@ def _resume(parts: TrainParts, cfg: RunConfig, run: RunDir, shape: dict[str, Any
     saved = read_resumable(run, cfg, shape)
     parts.load_state_dict(saved)
     loop = LoopState(**saved["loop"])
+    loop.history = [renumbered(row) for row in loop.history]  # a run logged with exits counted from 0
     pending = resumed_streams(saved, cfg.train.seed, parts.augment)
     if loop.epoch >= cfg.train.epochs:
         _logger.info("%s has finished its %d epoch(s): nothing left to train", run, cfg.train.epochs)
@@ -301,7 +301,7 @@ def _end_epoch(parts: TrainParts, cfg: RunConfig, run: RunDir, loop: LoopState, 
     eval_start = time.perf_counter()
     if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
         top1 = validate(parts.eval_model, data.val_loader, data.eval_transform, tc.channels_last, parts.autocast)
-        row.update({f"val_top1_exit{i}": acc for i, acc in enumerate(top1)})
+        row.update({val_top1_key(k): acc for k, acc in enumerate(top1, start=1)})
         if top1[-1] > loop.best_top1:
             loop.best_top1, loop.best_epoch = top1[-1], epoch + 1
             if rank() == 0:
@@ -321,14 +321,3 @@ def _bar_stats(loop: LoopState, total_steps: int) -> dict[str, str]:
     eta = (total_steps - loop.global_step) * seconds / max(loop.batch, 1)
     return {"loss": f"{loop.loss_sum / max(loop.samples, 1):.4f}", "lr": f"{loop.lr:.3g}",
             "img/s": f"{loop.samples / seconds:.0f}", "eta": tqdm.format_interval(eta)}
-
-
-def _write_summary(run: RunDir, history: list[dict[str, float]]) -> None:
-    """Rewrite ``summary.csv`` from the history kept in the checkpoint, so a resume never duplicates rows."""
-    exits = sorted({k for row in history for k in row if k.startswith("val_top1_exit")}, key=lambda k: int(k[13:]))
-    columns = ["epoch", "lr", "train_loss", *exits, "seconds", "images_per_s"]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(run.summary, text.getvalue().encode())

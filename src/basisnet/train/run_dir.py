@@ -72,6 +72,9 @@ class RunDir:
 
     def require_config(self, purpose: str = "") -> Path:
         """``config.yaml``, or a ``FileNotFoundError`` saying this is not a run directory."""
+        if self.path.is_file():
+            raise FileNotFoundError(f"{purpose}{self.path} is a file, not a run directory: this command needs a run's "
+                                    "data and files; `basisnet predict` and `basisnet export` take a weights file")
         if not self.config.is_file():
             raise FileNotFoundError(f"{purpose}{self.path} is not a run directory (no {self.config.name})")
         return self.config
