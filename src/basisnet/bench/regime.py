@@ -141,7 +141,7 @@ def plot(outcome: Outcome, path: Path) -> None:
     series = {m: sorted((e, _mean(v), min(v), max(v)) for (mm, e), v in top1.items() if mm == m) for m in models}
     plot_models({m: ([(e, mean) for e, mean, _, _ in pts], []) for m, pts in series.items()}, path,
                 title="CIFAR-10 test: top-1 against training length (mean, min-max over seeds)",
-                xlabel="training epochs", emphasis=BASISNET,
+                xlabel="training epochs", emphasis=BASISNET, curve_name="mean over seeds",
                 spread={m: pts for m, pts in series.items() if any(len(v) > 1 for (mm, _), v in top1.items() if mm == m)})
 
 

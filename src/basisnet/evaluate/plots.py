@@ -42,15 +42,17 @@ def plot_models(
     ylabel: str = "top-1 (%)",
     emphasis: str | None = None,
     spread: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None,
+    curve_name: str = "budgeted batch",
 ) -> Path:
     """One colour per model: its curve as a line (e.g. budgeted batch) and its points as hollow
     markers (e.g. anytime exits), so a method's two protocols read together. The model named by
     ``emphasis`` is drawn bold and on top. ``spread``: per model, ``(x, mean, min, max)`` points drawn
-    as a filled marker with a min-max bar (the seeds of one model)."""
+    as a filled marker with a min-max bar (the seeds of one model). ``curve_name``: what the lines are, in
+    the legend."""
     ax, save = _axes(title, xlabel, ylabel)
     spread = spread or {}
     for label, (curve, points) in models.items():
-        line, marks = model_series(label, curve, points)
+        line, marks = model_series(label, curve, points, curve_name)
         colour = None
         style = {"linewidth": 2.8, "zorder": 3} if label == emphasis else {}
         if line:
@@ -91,14 +93,14 @@ def plot_bars(values: Mapping[str, float], path: str | Path, title: str, xlabel:
 Series = tuple[str, list[tuple[float, float]]]  # legend label, sorted points
 
 
-def model_series(label: str, curve: Sequence[tuple[float, float]],
-                 points: Sequence[tuple[float, float]]) -> tuple[Series | None, Series | None]:
+def model_series(label: str, curve: Sequence[tuple[float, float]], points: Sequence[tuple[float, float]],
+                 curve_name: str = "budgeted batch") -> tuple[Series | None, Series | None]:
     """What ``plot_models`` draws for one model: the line and the markers, each with its legend label.
 
     A one-point curve (a single-exit model) has no line to draw: it becomes the marker, so no legend
     entry stands for something invisible and no model vanishes from the plot.
     """
-    line = (f"{label} (budgeted batch)", sorted(curve)) if len(set(curve)) > 1 else None
+    line = (f"{label} ({curve_name})", sorted(curve)) if len(set(curve)) > 1 else None
     points = points or (curve if len(set(curve)) == 1 else [])
     marks = (f"{label} (anytime exits)" if len(points) > 1 else label, sorted(points)) if points else None
     return line, marks
