@@ -143,6 +143,9 @@ def test_cli_speed_json_lines(monkeypatch, tmp_path, capsys):
     records = [json.loads(line) for line in lines]
     assert records == json.loads(results.read_text())
     assert all(r["threads"] == 1 and r["command"].startswith("basisnet bench speed --quick") for r in records)
+    assert main(["bench", "speed", "--quick", "--threads", "1", "--results", str(results)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]  # the table's run ends saying where its files went
+    assert last.startswith(f"wrote {results} (records), {tmp_path / 's_meta.json'} (targets, ceilings)")
 
 
 def test_gpu_check_fails_clearly_without_a_gpu(monkeypatch, tmp_path, capsys):

@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "for PyTorch, whose threads would share it)")
     p.add_argument("--stage-threads", type=int, nargs="+", help="stream: threads per stage (default 1 each)")
     p.add_argument("--runtime", choices=["onnx", "torch"], help="stream: ONNX Runtime (the stages exported at batch "
-                   "1 into MODEL/onnx_batch1 (beside a weights file: <name>_onnx_batch1), again when the weights are newer; the default where onnxruntime is "
-                   "installed) or PyTorch eager")
+                   "1 into MODEL/onnx_batch1, beside a weights file <name>_onnx_batch1, again when the weights are "
+                   "newer; the default where onnxruntime is installed) or PyTorch eager")
     p.add_argument("--limit", type=int, help="stream: the first N frames only")
     p.add_argument("--summary", action="store_true", help="stream: print only frames/s and latency")
     p.set_defaults(func=_predict)

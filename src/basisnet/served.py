@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,8 +124,8 @@ class WeightsModel:
     def weights(self) -> Path:
         return self.path
 
-    @property
-    def _metadata(self) -> dict[str, str]:
+    @cached_property
+    def _metadata(self) -> dict[str, str]:  # read once: reading it reads the whole file
         return read_weights_metadata(self.path)
 
     @property

@@ -413,7 +413,7 @@ def _onnx_stages(served: Served) -> Stages:
     PyTorch model is built only to export them, when they are missing or older than the weights."""
     from .deploy.onnx_runtime import OnnxStages  # needs the onnx extra
 
-    return OnnxStages(exported_stages(served, 1))
+    return OnnxStages(_exported(served, 1))
 
 
 RUNTIMES = {"onnx": _onnx_stages, "torch": _torch_stages}  # --runtime name -> the stages in it
@@ -432,36 +432,40 @@ def resolve_runtime(runtime: str | None) -> str:
     return runtime
 
 
-def open_stages(model: str | Path | Served, runtime: str | None) -> Stages:
+def open_stages(model: str | Path, runtime: str | None) -> Stages:
     """The stages of a run directory or weights file in ``runtime`` (a ``--runtime`` choice; None:
     ``resolve_runtime``'s default). Below this nothing asks which runtime it is."""
-    return RUNTIMES[resolve_runtime(runtime)](_served(model))
+    return _stages(open_served(model), runtime)
 
 
-def _served(model: str | Path | Served) -> Served:
-    return open_served(model) if isinstance(model, (str, Path)) else model
+def _stages(served: Served, runtime: str | None) -> Stages:
+    return RUNTIMES[resolve_runtime(runtime)](served)
 
 
-def exported_stages(model: str | Path | Served, batch: int | str = 1) -> Path:
-    """The folder of the stages exported for ``batch`` (``Served.onnx``), exported (again) when missing or
-    older than the weights; an export says so on stderr, so its time is not mistaken for serving's."""
+def exported_stages(model: str | Path, batch: int | str = 1) -> Path:
+    """The folder of the stages of a run directory or weights file exported for ``batch``."""
+    return _exported(open_served(model), batch)
+
+
+def _exported(served: Served, batch: int | str) -> Path:
+    """``Served.onnx(batch)``, exported (again) when missing or older than the weights; an export says so on
+    stderr, so its time is not mistaken for serving's."""
     from .deploy.onnx_export import MANIFEST  # needs the onnx extra
 
-    served = _served(model)
     out = served.onnx(batch)
     manifest = out / MANIFEST
     if not manifest.is_file() or manifest.stat().st_mtime < served.weights.stat().st_mtime:
         print(f"exporting the stages of {served.path} for batch {batch} to {out} (once)", file=sys.stderr, flush=True)
-        export_run(served, out, batch)
+        export_run(served.path, out, batch)
     return out
 
 
-def export_run(model: str | Path | Served, output: str | Path, batch: int | str = "dynamic") -> list[dict[str, Any]]:
-    """ONNX graphs of a run's (or weights file's) model, one per stage, for ``batch``
+def export_run(model: str | Path, output: str | Path, batch: int | str = "dynamic") -> list[dict[str, Any]]:
+    """ONNX graphs of a run directory's or weights file's model, one per stage, for ``batch``
     (``basisnet.deploy.onnx_export``), with its class names and the preprocessing an image needs."""
     from .deploy.onnx_export import MANIFEST, export_stages  # needs the onnx extra
 
-    served = _served(model)
+    served = open_served(model)
     stages = export_stages(served.build(), output, batch=batch)
     (Path(output) / "classes.json").write_text(json.dumps(served.classes))  # as a run directory names it
     manifest = Path(output) / MANIFEST
@@ -511,7 +515,7 @@ def predict_stream(model: str | Path, source: str | Path, threshold: float, para
     served = open_served(model, "predict: ")
     files = image_files(source)[:limit]
     classes, normalize, size = served.classes, served.preprocess.transform(), served.preprocess.image_size
-    stages = open_stages(served, runtime)
+    stages = _stages(served, runtime)
     started = time.perf_counter()
     frames = (normalize(load_image_files([f], size))[0] for f in files)
     predictor = StreamPredictor(stages, threshold, stage_threads, parallel=parallel, workers=workers)
@@ -533,7 +537,7 @@ def predict_files(model: str | Path, paths: Sequence[str | Path], threshold: flo
     served = open_served(model, "predict: ")
     images = load_image_files(paths, served.preprocess.image_size)
     classes = served.classes
-    out = EarlyExitPredictor(open_stages(served, "torch"), threshold).predict(served.preprocess.transform()(images))
+    out = EarlyExitPredictor(_stages(served, "torch"), threshold).predict(served.preprocess.transform()(images))
     return [
         {"file": str(p), "class": classes[c], "confidence": float(conf), "exit": int(e),
          "madds_m": float(m) / 1e6}

@@ -2,8 +2,9 @@
 
 Exits are counted from 1 here as everywhere a user reads them: a row holds ``val_top1_exit1`` ...
 ``val_top1_exitN``. Runs logged before that numbering wrote ``val_top1_exit0`` ... ``exitN-1``;
-:func:`renumbered` reads such a row (from an old checkpoint being resumed, or an old ``summary.csv``)
-into today's keys, so an old run directory resumes and reads like a new one.
+:func:`renumbered` reads such a row into today's keys where an old row enters: a checkpoint being resumed
+(``loop.py``) and an old ``summary.csv`` (:func:`read_summary`); so an old run directory resumes and reads like
+a new one, and nothing past those two places meets the old keys.
 """
 
 from __future__ import annotations
@@ -38,13 +39,12 @@ def renumbered(row: Mapping[str, object]) -> dict[str, object]:
 
 def val_top1(row: Mapping[str, object]) -> list[float]:
     """A row's validation top-1 per exit, first to last ([] for an epoch that was not validated)."""
-    row = renumbered(row)
     return [float(row[k]) for k in _exit_keys(row) if row[k] != ""]
 
 
 def write_summary(path: Path, history: Sequence[Mapping[str, object]]) -> None:
     """Rewrite ``summary.csv`` from the whole history, so a resume never duplicates rows."""
-    rows = [renumbered(row) for row in history]
+    rows = list(history)
     exits = _exit_keys({k: None for row in rows for k in row})
     columns = ["epoch", "lr", "train_loss", *exits, "seconds", "images_per_s"]
     text = io.StringIO()
